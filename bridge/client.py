@@ -1,0 +1,466 @@
+"""Client for the device operation API: one PUT per operation, every answer (or failure to get
+one) classified into a CallResult that says whether the operation ran, failed, or may have run."""
+
+from __future__ import annotations
+
+import hmac
+import http.client
+import json
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.auth import AuthBase
+from urllib3.exceptions import (
+    ClosedPoolError,
+    EmptyPoolError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import ConnectTimeoutError as Urllib3ConnectTimeoutError
+from urllib3.exceptions import NameResolutionError as Urllib3NameResolutionError
+from urllib3.exceptions import ProxyError as Urllib3ProxyError
+
+OPERATION_PATH = "inventory_device_name_operation"
+
+#: Kinds a caller may try again later: the operation was refused before it started.
+RETRYABLE_KINDS = frozenset({"server_error", "connect_error", "busy", "unprocessable"})
+
+#: How many characters of an answer's body an error message quotes.
+BODY_EXCERPT_CHARS = 200
+
+# An answer body is only ever quoted or scanned for execution_id: reading more is pointless and
+# would let a broken server fill memory.
+_MAX_BODY_BYTES = 1 << 20
+
+# Status -> (kind, what the contract says it means). 5xx and everything else are handled apart.
+_STATUS_KINDS: dict[int, tuple[str, str]] = {
+    400: ("rejected", "invalid operation or malformed body"),
+    401: ("unauthorized", "missing, invalid or expired token"),
+    404: ("not_found", "device not found in inventory"),
+    409: ("busy", "device offline or busy with another operation"),
+    422: ("unprocessable", "device cannot perform the operation now"),
+}
+
+# OpenSSL reasons met in the handshake, i.e. before the request was written: a bad certificate,
+# or https:// pointed at a plain-HTTP port (WRONG_VERSION_NUMBER; RECORD_LAYER_FAILURE since
+# OpenSSL 3.2, which could in theory also mean a stream corrupted later). Any other TLS error may
+# have happened after sending, so it is treated as ambiguous.
+_TLS_HANDSHAKE_REASONS = frozenset(
+    {
+        "CERTIFICATE_VERIFY_FAILED",
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "UNKNOWN_PROTOCOL",
+        "UNSUPPORTED_PROTOCOL",
+        "NO_PROTOCOLS_AVAILABLE",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_INTERNAL_ERROR",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    }
+)
+
+# requests errors raised while the request is being prepared: nothing went on the wire.
+_NOT_SENT_REQUEST_ERRORS = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidJSONError,
+    requests.exceptions.URLRequired,
+)
+
+
+class Secret:
+    """A string that never shows itself: repr and str give 'Secret(***)'; reveal() returns it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"Secret holds a str, not {type(value).__name__}")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        # Constant time, so comparing a guessed token leaks nothing through timing.
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    # Equal secrets would hash alike, so a hash would be a cheap oracle for the value.
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What one operate() call did.
+
+    outcome: "succeeded" (the API initiated the operation), "failed" (it certainly did not), or
+    "unknown" (it may have: a timeout or a dropped connection after sending; never re-send such a
+    call without a person or a rule deciding so).
+
+    kind: "ok" (200); by status "rejected" (400), "unauthorized" (401), "not_found" (404), "busy"
+    (409), "unprocessable" (422), "server_error" (5xx), "unexpected_status" (any other; outcome
+    "unknown" for another 2xx, else "failed"); without an answer "connect_error" (never sent),
+    "timeout" (read timeout or connection lost after sending), "invalid_response" (not HTTP, or a
+    fault nobody foresaw); "invalid_request" when the call could not be built (a device name
+    such as "." or ".."), so nothing was sent.
+    """
+
+    outcome: str
+    kind: str
+    status_code: int | None
+    execution_id: str | None
+    error: str
+    sent: bool
+    elapsed: float
+
+    @property
+    def retryable(self) -> bool:
+        """True when the API refused the operation for a passing reason (5xx, busy/offline, or
+        the request never reached it): trying again later is safe and may succeed."""
+        return self.kind in RETRYABLE_KINDS
+
+
+class _BearerAuth(AuthBase):
+    # Passing auth= (rather than a plain header) also stops requests from replacing the header
+    # with credentials from ~/.netrc, which it does whenever auth is None.
+    def __init__(self, token: Secret) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(***)"
+
+
+class DeviceClient:
+    """Sends operations to the device API and classifies the answers; never raises from operate().
+
+    Thread safety: one client may be shared by several threads. It holds one requests.Session
+    (keep-alive connections from urllib3's thread-safe pool) and never changes the session after
+    construction: every per-call setting (headers, auth, timeouts) is passed to request(). The
+    pool keeps 10 connections per host; more concurrent calls open extra, short-lived connections.
+    A session passed in must not retry requests (urllib3 Retry on reads or statuses): a retried
+    PUT could start an operation twice.
+
+    read_timeout bounds each wait for data, not the whole answer.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: Secret,
+        *,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        verify: bool | str = True,
+        session: requests.Session | None = None,
+        user_agent: str = "alert-bridge/0.1",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("base_url must not contain credentials: the token authenticates")
+        if parts.query or parts.fragment:
+            raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
+        if not isinstance(token, Secret):
+            raise TypeError("token must be a Secret, so that it never shows in logs")
+        if not token:
+            raise ValueError("token is empty")
+        # Checked here because requests would otherwise fail on each call, with the header value
+        # (the token) in its error message.
+        if not all("\x21" <= ch <= "\x7e" for ch in token.reveal()):
+            raise ValueError(
+                "token must be visible ASCII characters only (no spaces, no trailing newline)"
+            )
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self._base_url = base_url.rstrip("/")
+        self._netloc = parts.netloc
+        self._token = token
+        self._auth = _BearerAuth(token)
+        self._timeout = (connect_timeout, read_timeout)
+        self._verify = verify
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._clock = clock
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def url_for(self, device: str) -> str:
+        """The operation URL for a device; its name is always exactly one path segment."""
+        if not isinstance(device, str):
+            raise TypeError(f"device name must be a str, not {type(device).__name__}")
+        if device in ("", ".", ".."):
+            # URL handling resolves dot segments ("/x/../" is "/"), so these would call
+            # another path; an empty name would leave the segment out.
+            raise ValueError(f"device name {device!r} cannot be addressed as a path segment")
+        # safe="" encodes '/' too. The result holds only unreserved characters and %XX escapes
+        # of reserved ones, which requests and urllib3 leave as they are when preparing the URL.
+        return f"{self._base_url}/{OPERATION_PATH}/{quote(device, safe='')}/"
+
+    def operate(self, device: str, operation: str) -> CallResult:
+        """PUT {"operation": operation} for the device and classify what happened."""
+        start = self._clock()
+        try:
+            url = self.url_for(device)
+        except (TypeError, ValueError) as exc:
+            return self._result(start, "failed", "invalid_request", False, error=str(exc))
+        try:
+            # stream=True: the status line is known before the body is read, so a body that
+            # breaks off does not hide a 200 (the operation was initiated).
+            with self._session.request(
+                "PUT",
+                url,
+                json={"operation": operation},
+                headers=self._headers,
+                auth=self._auth,
+                timeout=self._timeout,
+                verify=self._verify,
+                allow_redirects=False,  # a redirected PUT may turn into a GET, or go elsewhere
+                stream=True,
+            ) as response:
+                return self._answer(start, response)
+        except requests.ConnectTimeout:
+            error = f"connect timeout after {self._timeout[0]:g}s: {self._netloc}"
+            return self._result(start, "failed", "connect_error", False, error=error)
+        except requests.ReadTimeout:
+            return self._result(start, "unknown", "timeout", True, error=self._no_answer_error())
+        except requests.ConnectionError as exc:
+            return self._connection_failure(start, exc)
+        except requests.exceptions.ChunkedEncodingError as exc:
+            error = f"connection dropped while reading the answer: {self._cause(exc)}"
+            return self._result(start, "unknown", "timeout", True, error=error)
+        except _NOT_SENT_REQUEST_ERRORS as exc:
+            error = f"request could not be built: {self._cause(exc)}"
+            return self._result(start, "failed", "invalid_request", False, error=error)
+        except Exception as exc:  # operate() must never raise
+            # Reached only by a fault nobody foresaw: whether the request went out is unknown.
+            error = f"unexpected error: {type(exc).__name__}: {self._cause(exc)}"
+            return self._result(start, "unknown", "invalid_response", True, error=error)
+
+    def close(self) -> None:
+        """Close the session, if this client created it."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DeviceClient(base_url={self._base_url!r})"
+
+    # -- classification ----------------------------------------------------------------------
+
+    def _answer(self, start: float, response: requests.Response) -> CallResult:
+        status = response.status_code
+        body = _read_body(response)
+        if status == 200:
+            return self._result(
+                start, "succeeded", "ok", True, status=status, execution_id=_execution_id(body)
+            )
+        if status in _STATUS_KINDS:
+            kind, meaning = _STATUS_KINDS[status]
+        elif 500 <= status <= 599:
+            kind, meaning = "server_error", "server error"
+        else:
+            kind, meaning = "unexpected_status", "unexpected status"
+        # Another 2xx means the API accepted something: the operation may well have started.
+        outcome = "unknown" if 200 <= status <= 299 else "failed"
+        error = f"HTTP {status}: {meaning}"
+        excerpt = self._excerpt(body) if body is not None else "(answer body could not be read)"
+        if excerpt:
+            error = f"{error}: {excerpt}"
+        return self._result(start, outcome, kind, True, status=status, error=error)
+
+    def _connection_failure(self, start: float, exc: requests.ConnectionError) -> CallResult:
+        causes = list(_causes(exc))
+        if _never_sent(causes):
+            error = _describe_connect_failure(causes, self._netloc, self._timeout[0])
+            if error is None:
+                error = f"connection failed: {self._netloc}: {self._cause(exc)}"
+            return self._result(start, "failed", "connect_error", False, error=error)
+        malformed = [
+            c
+            for c in causes
+            if isinstance(c, http.client.HTTPException)
+            and not isinstance(c, http.client.RemoteDisconnected)
+        ]
+        if malformed:
+            detail = self._excerpt(str(malformed[0]))
+            error = f"malformed HTTP answer: {type(malformed[0]).__name__}: {detail}"
+            return self._result(start, "unknown", "invalid_response", True, error=error)
+        if any(isinstance(c, ReadTimeoutError) for c in causes):
+            error = self._no_answer_error()
+        else:
+            error = (
+                f"connection closed before an answer: {self._cause(exc)}: "
+                "the operation may have been initiated"
+            )
+        return self._result(start, "unknown", "timeout", True, error=error)
+
+    def _no_answer_error(self) -> str:
+        return (
+            f"no answer within {self._timeout[1]:g}s (read timeout): "
+            "the operation may have been initiated"
+        )
+
+    def _result(
+        self,
+        start: float,
+        outcome: str,
+        kind: str,
+        sent: bool,
+        *,
+        status: int | None = None,
+        execution_id: str | None = None,
+        error: str = "",
+    ) -> CallResult:
+        return CallResult(
+            outcome=outcome,
+            kind=kind,
+            status_code=status,
+            execution_id=execution_id,
+            error=self._scrub(error),
+            sent=sent,
+            elapsed=max(0.0, self._clock() - start),
+        )
+
+    def _scrub(self, text: str) -> str:
+        # Belt and braces: no path is known to put the token in a message, but a server may echo
+        # it, and exceptions carry the request with its headers.
+        return text.replace(self._token.reveal(), "***")
+
+    def _excerpt(self, body: str) -> str:
+        # Scrub before cutting, so a token split by the cut cannot survive in part.
+        text = " ".join(
+            "".join(ch if ch.isprintable() else " " for ch in self._scrub(body)).split()
+        )
+        if len(text) > BODY_EXCERPT_CHARS:
+            return text[:BODY_EXCERPT_CHARS] + "…"
+        return text
+
+    def _cause(self, exc: BaseException) -> str:
+        """The innermost message of an exception chain, short, on one line, without the token."""
+        deepest = list(_causes(exc))[-1]
+        return self._excerpt(str(deepest) or type(deepest).__name__)
+
+
+def _read_body(response: requests.Response) -> str | None:
+    """The answer body as text (at most _MAX_BODY_BYTES), or None when reading it failed."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(chunk_size=65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_BODY_BYTES:
+                break
+    except Exception:  # the status is known and decides the outcome; the body is a detail
+        return None
+    return b"".join(chunks)[:_MAX_BODY_BYTES].decode("utf-8", errors="replace")
+
+
+def _execution_id(body: str | None) -> str | None:
+    try:
+        data = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    value = data.get("execution_id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and all it wraps, outermost first: requests wraps urllib3 errors, which
+    wrap socket and ssl errors, through args, .reason and exception chaining."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        inner = (getattr(current, "reason", None), *current.args, current.__cause__)
+        todo.extend(e for e in inner if isinstance(e, BaseException))
+        if current.__context__ is not None and not current.__suppress_context__:
+            todo.append(current.__context__)
+
+
+def _never_sent(causes: list[BaseException]) -> bool:
+    """True when the chain proves the failure happened before the request was written."""
+    if any(isinstance(c, ProtocolError | ReadTimeoutError) for c in causes):
+        return False
+    return any(
+        isinstance(
+            c,
+            Urllib3ConnectTimeoutError  # includes NewConnectionError and NameResolutionError
+            | Urllib3ProxyError  # urllib3 raises it only while reaching the proxy
+            | ClosedPoolError
+            | EmptyPoolError,
+        )
+        or _is_tls_handshake_error(c)
+        for c in causes
+    )
+
+
+def _is_tls_handshake_error(exc: BaseException) -> bool:
+    if isinstance(exc, ssl.SSLCertVerificationError | ssl.CertificateError):
+        return True
+    return isinstance(exc, ssl.SSLError) and exc.reason in _TLS_HANDSHAKE_REASONS
+
+
+def _describe_connect_failure(
+    causes: list[BaseException], netloc: str, timeout: float
+) -> str | None:
+    """A short account of why the connection failed, or None if no known cause is found."""
+    for cause in causes:
+        if isinstance(cause, Urllib3NameResolutionError):
+            return f"name resolution failed: {netloc}"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused: {netloc}"
+        if _is_tls_handshake_error(cause):
+            detail = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+            return f"TLS handshake failed: {netloc}: {detail or cause}"
+        if isinstance(cause, Urllib3ProxyError):
+            return f"proxy unreachable on the way to {netloc}"
+        if isinstance(cause, Urllib3ConnectTimeoutError) and not isinstance(
+            cause, NewConnectionError
+        ):
+            return f"connect timeout after {timeout:g}s: {netloc}"
+    return None
