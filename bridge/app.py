@@ -1,0 +1,169 @@
+"""Flask wiring: webhook endpoints feed the pipeline payloads -> decide -> store -> dispatch."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from bridge import payloads
+from bridge.audit import Delivery, iso
+from bridge.client import CallResult, DeviceClient
+from bridge.config import Settings
+from bridge.decide import decide, summarize
+from bridge.dispatch import Dispatcher
+from bridge.errors import BridgeError, PayloadError
+from bridge.rules import RuleSet, load_rules
+from bridge.store import Recorded, SqliteStore, Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    rules: RuleSet | None = None,
+    store: Store | None = None,
+    client: DeviceClient | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the bridge's WSGI app. Collaborators not given are built from `settings`.
+
+    Raises RulesError when the rules file is invalid: the bridge never serves without rules.
+    """
+    settings = settings or Settings.from_env()
+    rules = rules or load_rules(settings.rules_path)
+    store = store or SqliteStore(settings.state_path)
+    if client is None and not settings.dry_run:
+        assert settings.api_token is not None
+        client = DeviceClient(
+            settings.api_url, settings.api_token,
+            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+        )
+    dispatcher = Dispatcher(store, client, clock) if client and not settings.dry_run else None
+
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep answers in reading order
+    app.extensions["bridge"] = {"settings": settings, "rules": rules, "store": store}
+
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = uuid.uuid4().hex[:16]
+
+    @app.after_request
+    def _request_id_header(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    def receive(source: str | None) -> Response:
+        notification = payloads.parse(request.get_data(cache=False), source)
+        now = clock()
+        delivery = Delivery(
+            g.request_id, notification.source, notification.receiver, notification.group_key
+        )
+        decisions = decide(
+            notification.alerts, rules, store.active_cooldowns(now), now,
+            dry_run=settings.dry_run,
+        )
+        recorded = store.record(delivery, decisions, now)
+        op_ids = [r.operation_id for r in recorded if r.operation_id is not None]
+        results = dispatcher.send(op_ids) if dispatcher else {}
+        summary = summarize(r.decision for r in recorded)
+        log.info(
+            "webhook %s receiver=%r groupKey=%r alerts=%d %s", notification.source,
+            notification.receiver, notification.group_key, len(notification.alerts),
+            " ".join(f"{k}={v}" for k, v in summary.items()),
+        )
+        return jsonify(
+            request_id=g.request_id,
+            source=notification.source,
+            receiver=notification.receiver,
+            groupKey=notification.group_key,
+            dry_run=settings.dry_run,
+            summary=summary,
+            alerts=[
+                {
+                    "fingerprint": alert.fingerprint,
+                    "alertname": alert.alertname,
+                    "status": alert.status,
+                    "decisions": [
+                        _decision_json(r, results.get(r.operation_id or 0))
+                        for r in recorded
+                        if r.decision.alert is alert
+                    ],
+                }
+                for alert in notification.alerts
+            ],
+        )
+
+    @app.post("/webhook/alertmanager")
+    def webhook_alertmanager() -> Response:
+        return receive("alertmanager")
+
+    @app.post("/webhook/grafana")
+    def webhook_grafana() -> Response:
+        return receive("grafana")
+
+    @app.post("/webhook")
+    def webhook_any() -> Response:
+        return receive(None)
+
+    @app.get("/-/healthy")
+    def healthy() -> Response:
+        return jsonify(status="healthy")
+
+    @app.get("/-/ready")
+    def ready() -> tuple[Response, int]:
+        try:
+            store.ping()
+        except BridgeError as exc:
+            return jsonify(status="not ready", error=exc.message), 503
+        return jsonify(
+            status="ready", rules=len(rules.rules), rules_version=rules.version,
+            dry_run=settings.dry_run,
+        ), 200
+
+    @app.errorhandler(BridgeError)
+    def bridge_error(exc: BridgeError) -> tuple[Response, int]:
+        body: dict[str, object] = {"error": exc.message}
+        if isinstance(exc, PayloadError) and exc.where:
+            body["where"] = exc.where
+        if exc.status >= 500:
+            log.error("request %s: %s", g.get("request_id", "-"), exc.message)
+        return jsonify(body), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify(error=exc.description or exc.name), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> tuple[Response, int]:
+        log.exception("request %s failed", g.get("request_id", "-"))
+        return jsonify(error="internal error", request_id=g.get("request_id", "")), 500
+
+    return app
+
+
+def _decision_json(r: Recorded, result: CallResult | None) -> dict[str, object]:
+    d = r.decision
+    doc: dict[str, object] = {
+        "rule": d.rule.name if d.rule else None,
+        "device": d.device,
+        "operation": d.operation,
+        "verdict": d.verdict,
+        "reason": d.reason,
+    }
+    if d.until is not None:
+        doc["until"] = iso(d.until)
+    if r.operation_id is not None:
+        doc["operation_id"] = r.operation_id
+    if result is not None:
+        doc.update(
+            outcome=result.outcome, status_code=result.status_code,
+            execution_id=result.execution_id, error=result.error,
+        )
+    return doc

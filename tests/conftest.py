@@ -1,0 +1,151 @@
+"""Fixtures: a real fake device API, and the bridge served over real HTTP around it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from bridge.app import create_app
+from bridge.client import Secret
+from bridge.config import Settings
+from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thread
+from bridge.rules import parse_rules
+from tests.helpers import BridgeProcess, ThreadServer
+
+# Distinctive, so that finding it anywhere it should not be is unambiguous.
+TOKEN = "tok-7Hq2-ZXv9-never-show-me"
+
+#: Rules that fit the public payload files in tests/payloads/.
+RULES = """\
+defaults:
+  cooldown: 30m
+rules:
+  - name: sync-high-load
+    match: ['alertname = "HighLoad"']
+    device: "{{ labels.system_under_test }}"
+    operation: sync
+  - name: reboot-grafana-hosts
+    match: ['alertname = "Test alert"', 'instance =~ ".+"']
+    device: "{{ labels.instance }}"
+    operation: reboot
+    status: any
+  - name: reconf-on-resolve
+    match: ['alertname = "ServiceHighErrorRate"']
+    device: "{{ labels.service_name }}"
+    operation: reconf
+    status: resolved
+  - name: legacy-cpu
+    match: ['alertname = "Zeta CPU alert"']
+    device: "{{ labels.instance }}"
+    operation: sync
+"""
+
+DEVICES = [
+    "MegaTron", "OptimusPrime", "StarScream", "badhost.example.com", "otherhost.example.com",
+    "frontend", "zeta.domain", "r1", "r2",
+]
+
+
+class Fake:
+    """The fake device API plus the few control calls tests make to it over HTTP."""
+
+    def __init__(self, server: FakeApiServer) -> None:
+        self.server = server
+        self.url = server.url
+        self.control = server.control_url
+
+    def calls(self) -> list[dict[str, Any]]:
+        r = requests.get(f"{self.control}/calls", timeout=5)
+        r.raise_for_status()
+        return r.json()["calls"]
+
+    def behave(self, **behaviour: Any) -> None:
+        requests.post(f"{self.control}/behaviour", json=behaviour, timeout=5).raise_for_status()
+
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[FakeApiServer]:
+    with start_fake_api_in_thread(token=TOKEN, devices=[*DEFAULT_DEVICES, *DEVICES]) as server:
+        yield server
+
+
+@pytest.fixture
+def fake_api(fake_server: FakeApiServer) -> Iterator[FakeApiServer]:
+    """The fake device API, as it was at its start: no calls, no behaviours, full inventory."""
+    fake_server.reset()
+    yield fake_server
+    fake_server.reset()  # also wakes calls still delayed by a behaviour
+
+
+@pytest.fixture
+def fake(fake_api: FakeApiServer) -> Fake:
+    return Fake(fake_api)
+
+
+class Bridge:
+    """The bridge app served over real HTTP in this process."""
+
+    def __init__(self, server: ThreadServer, settings: Settings) -> None:
+        self.server, self.settings, self.url = server, settings, server.url
+
+    def post(self, path: str, body: bytes | str, **kwargs: Any) -> requests.Response:
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        return requests.post(self.url + path, data=body, headers=headers, timeout=30, **kwargs)
+
+
+@pytest.fixture
+def make_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge]]:
+    """Start a bridge on `rules` (YAML text), talking to the fake API unless told otherwise."""
+    started: list[ThreadServer] = []
+
+    def make(rules: str = RULES, *, token: str | None = TOKEN, dry_run: bool = False,
+             clock: Callable[[], float] | None = None, state: Path | None = None) -> Bridge:
+        rules_path = tmp_path / "rules.yaml"
+        rules_path.write_text(rules)
+        settings = Settings(
+            rules_path=str(rules_path), state_path=str(state or tmp_path / "state.db"),
+            api_url=fake.url, api_token=Secret(token) if token else None,
+            dry_run_requested=dry_run, read_timeout=2.0,
+        )
+        kwargs: dict[str, Any] = {"rules": parse_rules(rules, str(rules_path))}
+        if clock is not None:
+            kwargs["clock"] = clock
+        server = ThreadServer(create_app(settings, **kwargs))
+        started.append(server)
+        return Bridge(server, settings)
+
+    yield make
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def bridge(make_bridge: Callable[..., Bridge]) -> Bridge:
+    return make_bridge()
+
+
+@pytest.fixture
+def gunicorn_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., BridgeProcess]]:
+    """Factory for `alert-bridge serve` processes under real gunicorn; all stopped at the end."""
+    procs: list[BridgeProcess] = []
+
+    def start(rules: str = RULES, workers: int = 3, env: dict[str, str] | None = None,
+              state: Path | None = None) -> BridgeProcess:
+        rules_path = tmp_path / "rules.yaml"
+        rules_path.write_text(rules)
+        proc = BridgeProcess(
+            tmp_path, rules_path, state or tmp_path / "state.db",
+            {"BRIDGE_API_URL": fake.url, "BRIDGE_API_TOKEN": TOKEN, **(env or {})},
+            workers=workers,
+        )
+        procs.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in procs:
+        proc.stop()

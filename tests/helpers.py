@@ -1,0 +1,134 @@
+"""Shared test machinery: real servers on loopback, polling with deadlines, payload files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+PAYLOADS = Path(__file__).parent / "payloads"
+ROOT = Path(__file__).parent.parent
+T = TypeVar("T")
+
+#: .ci/run sets this: a test whose service is missing then fails instead of skipping.
+REQUIRE_SERVICES = os.environ.get("BRIDGE_TEST_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip (on a laptop) or fail (in CI) when a service a test needs is missing."""
+    if available:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service missing: {reason}")
+    pytest.skip(reason)
+
+
+def payload(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+def payload_json(name: str) -> Any:
+    return json.loads(payload(name))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.05,
+               what: str = "condition") -> T:
+    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except (requests.ConnectionError, OSError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class ThreadServer:
+    """A WSGI app served over real HTTP by werkzeug in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self._server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+class BridgeProcess:
+    """`python -m bridge serve` under real gunicorn, as an operator would start it."""
+
+    def __init__(self, workdir: Path, rules: Path, state: Path, env: dict[str, str],
+                 workers: int = 3, extra_args: tuple[str, ...] = ()) -> None:
+        self.workdir, self.rules, self.state = workdir, rules, state
+        self.env = {**os.environ, **env}
+        self.workers = workers
+        self.extra_args = extra_args
+        self.log_path = workdir / "bridge.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> BridgeProcess:
+        self.port = free_port()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "serve", "--rules", str(self.rules),
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+             "--state", str(self.state), *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+        )
+        log.close()
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"bridge exited {self.proc.returncode}:\n{self.log()}")
+            return requests.get(self.url + "/-/ready", timeout=2).status_code == 200
+
+        wait_until(ready, timeout=30, what="bridge /-/ready")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"bridge did not stop on signal {sig}:\n{self.log()}") from None
