@@ -1,0 +1,227 @@
+"""The `alert-bridge` command: a thin click layer over the library.
+
+Every failure a user can cause ends as `Error: ...` lines on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from bridge.audit import AuditQuery, format_table, to_json_line
+from bridge.config import Settings, parse_bind
+from bridge.errors import BridgeError, RulesError
+from bridge.rules import format_duration, load_rules, parse_duration
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATE_OPTION = click.option(
+    "--state", "state_path", metavar="PATH", default=None,
+    help="State database (cooldowns, queue, audit). [env BRIDGE_STATE; default ./bridge-state.db]",
+)
+
+
+def fail(*lines: str) -> NoReturn:
+    for line in lines:
+        click.echo(f"Error: {line}", err=True)
+    sys.exit(1)
+
+
+def user_errors(func: F) -> F:
+    """Turn BridgeErrors into `Error: ...` lines instead of tracebacks."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RulesError as exc:
+            fail(*(str(p) for p in exc.problems))
+        except BridgeError as exc:
+            fail(exc.message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="zequenze-alert-bridge", prog_name="alert-bridge")
+def main() -> None:
+    """Turn Alertmanager and Grafana alerts into device operations.
+
+    \b
+    Example:
+        alert-bridge check rules.yaml && alert-bridge serve
+    """
+
+
+@main.command()
+@click.option("--rules", "rules_path", metavar="PATH", default=None,
+              help="Rules file. [env BRIDGE_RULES; default ./rules.yaml]")
+@click.option("--bind", metavar="HOST:PORT", default=None,
+              help="Listen address. [env BRIDGE_BIND; default 127.0.0.1:9095]")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="gunicorn worker processes. [default 2]")
+@STATE_OPTION
+@user_errors
+def serve(rules_path: str | None, bind: str | None, workers: int | None,
+          state_path: str | None) -> None:
+    """Run the bridge under gunicorn.
+
+    The rules file is validated first; an invalid file stops the start with its errors.
+    SIGTERM and SIGHUP sent to this process reach the whole server.
+
+    \b
+    Example:
+        BRIDGE_API_TOKEN_FILE=/run/secrets/api-token alert-bridge serve --bind 0.0.0.0:9095
+    """
+    settings = Settings.from_env(
+        rules_path=rules_path, bind=bind, workers=workers, state_path=state_path
+    )
+    rules = load_rules(settings.rules_path)
+    setup_logging()
+    log = logging.getLogger("bridge")
+    log.info(
+        "alert-bridge: %d rules from %s (version %s), state %s, device API %s",
+        len(rules.rules), settings.rules_path, rules.version, settings.state_path,
+        settings.api_url,
+    )
+    if settings.dry_run:
+        log.warning(
+            "DRY RUN: %s. Decisions are audited as dry_run; no device API call is made.",
+            settings.dry_run_reason,
+        )
+    from bridge.server import BridgeServer
+
+    BridgeServer(settings).run()
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False), default="rules.yaml")
+@user_errors
+def check(path: str) -> None:
+    """Validate a rules file and print every error in it.
+
+    Exit status 0 when the file is valid, 1 otherwise.
+
+    \b
+    Example:
+        alert-bridge check rules.yaml
+    """
+    rules = load_rules(path)
+    ops = sorted({r.operation for r in rules.rules})
+    click.echo(
+        f"{path}: OK, {len(rules.rules)} rule{'s' if len(rules.rules) != 1 else ''}"
+        f" (version {rules.version}; operations: {', '.join(ops) or 'none'};"
+        f" default cooldown {format_duration(rules.default_cooldown)})"
+    )
+
+
+@main.command()
+@STATE_OPTION
+@click.option("--device", default=None, help="Only records for this device.")
+@click.option("--rule", default=None, help="Only records of this rule.")
+@click.option("--outcome", default=None,
+              help="Only this verdict or outcome (execute, cooldown, succeeded, failed, ...).")
+@click.option("--since", default=None, metavar="DURATION",
+              help="Only records newer than this, e.g. 15m, 1h, 2d.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Show the newest N records (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for jq.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records until Ctrl-C.")
+@user_errors
+def audit(state_path: str | None, device: str | None, rule: str | None, outcome: str | None,
+          since: str | None, limit: int, as_json: bool, follow: bool) -> None:
+    """Read the audit log: what the bridge decided and did, and why.
+
+    \b
+    Examples:
+        alert-bridge audit --since 1h
+        alert-bridge audit --device office-router-01 --json | jq .outcome
+        alert-bridge audit --outcome failed --follow
+    """
+    from bridge.store import SqliteStore
+
+    settings = Settings.from_env(state_path=state_path)
+    if not os.path.exists(settings.state_path):
+        fail(f"{settings.state_path}: no such state file (has the bridge run here? see --state)")
+    try:
+        since_ts = time.time() - parse_duration(since) if since else None
+    except ValueError as exc:
+        fail(f"--since: {exc}")
+    store = SqliteStore(settings.state_path)
+    query = AuditQuery(device=device, rule=rule, outcome=outcome, since=since_ts,
+                       limit=limit or None)
+    records = store.audit(query)
+    show_header = not as_json
+
+    def emit(batch: list) -> None:
+        nonlocal show_header
+        if as_json:
+            for record in batch:
+                click.echo(to_json_line(record))
+        elif batch or show_header:
+            text = format_table(batch, header=show_header)
+            if text:
+                click.echo(text)
+            show_header = False
+
+    emit(records)
+    if not follow:
+        return
+    last = records[-1].id if records else _last_id(store)
+    try:
+        while True:
+            batch = store.audit(AuditQuery(device=device, rule=rule, outcome=outcome,
+                                           after_id=last, limit=None))
+            if batch:
+                emit(batch)
+                last = batch[-1].id
+            else:
+                time.sleep(0.5)  # polling interval of --follow, not a synchronisation
+    except KeyboardInterrupt:
+        pass
+
+
+def _last_id(store: Any) -> int:
+    newest = store.audit(AuditQuery(limit=1))
+    return newest[-1].id if newest else 0
+
+
+@main.command("fake-api")
+@click.option("--bind", default="127.0.0.1:9096", show_default=True, metavar="HOST:PORT",
+              help="Listen address.")
+@click.option("--token", envvar="FAKE_API_TOKEN", default="fake-token", show_default=True,
+              help="Bearer token the fake accepts. [env FAKE_API_TOKEN]")
+@click.option("--devices", default=None, metavar="NAME,NAME,...",
+              help="Inventory: device names it knows (others get 404). [default: a demo fleet]")
+@click.option("--any-device", is_flag=True, help="Know every device name (never 404).")
+@user_errors
+def fake_api(bind: str, token: str, devices: str | None, any_device: bool) -> None:
+    """Serve a fake device API that follows the contract, for demos and tests.
+
+    It checks the token and the body like the real API, records every call
+    (GET /_fake/calls) and can be told to fail or be slow (POST /_fake/behaviour).
+
+    \b
+    Example:
+        alert-bridge fake-api --bind 127.0.0.1:9096 --devices office-router-01,core-switch-01
+    """
+    from bridge.fakeapi import DEFAULT_DEVICES, serve_fake_api
+
+    host, port = parse_bind(bind)
+    names = [d.strip() for d in devices.split(",") if d.strip()] if devices else DEFAULT_DEVICES
+    setup_logging()
+    serve_fake_api(host, port, token=token, devices=names, accept_any_device=any_device)

@@ -1,0 +1,40 @@
+"""Runs the app under gunicorn in this very process, so signals sent to `serve` reach the server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from bridge.config import Settings
+
+
+class BridgeServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn's master; each worker builds its own app (and its own store connections)."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self.settings = settings
+        self.options = {
+            "bind": [settings.bind],
+            "workers": settings.workers,
+            # Threads let one worker wait on the device API while it answers other webhooks.
+            "worker_class": "gthread",
+            "threads": 4,
+            # A webhook may wait for device API calls (connect + read timeouts) before answering.
+            "timeout": 120,
+            "graceful_timeout": 30,
+            "proc_name": "alert-bridge",
+            "errorlog": "-",
+            "loglevel": "info",
+            **options,
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from bridge.app import create_app
+
+        return create_app(self.settings)

@@ -1,0 +1,81 @@
+"""The bridge as an operator runs it: `alert-bridge serve` under gunicorn with several workers."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from bridge.audit import AuditQuery
+from bridge.store import SqliteStore
+from tests.conftest import Fake
+from tests.helpers import BridgeProcess, payload, wait_until
+
+
+def post_together(url: str, body: bytes, n: int) -> list[requests.Response]:
+    """Send `n` identical deliveries released at the same instant from `n` threads."""
+    barrier = threading.Barrier(n)
+
+    def one(_: int) -> requests.Response:
+        with requests.Session() as s:
+            s.get(url.rsplit("/webhook", 1)[0] + "/-/healthy", timeout=10)  # connect first
+            barrier.wait(10)
+            return s.post(url, data=body, headers={"Content-Type": "application/json"},
+                          timeout=60)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_twenty_simultaneous_duplicates_make_exactly_one_call(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    bridge = gunicorn_bridge(workers=3)
+    answers = post_together(bridge.url + "/webhook/alertmanager",
+                            payload("alertmanager_resolved.json"), 20)
+    assert [r.status_code for r in answers] == [200] * 20
+    verdicts = Counter(r.json()["alerts"][0]["decisions"][0]["verdict"] for r in answers)
+    assert verdicts == {"execute": 1, "cooldown": 19}
+    assert [c["raw_path"] for c in fake.calls()] == [
+        "/api/v1/inventory_device_name_operation/frontend/"]
+    store = SqliteStore(bridge.state)
+    records = store.audit(AuditQuery(limit=None))
+    store.close()
+    assert Counter((r.event, r.outcome) for r in records) == {
+        ("decision", "execute"): 1, ("decision", "cooldown"): 19, ("outcome", "succeeded"): 1}
+    assert len({r.id for r in records}) == 21
+
+
+def test_several_workers_really_serve(gunicorn_bridge: Callable[..., BridgeProcess]) -> None:
+    bridge = gunicorn_bridge(workers=3)
+    wait_until(lambda: bridge.log().count("Booting worker with pid") >= 3,
+               what="three gunicorn workers")
+
+
+def test_a_restart_keeps_cooldowns(gunicorn_bridge: Callable[..., BridgeProcess],
+                                   fake: Fake) -> None:
+    body = payload("alertmanager_firing_multi.json")
+    first = gunicorn_bridge(workers=2)
+    assert requests.post(first.url + "/webhook", data=body, timeout=30).json()["summary"] == {
+        "execute": 3}
+    assert first.stop(signal.SIGTERM) == 0
+    second = gunicorn_bridge(workers=2, state=first.state)
+    again = requests.post(second.url + "/webhook", data=body, timeout=30).json()
+    assert again["summary"] == {"cooldown": 3}
+    assert len(fake.calls()) == 3
+
+
+def test_sighup_reaches_the_server_and_it_keeps_serving(
+    gunicorn_bridge: Callable[..., BridgeProcess]
+) -> None:
+    bridge = gunicorn_bridge(workers=2)
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "Hang up" in bridge.log(), what="gunicorn to log the SIGHUP")
+    wait_until(lambda: requests.get(bridge.url + "/-/ready", timeout=2).status_code == 200,
+               what="ready after SIGHUP")
+    assert bridge.stop(signal.SIGTERM) == 0
