@@ -24,6 +24,9 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             "timeout": 120,
             "graceful_timeout": 30,
             "proc_name": "alert-bridge",
+            # gunicorn's control socket lives in $HOME, which a read-only container lacks;
+            # operators signal the master instead.
+            "control_socket_disable": True,
             "errorlog": "-",
             "loglevel": "info",
             **options,
