@@ -1,0 +1,61 @@
+"""Settings: flags over BRIDGE_* variables over defaults; the token stays secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.config import DEFAULT_API_URL, Settings
+from bridge.errors import ConfigError
+
+
+def test_defaults_are_the_safe_ones() -> None:
+    s = Settings.from_env({})
+    assert (s.rules_path, s.bind, s.workers, s.state_path, s.api_url) == (
+        "rules.yaml", "127.0.0.1:9095", 2, "bridge-state.db", DEFAULT_API_URL)
+    assert s.dry_run is True
+    assert s.dry_run_reason.startswith("no API token configured")
+
+
+def test_environment_then_flags() -> None:
+    env = {"BRIDGE_RULES": "/etc/r.yaml", "BRIDGE_BIND": "0.0.0.0:1234",
+           "BRIDGE_STATE": "/var/s.db", "BRIDGE_API_URL": "http://api.local/v1",
+           "BRIDGE_API_TOKEN": "t0k"}
+    s = Settings.from_env(env)
+    assert (s.rules_path, s.bind, s.state_path, s.api_url) == (
+        "/etc/r.yaml", "0.0.0.0:1234", "/var/s.db", "http://api.local/v1")
+    assert s.dry_run is False
+    flagged = Settings.from_env(env, rules_path="x.yaml", bind="127.0.0.1:1", state_path=None)
+    assert (flagged.rules_path, flagged.bind, flagged.state_path) == (
+        "x.yaml", "127.0.0.1:1", "/var/s.db")
+
+
+def test_dry_run_variable() -> None:
+    assert Settings.from_env({"BRIDGE_API_TOKEN": "t", "BRIDGE_DRY_RUN": "yes"}).dry_run
+    assert not Settings.from_env({"BRIDGE_API_TOKEN": "t", "BRIDGE_DRY_RUN": "0"}).dry_run
+    with pytest.raises(ConfigError, match="BRIDGE_DRY_RUN must be"):
+        Settings.from_env({"BRIDGE_DRY_RUN": "maybe"})
+
+
+def test_token_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("s3cret-from-file\n")
+    s = Settings.from_env({"BRIDGE_API_TOKEN_FILE": str(path)})
+    assert s.api_token is not None and s.api_token.reveal() == "s3cret-from-file"
+    assert "s3cret" not in repr(s)
+    with pytest.raises(ConfigError, match="not both"):
+        Settings.from_env({"BRIDGE_API_TOKEN_FILE": str(path), "BRIDGE_API_TOKEN": "x"})
+    with pytest.raises(ConfigError, match="No such file"):
+        Settings.from_env({"BRIDGE_API_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("bind", ["9095", "host:", ":80", "h:99999", "h:x"])
+def test_bad_bind(bind: str) -> None:
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        Settings.from_env({"BRIDGE_BIND": bind})
+
+
+def test_bad_api_url() -> None:
+    with pytest.raises(ConfigError, match="http"):
+        Settings.from_env({"BRIDGE_API_URL": "ftp://x"})
