@@ -12,10 +12,10 @@ from werkzeug.exceptions import HTTPException
 
 from bridge import payloads
 from bridge.audit import Delivery, iso
-from bridge.client import CallResult, DeviceClient
+from bridge.client import DeviceClient
 from bridge.config import Settings
 from bridge.decide import decide, summarize
-from bridge.dispatch import Dispatcher
+from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
 from bridge.errors import BridgeError, PayloadError
 from bridge.rules import RuleSet, load_rules
 from bridge.store import Recorded, SqliteStore, Store
@@ -30,9 +30,12 @@ def create_app(
     store: Store | None = None,
     client: DeviceClient | None = None,
     clock: Callable[[], float] = time.time,
+    start_dispatcher: bool = True,
 ) -> Flask:
     """Build the bridge's WSGI app. Collaborators not given are built from `settings`.
 
+    Unless in dry run, the app owns a Dispatcher whose sender threads start here (so call
+    this after fork) and stop with `app.extensions["bridge"]["dispatcher"].stop(timeout)`.
     Raises RulesError when the rules file is invalid: the bridge never serves without rules.
     """
     settings = settings or Settings.from_env()
@@ -44,11 +47,17 @@ def create_app(
             settings.api_url, settings.api_token,
             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
         )
-    dispatcher = Dispatcher(store, client, clock) if client and not settings.dry_run else None
+    dispatcher = None
+    if client is not None and not settings.dry_run:
+        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock)
+        if start_dispatcher:
+            dispatcher.start()
 
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep answers in reading order
-    app.extensions["bridge"] = {"settings": settings, "rules": rules, "store": store}
+    app.extensions["bridge"] = {
+        "settings": settings, "rules": rules, "store": store, "dispatcher": dispatcher,
+    }
 
     @app.before_request
     def _request_id() -> None:
@@ -69,9 +78,11 @@ def create_app(
             notification.alerts, rules, store.active_cooldowns(now), now,
             dry_run=settings.dry_run,
         )
+        # Answer once the decisions are committed, never before: the API calls come after,
+        # from the dispatcher, so a slow device API cannot slow the sender down.
         recorded = store.record(delivery, decisions, now)
-        op_ids = [r.operation_id for r in recorded if r.operation_id is not None]
-        results = dispatcher.send(op_ids) if dispatcher else {}
+        if dispatcher is not None and any(r.operation_id for r in recorded):
+            dispatcher.wake()
         summary = summarize(r.decision for r in recorded)
         log.info(
             "webhook %s receiver=%r groupKey=%r alerts=%d %s", notification.source,
@@ -91,9 +102,7 @@ def create_app(
                     "alertname": alert.alertname,
                     "status": alert.status,
                     "decisions": [
-                        _decision_json(r, results.get(r.operation_id or 0))
-                        for r in recorded
-                        if r.decision.alert is alert
+                        _decision_json(r) for r in recorded if r.decision.alert is alert
                     ],
                 }
                 for alert in notification.alerts
@@ -119,9 +128,15 @@ def create_app(
     @app.get("/-/ready")
     def ready() -> tuple[Response, int]:
         try:
-            store.ping()
+            unauthorized = store.get_flag(API_UNAUTHORIZED)
         except BridgeError as exc:
             return jsonify(status="not ready", error=exc.message), 503
+        if unauthorized is not None:
+            return jsonify(
+                status="not ready",
+                error=f"the device API has rejected the token (HTTP 401) since "
+                      f"{iso(unauthorized)}: fix BRIDGE_API_TOKEN and restart",
+            ), 503
         return jsonify(
             status="ready", rules=len(rules.rules), rules_version=rules.version,
             dry_run=settings.dry_run,
@@ -148,7 +163,7 @@ def create_app(
     return app
 
 
-def _decision_json(r: Recorded, result: CallResult | None) -> dict[str, object]:
+def _decision_json(r: Recorded) -> dict[str, object]:
     d = r.decision
     doc: dict[str, object] = {
         "rule": d.rule.name if d.rule else None,
@@ -161,9 +176,4 @@ def _decision_json(r: Recorded, result: CallResult | None) -> dict[str, object]:
         doc["until"] = iso(d.until)
     if r.operation_id is not None:
         doc["operation_id"] = r.operation_id
-    if result is not None:
-        doc.update(
-            outcome=result.outcome, status_code=result.status_code,
-            execution_id=result.execution_id, error=result.error,
-        )
     return doc

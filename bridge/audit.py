@@ -6,9 +6,11 @@ import json
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
-# Events. A "decision" is written for every (alert, rule) judgement, an "outcome" when an
-# operation that was decided EXECUTE reaches its result.
+# Events. A "decision" is written for every (alert, rule) judgement; an "attempt" for each
+# call to the device API that will be tried again; an "outcome" once per operation that was
+# decided EXECUTE, when it reaches its final result (succeeded, failed, unknown, expired).
 DECISION = "decision"
+ATTEMPT = "attempt"
 OUTCOME = "outcome"
 
 
@@ -43,6 +45,7 @@ class AuditRecord:
     execution_id: str | None
     error: str
     operation_id: int | None
+    attempt: int | None
 
     def to_json(self) -> dict[str, object]:
         doc = asdict(self)
@@ -82,7 +85,9 @@ TABLE_HEADER = ("TIME", "RULE", "DEVICE", "OPERATION", "OUTCOME", "HTTP", "DETAI
 
 
 def table_row(r: AuditRecord) -> tuple[str, ...]:
-    if r.event == OUTCOME:
+    if r.event == ATTEMPT:
+        detail = f"attempt {r.attempt}: {r.error} ({r.reason})"
+    elif r.event == OUTCOME:
         detail = r.execution_id or r.error or r.reason
     else:
         detail = r.reason

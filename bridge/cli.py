@@ -91,6 +91,15 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
         rules_path=rules_path, bind=bind, workers=workers, state_path=state_path
     )
     rules = load_rules(settings.rules_path)
+    from bridge.dispatch import API_UNAUTHORIZED
+    from bridge.store import SqliteStore
+
+    # Opening the store now fails the start early on an unusable state path. A restart is
+    # how an operator applies a fixed token, so an old "API rejected the token" is cleared.
+    store = SqliteStore(settings.state_path)
+    store.set_flag(API_UNAUTHORIZED, None)
+    depth = store.queue_depth()
+    store.close()
     setup_logging()
     log = logging.getLogger("bridge")
     log.info(
@@ -98,6 +107,9 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
         len(rules.rules), settings.rules_path, rules.version, settings.state_path,
         settings.api_url,
     )
+    if depth["queued"] or depth["sending"]:
+        log.info("resuming: %d operations queued, %d were being sent when the bridge stopped",
+                 depth["queued"], depth["sending"])
     if settings.dry_run:
         log.warning(
             "DRY RUN: %s. Decisions are audited as dry_run; no device API call is made.",

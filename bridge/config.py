@@ -8,7 +8,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bridge.client import Secret
+from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
+from bridge.rules import parse_duration
 
 DEFAULT_API_URL = "https://control.zequenze.com/api/v1"
 # 9090 is Prometheus, 9093/9094 Alertmanager; 9095 is free of both.
@@ -28,6 +30,14 @@ class Settings:
     dry_run_requested: bool = False
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
+    concurrency: int = 4
+    rate_limit: float = 10.0
+    max_age: float = 600.0
+    max_attempts: int = 5
+    retry_base: float = 2.0
+    busy_retry: float = 60.0
+    failure_cooldown: float = 300.0
+    drain_timeout: float = 30.0
 
     @property
     def dry_run(self) -> bool:
@@ -53,6 +63,16 @@ class Settings:
             api_url=env.get("BRIDGE_API_URL") or DEFAULT_API_URL,
             api_token=_token(env),
             dry_run_requested=_flag(env, "BRIDGE_DRY_RUN"),
+            connect_timeout=_seconds(env, "BRIDGE_API_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=_seconds(env, "BRIDGE_API_TIMEOUT", cls.read_timeout),
+            concurrency=int(_number(env, "BRIDGE_CONCURRENCY", cls.concurrency)),
+            rate_limit=_number(env, "BRIDGE_RATE_LIMIT", cls.rate_limit),
+            max_age=_seconds(env, "BRIDGE_MAX_AGE", cls.max_age),
+            max_attempts=int(_number(env, "BRIDGE_MAX_ATTEMPTS", cls.max_attempts)),
+            retry_base=_seconds(env, "BRIDGE_RETRY_BASE", cls.retry_base),
+            busy_retry=_seconds(env, "BRIDGE_BUSY_RETRY", cls.busy_retry),
+            failure_cooldown=_seconds(env, "BRIDGE_FAILURE_COOLDOWN", cls.failure_cooldown),
+            drain_timeout=_seconds(env, "BRIDGE_DRAIN_TIMEOUT", cls.drain_timeout),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
@@ -65,6 +85,23 @@ class Settings:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not self.api_url.startswith(("http://", "https://")):
             raise ConfigError(f"BRIDGE_API_URL must be an http(s) URL, got {self.api_url!r}")
+        for name, value in (("BRIDGE_CONCURRENCY", self.concurrency),
+                            ("BRIDGE_RATE_LIMIT", self.rate_limit),
+                            ("BRIDGE_MAX_ATTEMPTS", self.max_attempts),
+                            ("BRIDGE_API_TIMEOUT", self.read_timeout),
+                            ("BRIDGE_API_CONNECT_TIMEOUT", self.connect_timeout)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be greater than 0, got {value:g}")
+
+    def policy(self) -> DispatchPolicy:
+        return DispatchPolicy(
+            concurrency=self.concurrency, rate_limit=self.rate_limit, max_age=self.max_age,
+            max_attempts=self.max_attempts, retry_base=self.retry_base,
+            retry_cap=max(self.retry_base, 120.0), busy_base=self.busy_retry,
+            busy_cap=max(self.busy_retry, 600.0), failure_cooldown=self.failure_cooldown,
+            # A call takes at most about connect + read timeout; past that its sender is gone.
+            lease=self.connect_timeout + self.read_timeout + 5.0,
+        )
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -98,3 +135,28 @@ def _token(env: Mapping[str, str]) -> Secret | None:
     if not value:
         raise ConfigError(f"BRIDGE_API_TOKEN_FILE {path}: file is empty")
     return Secret(value)
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration setting: a Prometheus duration (90s, 5m) or a bare number of seconds."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None

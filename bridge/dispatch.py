@@ -1,43 +1,197 @@
-"""Dispatch: send queued operations to the device API and record each one's outcome."""
+"""Dispatch: send the operations the store has queued, retry by the contract, record each end.
+
+Webhooks only queue operations (store.record); dispatcher threads in every gunicorn worker
+take them from the shared store. The store's atomic claim keeps every limit global: at most
+`concurrency` calls in flight, calls spaced by the rate limit, one operation per device at a
+time, and no operation ever held by two senders.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from bridge.client import CallResult, DeviceClient
-from bridge.store import Store
+from bridge.errors import BridgeError
+from bridge.store import Operation, Store
 
 log = logging.getLogger(__name__)
 
+#: Store flag set (to the time) while the device API rejects the token; /-/ready fails on it.
+API_UNAUTHORIZED = "api_unauthorized_since"
+
+# Operations that may be sent again after an ambiguous attempt (a timeout or a dropped
+# connection after the request left, or a gateway timeout): the device may have started the
+# first one. A second `sync` re-reads the configuration the first one read: harmless. A
+# second `reconf` while the first applies may cut the device off half-way, a second `reboot`
+# takes a device that is coming back down again, and a second factory reset is never
+# acceptable. Those end `unknown` for a person to check instead.
+REPEATABLE_AFTER_AMBIGUITY = frozenset({"sync"})
+
+# Answers that say the operation did not start, so sending it again is safe for any
+# operation: the server failed to initiate it (5xx except 504), the request never left, or
+# the device was busy or offline.
+_BACKOFF = frozenset({"server_error", "connect_error"})
+_BUSY = frozenset({"busy", "unprocessable"})
+_AMBIGUOUS = frozenset({"timeout", "invalid_response"})
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    """Limits and retry spacing; every number is a setting (see config.Settings)."""
+
+    concurrency: int = 4  # API calls in flight, all workers together
+    rate_limit: float = 10.0  # API calls started per second, all workers together
+    max_age: float = 600.0  # an operation not sent this long after its alert is not sent
+    max_attempts: int = 5  # per operation, all retry classes together
+    retry_base: float = 2.0  # 5xx and connect errors: base * 2**(attempt-1), jittered
+    retry_cap: float = 120.0
+    busy_base: float = 60.0  # 409/422: the device is busy or offline; wait longer
+    busy_cap: float = 600.0
+    failure_cooldown: float = 300.0  # cooldown left after an operation that did not happen
+    lease: float = 60.0  # longer than any call can take (connect + read timeouts + margin)
+    poll_interval: float = 0.5  # idle senders look for work (and retries due) this often
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do after an attempt: try again at `retry_at`, or end with `result`."""
+
+    result: CallResult
+    retry_at: float | None = None
+
+
+def next_step(op: Operation, result: CallResult, now: float, policy: DispatchPolicy,
+              rng: random.Random) -> Step:
+    """Decide, from one attempt's result, whether the operation is retried or ended."""
+    kind = result.kind
+    if kind == "server_error" and result.status_code == 504:
+        # A gateway timeout means the request may have reached the API behind the gateway.
+        kind = "timeout"
+        result = replace(result, outcome="unknown")
+    if result.outcome == "succeeded":
+        return Step(result)
+    if kind in _AMBIGUOUS and op.operation not in REPEATABLE_AFTER_AMBIGUITY:
+        return Step(result)
+    if op.attempts >= policy.max_attempts:
+        return Step(result)
+    if kind in _BACKOFF or kind in _AMBIGUOUS:
+        delay = min(policy.retry_cap, policy.retry_base * 2 ** (op.attempts - 1))
+    elif kind in _BUSY:
+        delay = min(policy.busy_cap, policy.busy_base * 2 ** (op.attempts - 1))
+    else:  # 400, 401, 404, other statuses: retrying cannot help
+        return Step(result)
+    # Equal jitter: never sooner than half the delay, so retries stay spaced, yet spread out.
+    return Step(result, now + delay / 2 + rng.uniform(0, delay / 2))
+
 
 class Dispatcher:
-    """Sends operations that the store has queued, one call each.
+    """Sender threads of one process. Start after fork; stop() drains calls in flight."""
 
-    An operation is moved from queued to sending in the store before the call: if two
-    dispatchers ever hold the same id, only one of them gets it.
-    """
-
-    def __init__(
-        self, store: Store, client: DeviceClient, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, store: Store, client: DeviceClient, policy: DispatchPolicy, *,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
         self.store = store
         self.client = client
+        self.policy = policy
         self.clock = clock
+        self.rng = rng or random.Random()
+        self._wakeup = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._next_sweep = 0.0
 
-    def send(self, operation_ids: Iterable[int]) -> dict[int, CallResult]:
-        results: dict[int, CallResult] = {}
-        for op_id in operation_ids:
-            op = self.store.start(op_id, self.clock())
-            if op is None:
-                continue
-            result = self.client.operate(op.device, op.operation)
-            self.store.finish(op_id, result, self.clock())
-            log_result = log.info if result.outcome == "succeeded" else log.warning
-            log_result(
-                "operation %d: %s on %s by rule %s: %s%s",
-                op_id, op.operation, op.device, op.rule, result.outcome,
-                f" ({result.error})" if result.error else "",
+    def start(self) -> None:
+        for n in range(self.policy.concurrency):
+            thread = threading.Thread(target=self._run, name=f"dispatch-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """New work was queued: idle senders look now rather than at their next poll."""
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    def stop(self, timeout: float) -> bool:
+        """Take no new operation; wait up to `timeout` for calls in flight. True if drained."""
+        self._stopping.set()
+        self.wake()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        drained = not any(t.is_alive() for t in self._threads)
+        if not drained:
+            log.warning("dispatcher stopped with calls still in flight; they will end unknown")
+        return drained
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                wait = self.step()
+            except BridgeError as exc:
+                log.error("dispatcher: %s", exc.message)
+                wait = self.policy.poll_interval
+            except Exception:  # a sender thread must outlive any single bad operation
+                log.exception("dispatcher: unexpected error")
+                wait = self.policy.poll_interval
+            if wait > 0:
+                with self._wakeup:
+                    if not self._stopping.is_set():
+                        self._wakeup.wait(wait)
+
+    def step(self) -> float:
+        """Send at most one operation. Returns how long to wait before the next step."""
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 1.0
+            for op in self.store.end_stale(now, self.policy.max_age,
+                                           now + self.policy.failure_cooldown):
+                log.warning("operation %d (%s on %s) ended without an answer: %s",
+                            op.id, op.operation, op.device,
+                            "expired" if op.state == "expired" else "lost in flight")
+        claim = self.store.claim(
+            now, concurrency=self.policy.concurrency, spacing=1.0 / self.policy.rate_limit,
+            lease=self.policy.lease,
+        )
+        if claim.operation is None:
+            return min(claim.wait, self.policy.poll_interval) if claim.wait else \
+                self.policy.poll_interval
+        self.send(claim.operation)
+        return 0.0
+
+    def send(self, op: Operation) -> CallResult:
+        result = self.client.operate(op.device, op.operation)
+        now = self.clock()
+        step = next_step(op, result, now, self.policy, self.rng)
+        final = step.result
+        # An operation that certainly did not happen leaves a short cooldown, so the next
+        # alert can try again without every repeat of it hammering the API.
+        release = None if final.outcome in ("succeeded", "unknown") else \
+            now + self.policy.failure_cooldown
+        self.store.finish(op, final, now, retry_at=step.retry_at, release_until=release)
+        self._note_auth(final)
+        if step.retry_at is not None:
+            log.warning("operation %d: %s on %s, attempt %d: %s; retry in %.1fs", op.id,
+                        op.operation, op.device, op.attempts, final.error,
+                        step.retry_at - now)
+        else:
+            (log.info if final.outcome == "succeeded" else log.warning)(
+                "operation %d: %s on %s by rule %s: %s after %d attempt(s)%s", op.id,
+                op.operation, op.device, op.rule, final.outcome, op.attempts,
+                f" ({final.error})" if final.error else "",
             )
-            results[op_id] = result
-        return results
+        return final
+
+    def _note_auth(self, result: CallResult) -> None:
+        if result.kind == "unauthorized":
+            if self.store.get_flag(API_UNAUTHORIZED) is None:
+                self.store.set_flag(API_UNAUTHORIZED, self.clock())
+            log.error(
+                "THE DEVICE API REJECTED THE TOKEN (HTTP 401): every further call will fail "
+                "until BRIDGE_API_TOKEN / BRIDGE_API_TOKEN_FILE is fixed and the bridge restarted"
+            )
+        elif result.outcome == "succeeded" and self.store.get_flag(API_UNAUTHORIZED):
+            self.store.set_flag(API_UNAUTHORIZED, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -20,9 +21,11 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             # Threads let one worker wait on the device API while it answers other webhooks.
             "worker_class": "gthread",
             "threads": 4,
-            # A webhook may wait for device API calls (connect + read timeouts) before answering.
-            "timeout": 120,
-            "graceful_timeout": 30,
+            "timeout": 60,
+            # SIGTERM: workers stop taking requests, then their dispatchers finish the calls
+            # in flight (worker_exit below) within the drain timeout.
+            "graceful_timeout": math.ceil(settings.drain_timeout) + 5,
+            "worker_exit": _drain,
             "proc_name": "alert-bridge",
             # gunicorn's control socket lives in $HOME, which a read-only container lacks;
             # operators signal the master instead.
@@ -41,3 +44,10 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
         from bridge.app import create_app
 
         return create_app(self.settings)
+
+
+def _drain(server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    dispatcher = app.extensions["bridge"]["dispatcher"] if app is not None else None
+    if dispatcher is not None:
+        dispatcher.stop(server.cfg.graceful_timeout - 5)

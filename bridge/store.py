@@ -16,7 +16,16 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bridge import decide
-from bridge.audit import COLUMNS, DECISION, OUTCOME, AuditQuery, AuditRecord, Delivery
+from bridge.audit import (
+    ATTEMPT,
+    COLUMNS,
+    DECISION,
+    OUTCOME,
+    AuditQuery,
+    AuditRecord,
+    Delivery,
+    iso,
+)
 from bridge.client import CallResult
 from bridge.decide import Decision, Key
 from bridge.errors import BridgeError
@@ -24,6 +33,10 @@ from bridge.errors import BridgeError
 # Operation states. QUEUED and SENDING are open; the others are final.
 QUEUED = "queued"
 SENDING = "sending"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+UNKNOWN = "unknown"
+EXPIRED = "expired"
 
 
 class StoreError(BridgeError):
@@ -42,12 +55,37 @@ class Recorded:
 
 @dataclass(frozen=True)
 class Operation:
+    """A recorded EXECUTE decision on its way to the device API."""
+
     id: int
     device: str
     operation: str
     rule: str
     state: str
     created: float
+    attempts: int
+    claim_until: float
+    request_id: str
+    source: str
+    receiver: str
+    group_key: str
+    fingerprint: str
+    alertname: str
+    alert_status: str
+
+
+_OP_COLUMNS = (
+    "id, device, operation, rule, state, created, attempts, claim_until, request_id, source,"
+    " receiver, group_key, fingerprint, alertname, alert_status"
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The operation a sender may send now, or None and how long to wait for the rate limit."""
+
+    operation: Operation | None
+    wait: float
 
 
 class Store(Protocol):
@@ -58,8 +96,13 @@ class Store(Protocol):
     def record(
         self, delivery: Delivery, decisions: Sequence[Decision], now: float
     ) -> list[Recorded]: ...
-    def start(self, operation_id: int, now: float) -> Operation | None: ...
-    def finish(self, operation_id: int, result: CallResult, now: float) -> None: ...
+    def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
+    def finish(self, op: Operation, result: CallResult, now: float, *,
+               retry_at: float | None = None, release_until: float | None = None) -> None: ...
+    def end_stale(self, now: float, max_age: float, release_until: float) -> list[Operation]: ...
+    def queue_depth(self) -> dict[str, int]: ...
+    def get_flag(self, key: str) -> float | None: ...
+    def set_flag(self, key: str, value: float | None) -> None: ...
     def audit(self, query: AuditQuery) -> list[AuditRecord]: ...
     def close(self) -> None: ...
 
@@ -86,10 +129,18 @@ CREATE TABLE IF NOT EXISTS operations (
     group_key TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     alertname TEXT NOT NULL,
-    alert_status TEXT NOT NULL
+    alert_status TEXT NOT NULL,
+    claim_until REAL NOT NULL,       -- the cooldown end this operation claimed
+    next_attempt REAL NOT NULL,      -- not sent before this time (retry spacing)
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL                 -- while sending: past this, the sender is presumed dead
 );
-CREATE INDEX IF NOT EXISTS operations_open ON operations (state)
+CREATE INDEX IF NOT EXISTS operations_open ON operations (state, next_attempt)
     WHERE state IN ('queued', 'sending');
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -109,7 +160,8 @@ CREATE TABLE IF NOT EXISTS audit (
     status_code INTEGER,
     execution_id TEXT,
     error TEXT NOT NULL,
-    operation_id INTEGER
+    operation_id INTEGER,
+    attempt INTEGER
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE INDEX IF NOT EXISTS audit_device ON audit (device, id);
@@ -222,55 +274,157 @@ class SqliteStore:
                             d.key,
                         ).fetchone()
                         d = replace(
-                            d, verdict=decide.COOLDOWN, reason="in cooldown (claimed concurrently)",
-                            until=until,
+                            d, verdict=decide.COOLDOWN, until=until,
+                            reason=f"in cooldown until {iso(until)} (claimed concurrently)",
                         )
                 conn.execute(_AUDIT_INSERT, _decision_row(now, delivery, d, op_id))
                 recorded.append(Recorded(d, op_id))
         return recorded
 
     def _queue(self, conn: sqlite3.Connection, delivery: Delivery, d: Decision, now: float) -> int:
-        assert d.rule is not None
+        assert d.rule is not None and d.until is not None
         cur = conn.execute(
             "INSERT INTO operations (device, operation, rule, state, created, updated,"
-            " request_id, source, receiver, group_key, fingerprint, alertname, alert_status)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
+            " claim_until, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.device, d.operation, d.rule.name, QUEUED, now, now, delivery.request_id,
                 delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
-                d.alert.alertname, d.alert.status,
+                d.alert.alertname, d.alert.status, d.until, now,
             ),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def start(self, operation_id: int, now: float) -> Operation | None:
-        """Move a queued operation to SENDING; None if it is not queued (someone else has it)."""
-        with self._write() as conn:
-            row = conn.execute(
-                "UPDATE operations SET state = ?, updated = ? WHERE id = ? AND state = ?"
-                " RETURNING id, device, operation, rule, state, created",
-                (SENDING, now, operation_id, QUEUED),
-            ).fetchone()
-        return Operation(*row) if row else None
+    def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim:
+        """Take the next queued operation that may be sent now, and mark it SENDING.
 
-    def finish(self, operation_id: int, result: CallResult, now: float) -> None:
-        """Record the final outcome of an operation that was SENDING, with its audit record."""
+        All senders in all processes share the limits kept here: at most `concurrency`
+        operations SENDING, one call started per `spacing` seconds, and never two operations
+        on one device at once. A sender that holds an operation past `lease` is presumed dead.
+        """
         with self._write() as conn:
+            (sending,) = conn.execute(
+                "SELECT count(*) FROM operations WHERE state = ?", (SENDING,)
+            ).fetchone()
+            if sending >= concurrency:
+                return Claim(None, 0.0)
+            slot = _meta(conn, "next_call_slot", 0.0)
+            if slot > now:
+                return Claim(None, slot - now)
             row = conn.execute(
-                "UPDATE operations SET state = ?, updated = ? WHERE id = ? AND state = ?"
-                " RETURNING request_id, source, receiver, group_key, fingerprint, alertname,"
-                " alert_status, rule, device, operation",
-                (result.outcome, now, operation_id, SENDING),
+                f"SELECT {_OP_COLUMNS} FROM operations o WHERE state = ? AND next_attempt <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM operations s"
+                "                 WHERE s.state = ? AND s.device = o.device)"
+                " ORDER BY next_attempt, id LIMIT 1",
+                (QUEUED, now, SENDING),
             ).fetchone()
             if row is None:
-                raise StoreError(f"operation {operation_id} is not being sent")
-            reason = "API call" if result.outcome == "succeeded" else result.kind
+                return Claim(None, 0.0)
+            op = Operation(*row)
             conn.execute(
-                _AUDIT_INSERT,
-                (now, OUTCOME, *row, result.outcome, reason, result.status_code,
-                 result.execution_id, result.error, operation_id),
+                "UPDATE operations SET state = ?, updated = ?, attempts = attempts + 1,"
+                " lease_until = ? WHERE id = ?",
+                (SENDING, now, now + lease, op.id),
             )
+            _set_meta(conn, "next_call_slot", max(slot, now) + spacing)
+        return Claim(replace(op, state=SENDING, attempts=op.attempts + 1), 0.0)
+
+    def finish(self, op: Operation, result: CallResult, now: float, *,
+               retry_at: float | None = None, release_until: float | None = None) -> None:
+        """Record one attempt's result: queue the operation again, or end it with its outcome.
+
+        `release_until` shortens the device's cooldown (to that time) when the operation ends
+        without having reached the device, so a later alert may try again.
+        """
+        with self._write() as conn:
+            if retry_at is not None:
+                updated = conn.execute(
+                    "UPDATE operations SET state = ?, updated = ?, next_attempt = ?,"
+                    " lease_until = NULL WHERE id = ? AND state = ?",
+                    (QUEUED, now, retry_at, op.id, SENDING),
+                ).rowcount
+                event, reason = ATTEMPT, f"{result.kind}; next attempt at {iso(retry_at)}"
+            else:
+                updated = conn.execute(
+                    "UPDATE operations SET state = ?, updated = ?, lease_until = NULL"
+                    " WHERE id = ? AND state = ?",
+                    (result.outcome, now, op.id, SENDING),
+                ).rowcount
+                event = OUTCOME
+                reason = "API call" if result.outcome == "succeeded" else result.kind
+            if not updated:
+                # The lease ran out and the operation was already ended as unknown: that
+                # record stands, and this late result is recorded beside it, not over it.
+                event, reason = ATTEMPT, f"{result.kind}; arrived after the lease ran out"
+            elif retry_at is None and release_until is not None:
+                self._release(conn, op, release_until)
+            conn.execute(_AUDIT_INSERT, _operation_row(
+                now, event, op, result.outcome, reason, result.status_code,
+                result.execution_id, result.error,
+            ))
+
+    def end_stale(self, now: float, max_age: float, release_until: float) -> list[Operation]:
+        """End operations that can no longer be sent as they should.
+
+        Queued ones older than `max_age` end EXPIRED (acting late can do more harm than good)
+        and release their cooldown; ones whose sender's lease ran out end UNKNOWN (the call
+        may have reached the device) and keep it.
+        """
+        ended: list[Operation] = []
+        with self._write() as conn:
+            expired = conn.execute(
+                f"UPDATE operations SET state = ?, updated = ? WHERE state = ? AND created < ?"
+                f" RETURNING {_OP_COLUMNS}",
+                (EXPIRED, now, QUEUED, now - max_age),
+            ).fetchall()
+            for row in expired:
+                op = Operation(*row)
+                self._release(conn, op, release_until)
+                conn.execute(_AUDIT_INSERT, _operation_row(
+                    now, OUTCOME, op, EXPIRED, "max_age",
+                    None, None, f"not sent within the maximum age ({max_age:g}s)",
+                ))
+                ended.append(op)
+            lost = conn.execute(
+                f"UPDATE operations SET state = ?, updated = ?, lease_until = NULL"
+                f" WHERE state = ? AND lease_until < ? RETURNING {_OP_COLUMNS}",
+                (UNKNOWN, now, SENDING, now),
+            ).fetchall()
+            for row in lost:
+                op = Operation(*row)
+                conn.execute(_AUDIT_INSERT, _operation_row(
+                    now, OUTCOME, op, UNKNOWN, "lost_in_flight", None, None,
+                    "the process sending it stopped before the answer was recorded",
+                ))
+                ended.append(op)
+        return ended
+
+    def _release(self, conn: sqlite3.Connection, op: Operation, until: float) -> None:
+        # Only the cooldown this operation claimed, and only ever shorter.
+        conn.execute(
+            "UPDATE cooldowns SET until = min(until, ?)"
+            " WHERE device = ? AND operation = ? AND until = ?",
+            (until, op.device, op.operation, op.claim_until),
+        )
+
+    def queue_depth(self) -> dict[str, int]:
+        rows = self._read(
+            "SELECT state, count(*) FROM operations WHERE state IN (?, ?) GROUP BY state",
+            (QUEUED, SENDING),
+        )
+        return {QUEUED: 0, SENDING: 0, **dict(rows)}
+
+    def get_flag(self, key: str) -> float | None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_flag(self, key: str, value: float | None) -> None:
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                _set_meta(conn, key, value)
 
     def audit(self, query: AuditQuery) -> list[AuditRecord]:
         where: list[str] = ["id > ?"]
@@ -296,7 +450,29 @@ def _decision_row(now: float, delivery: Delivery, d: Decision, op_id: int | None
         now, DECISION, delivery.request_id, delivery.source, delivery.receiver,
         delivery.group_key, d.alert.fingerprint, d.alert.alertname, d.alert.status,
         d.rule.name if d.rule else "", d.device, d.operation, d.verdict, d.reason,
-        None, None, "", op_id,
+        None, None, "", op_id, None,
+    )
+
+
+def _operation_row(now: float, event: str, op: Operation, outcome: str, reason: str,
+                   status_code: int | None, execution_id: str | None, error: str) -> tuple:
+    return (
+        now, event, op.request_id, op.source, op.receiver, op.group_key, op.fingerprint,
+        op.alertname, op.alert_status, op.rule, op.device, op.operation, outcome, reason,
+        status_code, execution_id, error, op.id, op.attempts,
+    )
+
+
+def _meta(conn: sqlite3.Connection, key: str, default: float) -> float:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: float) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
     )
 
 

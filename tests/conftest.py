@@ -10,11 +10,13 @@ import pytest
 import requests
 
 from bridge.app import create_app
+from bridge.audit import AuditQuery, AuditRecord
 from bridge.client import Secret
 from bridge.config import Settings
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thread
 from bridge.rules import parse_rules
-from tests.helpers import BridgeProcess, ThreadServer
+from bridge.store import SqliteStore
+from tests.helpers import BridgeProcess, ThreadServer, wait_until
 
 # Distinctive, so that finding it anywhere it should not be is unambiguous.
 TOKEN = "tok-7Hq2-ZXv9-never-show-me"
@@ -90,8 +92,32 @@ def fake(fake_api: FakeApiServer) -> Fake:
 class Bridge:
     """The bridge app served over real HTTP in this process."""
 
-    def __init__(self, server: ThreadServer, settings: Settings) -> None:
-        self.server, self.settings, self.url = server, settings, server.url
+    def __init__(self, server: ThreadServer, settings: Settings, app: Any) -> None:
+        self.server, self.settings, self.url, self.app = server, settings, server.url, app
+
+    @property
+    def dispatcher(self) -> Any:
+        return self.app.extensions["bridge"]["dispatcher"]
+
+    def audit(self, **filters: Any) -> list[AuditRecord]:
+        store = SqliteStore(self.settings.state_path)
+        try:
+            return store.audit(AuditQuery(limit=None, **filters))
+        finally:
+            store.close()
+
+    def outcomes(self, n: int, timeout: float = 20) -> list[AuditRecord]:
+        """Wait until `n` operations have ended; their outcome records, in order."""
+        return wait_until(
+            lambda: (lambda got: got if len(got) >= n else None)(
+                [r for r in self.audit() if r.event == "outcome"]),
+            timeout=timeout, what=f"{n} outcome records",
+        )
+
+    def stop(self) -> None:
+        self.server.close()
+        if self.dispatcher is not None:
+            self.dispatcher.stop(10)
 
     def post(self, path: str, body: bytes | str, **kwargs: Any) -> requests.Response:
         headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
@@ -101,27 +127,30 @@ class Bridge:
 @pytest.fixture
 def make_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge]]:
     """Start a bridge on `rules` (YAML text), talking to the fake API unless told otherwise."""
-    started: list[ThreadServer] = []
+    started: list[Bridge] = []
 
     def make(rules: str = RULES, *, token: str | None = TOKEN, dry_run: bool = False,
-             clock: Callable[[], float] | None = None, state: Path | None = None) -> Bridge:
+             clock: Callable[[], float] | None = None, state: Path | None = None,
+             start_dispatcher: bool = True, api_url: str | None = None,
+             **overrides: Any) -> Bridge:
         rules_path = tmp_path / "rules.yaml"
         rules_path.write_text(rules)
         settings = Settings(
             rules_path=str(rules_path), state_path=str(state or tmp_path / "state.db"),
-            api_url=fake.url, api_token=Secret(token) if token else None,
-            dry_run_requested=dry_run, read_timeout=2.0,
+            api_url=api_url or fake.url, api_token=Secret(token) if token else None,
+            dry_run_requested=dry_run, **{"read_timeout": 2.0, **overrides},
         )
         kwargs: dict[str, Any] = {"rules": parse_rules(rules, str(rules_path))}
         if clock is not None:
             kwargs["clock"] = clock
-        server = ThreadServer(create_app(settings, **kwargs))
-        started.append(server)
-        return Bridge(server, settings)
+        app = create_app(settings, start_dispatcher=start_dispatcher, **kwargs)
+        bridge = Bridge(ThreadServer(app), settings, app)
+        started.append(bridge)
+        return bridge
 
     yield make
-    for server in started:
-        server.close()
+    for bridge in started:
+        bridge.stop()
 
 
 @pytest.fixture

@@ -107,6 +107,7 @@ class BridgeProcess:
              "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
              "--state", str(self.state), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+            start_new_session=True,  # its own process group, so a crash can take all of it
         )
         log.close()
 
@@ -121,6 +122,12 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def crash(self) -> None:
+        """kill -9 the master and every worker at once, as a power cut or OOM kill would."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc is None or self.proc.poll() is not None:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from bridge.audit import AuditQuery
+from bridge.audit import AuditQuery, AuditRecord
 from bridge.store import SqliteStore
 from tests.conftest import Fake
 from tests.helpers import BridgeProcess, payload, wait_until
@@ -40,14 +40,28 @@ def test_twenty_simultaneous_duplicates_make_exactly_one_call(
     assert [r.status_code for r in answers] == [200] * 20
     verdicts = Counter(r.json()["alerts"][0]["decisions"][0]["verdict"] for r in answers)
     assert verdicts == {"execute": 1, "cooldown": 19}
+    outcomes(bridge, 1)
+    records = audit(bridge)
     assert [c["raw_path"] for c in fake.calls()] == [
         "/api/v1/inventory_device_name_operation/frontend/"]
-    store = SqliteStore(bridge.state)
-    records = store.audit(AuditQuery(limit=None))
-    store.close()
     assert Counter((r.event, r.outcome) for r in records) == {
         ("decision", "execute"): 1, ("decision", "cooldown"): 19, ("outcome", "succeeded"): 1}
     assert len({r.id for r in records}) == 21
+
+
+def audit(bridge: BridgeProcess) -> list[AuditRecord]:
+    store = SqliteStore(bridge.state)
+    try:
+        return store.audit(AuditQuery(limit=None))
+    finally:
+        store.close()
+
+
+def outcomes(bridge: BridgeProcess, n: int, timeout: float = 30) -> list[AuditRecord]:
+    return wait_until(
+        lambda: (lambda got: got if len(got) >= n else None)(
+            [r for r in audit(bridge) if r.event == "outcome"]),
+        timeout=timeout, what=f"{n} outcomes")
 
 
 def test_several_workers_really_serve(gunicorn_bridge: Callable[..., BridgeProcess]) -> None:
@@ -62,6 +76,7 @@ def test_a_restart_keeps_cooldowns(gunicorn_bridge: Callable[..., BridgeProcess]
     first = gunicorn_bridge(workers=2)
     assert requests.post(first.url + "/webhook", data=body, timeout=30).json()["summary"] == {
         "execute": 3}
+    outcomes(first, 3)
     assert first.stop(signal.SIGTERM) == 0
     second = gunicorn_bridge(workers=2, state=first.state)
     again = requests.post(second.url + "/webhook", data=body, timeout=30).json()
@@ -79,3 +94,41 @@ def test_sighup_reaches_the_server_and_it_keeps_serving(
     wait_until(lambda: requests.get(bridge.url + "/-/ready", timeout=2).status_code == 200,
                what="ready after SIGHUP")
     assert bridge.stop(signal.SIGTERM) == 0
+
+
+def test_kill_9_loses_nothing_and_sends_nothing_twice(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    # One call at a time, each slow: when the crash comes, one operation is in flight and
+    # two are queued. A 2 s read timeout makes the in-flight lease short (about 10 s).
+    env = {"BRIDGE_CONCURRENCY": "1", "BRIDGE_API_TIMEOUT": "2"}
+    first = gunicorn_bridge(workers=2, env=env)
+    fake.behave(delay=1.5, times=1)
+    answer = requests.post(first.url + "/webhook", timeout=30,
+                           data=payload("alertmanager_firing_multi.json")).json()
+    assert answer["summary"] == {"execute": 3}
+    wait_until(lambda: len(fake.calls()) == 1, what="the first call to be in flight")
+    first.crash()
+    second = gunicorn_bridge(workers=2, env=env, state=first.state)
+    ended = outcomes(second, 3, timeout=60)
+    by_device = {o.device: (o.outcome, o.reason) for o in ended}
+    in_flight = fake.calls()[0]["device"]
+    assert by_device.pop(in_flight) == ("unknown", "lost_in_flight")
+    assert set(by_device.values()) == {("succeeded", "API call")}
+    assert Counter(c["device"] for c in fake.calls()) == {
+        "MegaTron": 1, "OptimusPrime": 1, "StarScream": 1}
+    records = audit(second)
+    assert Counter(r.event for r in records) == {"decision": 3, "outcome": 3}
+    assert "resuming: 2 operations queued, 1 were being sent" in second.log()
+
+
+def test_sigterm_drains_calls_in_flight(gunicorn_bridge: Callable[..., BridgeProcess],
+                                        fake: Fake) -> None:
+    bridge = gunicorn_bridge(workers=2)
+    fake.behave(delay=2.0)
+    requests.post(bridge.url + "/webhook", data=payload("alertmanager_resolved.json"),
+                  timeout=30)
+    wait_until(lambda: len(fake.calls()) == 1, what="the call to be in flight")
+    assert bridge.stop(signal.SIGTERM) == 0
+    assert [(r.event, r.outcome) for r in audit(bridge)] == [
+        ("decision", "execute"), ("outcome", "succeeded")]
