@@ -68,7 +68,10 @@ def decide(
     decisions: list[Decision] = []
     taken: set[Key] = set()
     for alert in alerts:
-        matched = [r for r in rules.rules if r.wants(alert.status) and r.matches(alert.labels)]
+        matched = [
+            r for r in rules.candidates(alert.labels)
+            if r.wants(alert.status) and r.matches(alert.labels)
+        ]
         if not matched:
             reason = f"no rule matches this {alert.status} alert"
             decisions.append(Decision(alert, None, "", "", NO_MATCH, reason))

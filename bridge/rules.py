@@ -365,6 +365,33 @@ class RuleSet:
     default_cooldown: float
     path: str  # file name as given
     version: str  # first 12 hex chars of the sha256 of the file's bytes
+    # Rules indexed by the value of an `alertname = "..."` matcher, and the rest: most rule
+    # sets name their alert, so an alert is tried against a handful of rules, not all.
+    _by_alertname: Mapping[str, tuple[int, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _unindexed: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, list[int]] = {}
+        rest: list[int] = []
+        for i, rule in enumerate(self.rules):
+            names = {m.value for m in rule.matchers if m.name == "alertname" and m.op == "="}
+            if len(names) == 1:
+                by_name.setdefault(names.pop(), []).append(i)
+            else:  # no alertname equality, or two that contradict (never matches anyway)
+                rest.append(i)
+        object.__setattr__(self, "_by_alertname", {k: tuple(v) for k, v in by_name.items()})
+        object.__setattr__(self, "_unindexed", tuple(rest))
+
+    def candidates(self, labels: Mapping[str, str]) -> list[Rule]:
+        """The rules that may match these labels, in file order (others certainly do not)."""
+        named = self._by_alertname.get(labels.get("alertname", ""), ())
+        if not named:
+            return [self.rules[i] for i in self._unindexed]
+        if not self._unindexed:
+            return [self.rules[i] for i in named]
+        return [self.rules[i] for i in sorted((*named, *self._unindexed))]
 
 
 # ---------------------------------------------------------------------------------------------

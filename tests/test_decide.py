@@ -132,3 +132,21 @@ def test_summarize_counts_in_a_stable_order() -> None:
     alerts = [alert(alertname="DeviceUnreachable", device="r1"), alert(alertname="Other")]
     out = d.decide(alerts, RULES, {("r1", "sync"): NOW + 1}, NOW, dry_run=False)
     assert d.summarize(out) == {"execute": 1, "cooldown": 1, "no_match": 1}
+
+
+def test_the_alertname_index_keeps_file_order_and_misses_nothing() -> None:
+    rules = parse_rules("""\
+rules:
+  - {name: a, match: ['alertname = "X"'], device: d, operation: sync}
+  - {name: b, match: ['site = "hq"'], device: d, operation: reconf}
+  - {name: c, match: ['alertname = "Y"'], device: d, operation: reboot}
+  - {name: d, match: ['alertname =~ "X|Y"'], device: d, operation: sync}
+  - {name: e, match: ['alertname = "X"', 'alertname = "Y"'], device: d, operation: sync}
+  - {name: f, match: ['alertname = "X"'], device: e, operation: sync}
+""")
+    assert [r.name for r in rules.candidates({"alertname": "X"})] == ["a", "b", "d", "e", "f"]
+    assert [r.name for r in rules.candidates({"alertname": "Y"})] == ["b", "c", "d", "e"]
+    assert [r.name for r in rules.candidates({})] == ["b", "d", "e"]
+    for labels in ({"alertname": "X", "site": "hq"}, {"alertname": "Y"}, {"site": "hq"}):
+        every = [r.name for r in rules.rules if r.matches(labels)]
+        assert [r.name for r in rules.candidates(labels) if r.matches(labels)] == every
