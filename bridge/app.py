@@ -60,8 +60,17 @@ def create_app(
     }
 
     @app.before_request
-    def _request_id() -> None:
+    def _request_id_and_auth() -> tuple[Response, int] | None:
         g.request_id = uuid.uuid4().hex[:16]
+        if request.method != "POST" or not request.path.startswith("/webhook"):
+            return None
+        body = request.get_data(cache=True)
+        if settings.auth.check(request.headers, body, clock()) is not None:
+            return None
+        # Say nothing about which check failed, to the sender or in the log.
+        log.warning("webhook %s from %s refused: authentication failed", request.path,
+                    request.remote_addr)
+        return jsonify(error="unauthorized"), 401
 
     @app.after_request
     def _request_id_header(response: Response) -> Response:
@@ -69,7 +78,7 @@ def create_app(
         return response
 
     def receive(source: str | None) -> Response:
-        notification = payloads.parse(request.get_data(cache=False), source)
+        notification = payloads.parse(request.get_data(cache=True), source)
         now = clock()
         delivery = Delivery(
             g.request_id, notification.source, notification.receiver, notification.group_key
@@ -139,7 +148,8 @@ def create_app(
             ), 503
         return jsonify(
             status="ready", rules=len(rules.rules), rules_version=rules.version,
-            dry_run=settings.dry_run,
+            dry_run=settings.dry_run, auth=settings.auth.methods or ["none"],
+            insecure_no_auth=settings.insecure_no_auth,
         ), 200
 
     @app.errorhandler(BridgeError)

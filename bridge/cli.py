@@ -75,9 +75,12 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="gunicorn worker processes. [default 2]")
 @STATE_OPTION
+@click.option("--insecure-no-auth", is_flag=True, default=None,
+              help="Listen beyond loopback with no webhook authentication (not recommended)."
+                   " [env BRIDGE_INSECURE_NO_AUTH]")
 @user_errors
 def serve(rules_path: str | None, bind: str | None, workers: int | None,
-          state_path: str | None) -> None:
+          state_path: str | None, insecure_no_auth: bool | None) -> None:
     """Run the bridge under gunicorn.
 
     The rules file is validated first; an invalid file stops the start with its errors.
@@ -88,7 +91,8 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
         BRIDGE_API_TOKEN_FILE=/run/secrets/api-token alert-bridge serve --bind 0.0.0.0:9095
     """
     settings = Settings.from_env(
-        rules_path=rules_path, bind=bind, workers=workers, state_path=state_path
+        rules_path=rules_path, bind=bind, workers=workers, state_path=state_path,
+        insecure_no_auth=insecure_no_auth or None,
     )
     rules = load_rules(settings.rules_path)
     from bridge.dispatch import API_UNAUTHORIZED
@@ -110,6 +114,12 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     if depth["queued"] or depth["sending"]:
         log.info("resuming: %d operations queued, %d were being sent when the bridge stopped",
                  depth["queued"], depth["sending"])
+    if settings.auth.configured:
+        log.info("webhook authentication: %s", ", ".join(settings.auth.methods))
+    elif settings.insecure_no_auth:
+        log.warning("INSECURE: webhooks on %s accept anyone (--insecure-no-auth)", settings.bind)
+    else:
+        log.info("webhook authentication: none (listening on loopback only)")
     if settings.dry_run:
         log.warning(
             "DRY RUN: %s. Decisions are audited as dry_run; no device API call is made.",

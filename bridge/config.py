@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bridge.auth import InboundAuth, is_loopback
 from bridge.client import Secret
 from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
@@ -38,6 +39,8 @@ class Settings:
     busy_retry: float = 60.0
     failure_cooldown: float = 300.0
     drain_timeout: float = 30.0
+    auth: InboundAuth = field(default_factory=InboundAuth)
+    insecure_no_auth: bool = False
 
     @property
     def dry_run(self) -> bool:
@@ -73,6 +76,8 @@ class Settings:
             busy_retry=_seconds(env, "BRIDGE_BUSY_RETRY", cls.busy_retry),
             failure_cooldown=_seconds(env, "BRIDGE_FAILURE_COOLDOWN", cls.failure_cooldown),
             drain_timeout=_seconds(env, "BRIDGE_DRAIN_TIMEOUT", cls.drain_timeout),
+            auth=InboundAuth.from_env(env),
+            insecure_no_auth=_flag(env, "BRIDGE_INSECURE_NO_AUTH"),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
@@ -80,7 +85,14 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        parse_bind(self.bind)
+        host, _ = parse_bind(self.bind)
+        if not (self.auth.configured or self.insecure_no_auth or is_loopback(host)):
+            raise ConfigError(
+                f"refusing to listen on {self.bind} without webhook authentication: anyone who"
+                " reaches it could reboot devices. Set BRIDGE_WEBHOOK_TOKENS (or"
+                " BRIDGE_WEBHOOK_BASIC_AUTH, BRIDGE_GRAFANA_HMAC_SECRETS), bind to loopback, or"
+                " pass --insecure-no-auth"
+            )
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not self.api_url.startswith(("http://", "https://")):
