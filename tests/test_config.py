@@ -21,7 +21,7 @@ def test_defaults_are_the_safe_ones() -> None:
 def test_environment_then_flags() -> None:
     env = {"BRIDGE_RULES": "/etc/r.yaml", "BRIDGE_BIND": "0.0.0.0:1234",
            "BRIDGE_STATE": "/var/s.db", "BRIDGE_API_URL": "http://api.local/v1",
-           "BRIDGE_API_TOKEN": "t0k"}
+           "BRIDGE_API_TOKEN": "t0k", "BRIDGE_WEBHOOK_TOKENS": "hook"}
     s = Settings.from_env(env)
     assert (s.rules_path, s.bind, s.state_path, s.api_url) == (
         "/etc/r.yaml", "0.0.0.0:1234", "/var/s.db", "http://api.local/v1")
