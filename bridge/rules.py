@@ -5,6 +5,7 @@ Every problem in the file is reported at once, with its line, so an operator fix
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
 import os
@@ -13,7 +14,9 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 import yaml
@@ -24,17 +27,43 @@ from bridge.errors import BridgeError, RuleProblem, RulesError
 
 OPERATIONS = ("sync", "reconf", "reboot", "device_factory", "factory")
 DESTRUCTIVE = frozenset({"factory", "device_factory"})
+#: How much harm each operation can do. Destructive operations need allow_destructive: true
+#: and, unless the rule says require_approval: false, a person's approval.
+RISK: Mapping[str, str] = MappingProxyType(
+    {
+        "sync": "routine",
+        "reconf": "routine",
+        "reboot": "disruptive",
+        "device_factory": "destructive",
+        "factory": "destructive",
+    }
+)
+RISKS = ("routine", "disruptive", "destructive")
 STATUSES = ("firing", "resolved", "any")
 MATCH_OPS = ("=", "!=", "=~", "!~")
+#: Day names of maintenance windows; the index is datetime.weekday() (0 = Monday).
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: What happens to an operation asked for outside its rule's window.
+OUTSIDE = ("hold", "skip")
 
 DEFAULT_COOLDOWN = "30m"
+DEFAULT_APPROVAL_TIMEOUT = "1h"
 #: Longest device name a template may produce; anything longer is a runaway template, not a device.
 MAX_DEVICE_LENGTH = 1024
 
-_TOP_KEYS = ("defaults", "rules")
-_DEFAULTS_KEYS = ("cooldown",)
-_RULE_KEYS = ("name", "match", "device", "operation", "cooldown", "status", "allow_destructive")
+_TOP_KEYS = ("defaults", "rules", "budgets", "breaker")
+_DEFAULTS_KEYS = ("cooldown", "give_up", "min_age", "window", "approval_timeout")
+_RULE_KEYS = (
+    "name", "match", "device", "operation", "cooldown", "status", "allow_destructive",
+    "require_approval", "dry_run", "min_age", "give_up", "window",
+)  # fmt: skip
 _REQUIRED_RULE_KEYS = ("name", "match", "device", "operation")
+_GIVE_UP_KEYS = ("after", "within")
+_WINDOW_KEYS = ("days", "start", "end", "timezone", "outside")
+_REQUIRED_WINDOW_KEYS = ("start", "end", "timezone")
+_BUDGET_KEYS = ("name", "max", "per", "operation", "group_by")
+_REQUIRED_BUDGET_KEYS = ("name", "max", "per")
+_BREAKER_KEYS = ("max", "per")
 
 
 class TemplateRenderError(BridgeError):
@@ -290,6 +319,218 @@ def _compile_template(source: str) -> jinja2.Template:
 
 
 # ---------------------------------------------------------------------------------------------
+# Guardrails: giving up, maintenance windows, budgets and the storm breaker
+
+
+def _is_count(value: Any) -> bool:
+    """True for a whole number >= 1 (YAML's true/false are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_seconds(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Stop asking for an operation on a device once it was sent ``after`` times in ``within``."""
+
+    after: int  # >= 1
+    within: float  # seconds, > 0
+
+    def __post_init__(self) -> None:
+        if not _is_count(self.after):
+            raise ValueError(f"give_up.after must be a whole number >= 1, got {self.after!r}")
+        if not _is_seconds(self.within) or self.within <= 0:
+            raise ValueError(f"give_up.within must be more than 0 seconds, got {self.within!r}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``max`` operations in any sliding ``per`` seconds (per value of ``group_by``)."""
+
+    name: str  # unique among the budgets of a rule set
+    max: int  # >= 1
+    per: float  # seconds, > 0
+    operation: str | None = None  # only this operation counts; None: every operation
+    group_by: str | None = None  # a label name: one budget per value of it; None: one budget
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"budget name must be a non-empty string, got {self.name!r}")
+        if not _is_count(self.max):
+            raise ValueError(f"budget max must be a whole number >= 1, got {self.max!r}")
+        if not _is_seconds(self.per) or self.per <= 0:
+            raise ValueError(f"budget per must be more than 0 seconds, got {self.per!r}")
+        if self.operation is not None and self.operation not in OPERATIONS:
+            raise ValueError(f"unknown operation '{self.operation}'")
+        # The name ends up in queries (json paths): only real label names get that far.
+        if self.group_by is not None and not (
+            isinstance(self.group_by, str) and _LABEL_NAME_RE.fullmatch(self.group_by)
+        ):
+            raise ValueError(f"invalid label name {self.group_by!r} in group_by")
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """The storm breaker: trips when too many operations (``max``) are asked for in ``per``."""
+
+    max: int  # >= 1
+    per: float  # seconds, > 0
+
+    def __post_init__(self) -> None:
+        if not _is_count(self.max):
+            raise ValueError(f"breaker max must be a whole number >= 1, got {self.max!r}")
+        if not _is_seconds(self.per) or self.per <= 0:
+            raise ValueError(f"breaker per must be more than 0 seconds, got {self.per!r}")
+
+
+DEFAULT_GIVE_UP = GiveUp(3, 86400.0)
+#: Used when the file has no ``budgets`` key at all: at most 30 operations in any 10 minutes.
+DEFAULT_BUDGETS = (Budget("global", 30, 600.0, None, None),)
+DEFAULT_BREAKER = Breaker(50, 300.0)
+
+_UTC = datetime.UTC
+#: How far next_opening looks ahead: a week, plus a day for DST shifts.
+_WINDOW_SEARCH_DAYS = 8
+
+
+def _zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; ValueError "unknown time zone '...'" when there is none."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # ValueError: keys such as "/etc/x", "../x" or files that are not zone files.
+        raise ValueError(f"unknown time zone '{name}'") from None
+
+
+def _as_utc(when: datetime.datetime) -> datetime.datetime:
+    if not isinstance(when, datetime.datetime) or when.utcoffset() is None:
+        raise ValueError(f"expected a timezone-aware datetime, got {when!r}")
+    return when.astimezone(_UTC)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A weekly maintenance window in local time.
+
+    On each day of ``days`` the window opens at ``start`` and closes at ``end`` (exclusive).
+    When ``end`` is earlier than ``start`` it closes the next day (22:00-05:00 belongs to the
+    day it starts on); when they are equal it lasts until ``start`` the next day (24 hours on
+    ordinary days; 00:00-00:00 is the whole calendar day).
+
+    Daylight saving time: a boundary is the first moment the clock in ``timezone`` shows that
+    time on that date. A time that happens twice (clocks go back) means its first occurrence;
+    a time that does not exist (clocks go forward) means the first moment after the gap. So a
+    window is always one unbroken stretch of time and may be an hour longer or shorter on the
+    night the clocks change.
+    """
+
+    days: frozenset[int]  # 0 = Monday ... 6 = Sunday
+    start: datetime.time
+    end: datetime.time
+    timezone: str  # IANA name, e.g. Europe/Madrid
+    outside: str = "hold"  # "hold": queue until the window opens; "skip": do not act
+    _zone: ZoneInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        days = frozenset(self.days)
+        if not days:
+            raise ValueError("window days must not be empty")
+        if not days <= frozenset(range(7)) or not all(type(d) is int for d in days):
+            raise ValueError(f"window days must be 0 (Monday) to 6 (Sunday), got {sorted(days)}")
+        object.__setattr__(self, "days", days)
+        for clock in (self.start, self.end):
+            if not isinstance(clock, datetime.time) or clock.tzinfo is not None:
+                raise ValueError(f"window times must be naive datetime.time values, got {clock!r}")
+        if self.outside not in OUTSIDE:
+            raise ValueError(f"unknown window outside '{self.outside}' (expected hold or skip)")
+        if not isinstance(self.timezone, str):
+            raise ValueError(f"window timezone must be a string, got {self.timezone!r}")
+        object.__setattr__(self, "_zone", _zone(self.timezone))
+
+    def _boundary(self, day: datetime.date, clock: datetime.time) -> datetime.datetime:
+        """The first moment, in UTC, at which the local clock shows ``day`` ``clock`` or later."""
+        zone = self._zone
+        naive = datetime.datetime.combine(day, clock)
+        first = naive.replace(tzinfo=zone).astimezone(_UTC)  # fold=0: the earlier of two
+        if first.astimezone(zone).replace(tzinfo=None) == naive:
+            return first
+        # The clock skips this time (a DST gap). With fold=0 and fold=1 zoneinfo applies the
+        # offsets from before and after the gap; the change lies between. Transitions happen
+        # on whole seconds, so bisect over seconds for the first one showing `naive` or later.
+        other = naive.replace(tzinfo=zone, fold=1).astimezone(_UTC)
+        low = math.floor(min(first, other).timestamp())
+        high = math.ceil(max(first, other).timestamp())
+
+        def reached(seconds: int) -> bool:
+            shown = datetime.datetime.fromtimestamp(seconds, zone).replace(tzinfo=None)
+            return shown >= naive
+
+        if reached(low):
+            return datetime.datetime.fromtimestamp(low, _UTC)
+        if not reached(high):  # not a gap after all; cannot happen with real zone data
+            return max(first, other)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if reached(middle):
+                high = middle
+            else:
+                low = middle
+        return datetime.datetime.fromtimestamp(high, _UTC)
+
+    def _span(self, day: datetime.date) -> tuple[datetime.datetime, datetime.datetime]:
+        """When the window of ``day`` opens and closes, in UTC (empty if opens >= closes)."""
+        end_day = day if self.start < self.end else day + datetime.timedelta(days=1)
+        return self._boundary(day, self.start), self._boundary(end_day, self.end)
+
+    def contains(self, when: datetime.datetime) -> bool:
+        """True when the window is open at ``when`` (timezone-aware, in any zone)."""
+        moment = _as_utc(when)
+        today = moment.astimezone(self._zone).date()
+        # A window belongs to the day it opens: yesterday's may still be open. Two days back and
+        # one ahead also cover zones whose clocks jumped across midnight.
+        for offset in (-2, -1, 0, 1):
+            day = today + datetime.timedelta(days=offset)
+            if day.weekday() in self.days:
+                opens, closes = self._span(day)
+                if opens <= moment < closes:
+                    return True
+        return False
+
+    def next_opening(self, when: datetime.datetime) -> datetime.datetime:
+        """``when`` itself if the window is open then; else the moment it next opens, in UTC.
+
+        Raises ValueError when ``when`` is naive, or (impossible with real zone data) when the
+        window does not open within 8 days.
+        """
+        if self.contains(when):
+            return when
+        moment = _as_utc(when)
+        today = moment.astimezone(self._zone).date()
+        for offset in range(-1, _WINDOW_SEARCH_DAYS + 1):
+            day = today + datetime.timedelta(days=offset)
+            if day.weekday() in self.days:
+                opens, closes = self._span(day)
+                if moment < opens < closes:
+                    return opens
+        raise ValueError(
+            f"window does not open within {_WINDOW_SEARCH_DAYS} days of {when.isoformat()}"
+        )
+
+
+_TIME_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+
+
+def _parse_clock(text: str) -> datetime.time:
+    """``HH:MM`` (24-hour) as a time; ValueError otherwise."""
+    match = _TIME_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(text)
+    return datetime.time(int(match.group(1)), int(match.group(2)))
+
+
+# ---------------------------------------------------------------------------------------------
 # Rules
 
 
@@ -309,6 +550,16 @@ class Rule:
     status: str = "firing"
     allow_destructive: bool = False
     line: int = 0  # line of the rule in the file; 0 when built in code
+    # Guardrails (keyword-only, so positional construction keeps working):
+    #: Shadow mode: decisions are audited as dry_run and nothing is sent.
+    dry_run: bool = field(default=False, kw_only=True)
+    #: Act only once the alert has been firing (since its startsAt) for this many seconds.
+    min_age: float = field(default=0.0, kw_only=True)
+    give_up: GiveUp = field(default=DEFAULT_GIVE_UP, kw_only=True)
+    window: Window | None = field(default=None, kw_only=True)
+    #: Whether a person must approve each operation. Left out (None) it becomes True for
+    #: destructive operations and False otherwise; after construction it is always a bool.
+    require_approval: bool = field(default=None, kw_only=True)  # type: ignore[assignment]
     _template: jinja2.Template | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -321,8 +572,28 @@ class Rule:
             raise ValueError(f"unknown status '{self.status}'")
         if self.operation in DESTRUCTIVE and self.allow_destructive is not True:
             raise ValueError(_destructive_message(self.operation))
+        if not isinstance(self.dry_run, bool):
+            raise ValueError(f"dry_run must be true or false, got {self.dry_run!r}")
+        if not _is_seconds(self.min_age) or self.min_age < 0:
+            raise ValueError(f"min_age must be 0 or more seconds, got {self.min_age!r}")
+        object.__setattr__(self, "min_age", float(self.min_age))
+        if not isinstance(self.give_up, GiveUp):
+            raise ValueError(f"give_up must be a GiveUp, got {self.give_up!r}")
+        if self.window is not None and not isinstance(self.window, Window):
+            raise ValueError(f"window must be a Window or None, got {self.window!r}")
+        if self.require_approval is None:
+            object.__setattr__(self, "require_approval", self.operation in DESTRUCTIVE)
+        elif not isinstance(self.require_approval, bool):
+            raise ValueError(
+                f"require_approval must be true or false, got {self.require_approval!r}"
+            )
         if self._template is None:
             object.__setattr__(self, "_template", _compile_template(self.device))
+
+    @property
+    def risk(self) -> str:
+        """How much harm the operation can do: routine, disruptive or destructive (see RISK)."""
+        return RISK[self.operation]
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """True when every matcher holds for these labels."""
@@ -365,6 +636,11 @@ class RuleSet:
     default_cooldown: float
     path: str  # file name as given
     version: str  # first 12 hex chars of the sha256 of the file's bytes
+    #: Top-level ``budgets``; without the key, DEFAULT_BUDGETS (30 operations per 10 minutes).
+    budgets: tuple[Budget, ...] = DEFAULT_BUDGETS
+    breaker: Breaker = DEFAULT_BREAKER
+    #: Seconds an operation waits for a person's approval before it expires.
+    approval_timeout: float = 3600.0
     # Rules indexed by the value of an `alertname = "..."` matcher, and the rest: most rule
     # sets name their alert, so an alert is tried against a handful of rules, not all.
     _by_alertname: Mapping[str, tuple[int, ...]] = field(
@@ -373,6 +649,18 @@ class RuleSet:
     _unindexed: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets", tuple(self.budgets))
+        if not all(isinstance(budget, Budget) for budget in self.budgets):
+            raise ValueError(f"budgets must be Budget values, got {self.budgets!r}")
+        budget_names = [budget.name for budget in self.budgets]
+        if len(set(budget_names)) != len(budget_names):
+            raise ValueError(f"budget names must be unique, got {budget_names}")
+        if not isinstance(self.breaker, Breaker):
+            raise ValueError(f"breaker must be a Breaker, got {self.breaker!r}")
+        if not _is_seconds(self.approval_timeout) or self.approval_timeout <= 0:
+            raise ValueError(
+                f"approval_timeout must be more than 0 seconds, got {self.approval_timeout!r}"
+            )
         by_name: dict[str, list[int]] = {}
         rest: list[int] = []
         for i, rule in enumerate(self.rules):
@@ -552,6 +840,51 @@ class _RuleSpec:
     cooldown: float | None = None  # None: use the default
     status: str = "firing"
     allow_destructive: bool = False
+    require_approval: bool | None = None  # None: by the operation's risk
+    dry_run: bool = False
+    min_age: float | None = None  # None: use the default
+    give_up: GiveUp | None = None  # None: use the default
+    window: Window | None = None
+    has_window: bool = False  # the rule has a 'window' key; "window:" left empty means none
+
+
+@dataclass
+class _Settings:
+    """Everything in the file besides its rules, defaulted where the file is silent."""
+
+    cooldown: float = field(default_factory=lambda: parse_duration(DEFAULT_COOLDOWN))
+    min_age: float = 0.0
+    give_up: GiveUp = DEFAULT_GIVE_UP
+    window: Window | None = None
+    approval_timeout: float = field(
+        default_factory=lambda: parse_duration(DEFAULT_APPROVAL_TIMEOUT)
+    )
+    budgets: tuple[Budget, ...] = DEFAULT_BUDGETS
+    breaker: Breaker = DEFAULT_BREAKER
+
+
+def _parse_days(term: str) -> set[int]:
+    """Weekday numbers in "daily", "mon" or a range such as "mon-fri" or "fri-mon" (wrapping).
+
+    Raises ValueError with a message fit for the user.
+    """
+    text = term.strip()
+    if text.lower() == "daily":
+        return set(range(7))
+    parts = [part.strip() for part in text.split("-")]
+    if len(parts) > 2 or (len(parts) == 2 and not all(parts)):
+        raise ValueError(
+            f"invalid day range '{text}' in window.days (expected two days such as mon-fri)"
+        )
+    numbers = []
+    for part in parts:
+        if part.lower() not in DAYS:
+            raise ValueError(f"unknown day '{part}' in window.days (expected {', '.join(DAYS)})")
+        numbers.append(DAYS.index(part.lower()))
+    first, last = numbers[0], numbers[-1]
+    if first <= last:
+        return set(range(first, last + 1))
+    return set(range(first, 7)) | set(range(0, last + 1))
 
 
 class _Validator:
@@ -559,81 +892,389 @@ class _Validator:
         self.path = path
         self.problems: list[RuleProblem] = []
         self.rule_names: dict[str, int] = {}  # name -> line of its 'name' key
+        self.budget_names: dict[str, int] = {}  # name -> line of its 'name' key
 
     def problem(self, line: int | None, rule: str | None, message: str) -> None:
         self.problems.append(RuleProblem(self.path, line, rule, message))
 
     def check_keys(
-        self, mapping: _LineDict, allowed: tuple[str, ...], rule: str | None, where: str = ""
+        self,
+        mapping: _LineDict,
+        allowed: tuple[str, ...],
+        rule: str | None,
+        where: str = "",
+        prefix: str = "",
     ) -> None:
         for key, line, first in mapping.duplicates:
-            self.problem(line, rule, f"duplicate key '{key}'{where} (first on line {first})")
+            self.problem(
+                line, rule, f"{prefix}duplicate key '{key}'{where} (first on line {first})"
+            )
         for key in mapping:
             if key not in allowed:
                 self.problem(
                     mapping.key_lines[key],
                     rule,
-                    f"unknown key '{key}'{where} (expected one of: {', '.join(allowed)})",
+                    f"{prefix}unknown key '{key}'{where} (expected one of: {', '.join(allowed)})",
                 )
 
-    def duration(self, mapping: _LineDict, key: str, rule: str | None) -> float | None:
+    def check_required(
+        self,
+        mapping: _LineDict,
+        required: tuple[str, ...],
+        line: int,
+        rule: str | None,
+        where: str = "",
+        prefix: str = "",
+    ) -> None:
+        for key in required:
+            if key not in mapping:
+                self.problem(line, rule, f"{prefix}missing required key '{key}'{where}")
+
+    def duration(
+        self,
+        mapping: _LineDict,
+        key: str,
+        rule: str | None,
+        name: str = "",
+        prefix: str = "",
+        positive: bool = False,
+    ) -> float | None:
+        """The duration under ``key``; ``name`` is how messages call it (default: the key)."""
         value, line = mapping[key], mapping.key_lines[key]
+        name = name or key
         if isinstance(value, int) and not isinstance(value, bool) and value == 0:
-            return 0.0  # "cooldown: 0" is unambiguous even though YAML makes it a number
-        if not isinstance(value, str):
+            seconds = 0.0  # "cooldown: 0" is unambiguous even though YAML makes it a number
+        elif not isinstance(value, str):
             self.problem(
-                line, rule, f"'{key}' must be a string such as 30m, got {_describe(value)}"
+                line, rule, f"{prefix}'{name}' must be a string such as 30m, got {_describe(value)}"
             )
             return None
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.problem(line, rule, str(exc))
+        else:
+            try:
+                seconds = parse_duration(value)
+            except ValueError as exc:
+                self.problem(line, rule, f"{prefix}{exc}")
+                return None
+        if positive and seconds <= 0:
+            self.problem(
+                line, rule, f"{prefix}'{name}' must be greater than 0, got {_describe(value)}"
+            )
             return None
+        return seconds
 
-    def document(self, data: Any) -> tuple[float, list[_RuleSpec]]:
-        default_cooldown = parse_duration(DEFAULT_COOLDOWN)
+    def count(
+        self, mapping: _LineDict, key: str, rule: str | None, name: str = "", prefix: str = ""
+    ) -> int | None:
+        value = mapping[key]
+        if _is_count(value):
+            return int(value)
+        self.problem(
+            mapping.key_lines[key],
+            rule,
+            f"{prefix}'{name or key}' must be a whole number ≥ 1, got {_describe(value)}",
+        )
+        return None
+
+    def flag(self, mapping: _LineDict, key: str, rule: str | None) -> bool | None:
+        value = mapping[key]
+        if isinstance(value, bool):
+            return value
+        self.problem(
+            mapping.key_lines[key], rule, f"'{key}' must be true or false, got {_describe(value)}"
+        )
+        return None
+
+    def document(self, data: Any) -> tuple[_Settings, list[_RuleSpec]]:
+        settings = _Settings()
         if data is None:
             self.problem(None, None, "file is empty (expected a mapping with a 'rules' list)")
-            return default_cooldown, []
+            return settings, []
         if not isinstance(data, _LineDict):
             self.problem(
                 getattr(data, "line", None),
                 None,
                 f"expected a mapping with a 'rules' list at the top level, got {_describe(data)}",
             )
-            return default_cooldown, []
+            return settings, []
         self.check_keys(data, _TOP_KEYS, None)
 
         defaults = data.get("defaults")
         if isinstance(defaults, _LineDict):
-            self.check_keys(defaults, _DEFAULTS_KEYS, None, " in 'defaults'")
-            if "cooldown" in defaults:
-                default_cooldown = self.duration(defaults, "cooldown", None) or 0.0
+            self.defaults(defaults, settings)
         elif defaults is not None:  # "defaults:" with everything commented out is fine
             self.problem(
                 data.key_lines["defaults"],
                 None,
                 f"'defaults' must be a mapping, got {_describe(defaults)}",
             )
+        if "budgets" in data:
+            settings.budgets = self.budgets(data)
+        if "breaker" in data:
+            settings.breaker = self.breaker(data)
 
         if "rules" not in data:
             self.problem(data.line, None, "missing required key 'rules'")
-            return default_cooldown, []
+            return settings, []
         rules = data["rules"]
         if rules is None:  # "rules:" with every rule commented out: no rules, not an error
-            return default_cooldown, []
+            return settings, []
         if not isinstance(rules, _LineList):
             self.problem(
                 data.key_lines["rules"],
                 None,
                 f"'rules' must be a list of rules, got {_describe(rules)}",
             )
-            return default_cooldown, []
-        specs = [self.rule(item, line) for item, line in zip(rules, rules.item_lines, strict=True)]
-        return default_cooldown, [spec for spec in specs if spec is not None]
+            return settings, []
+        specs = [
+            self.rule(item, line, settings)
+            for item, line in zip(rules, rules.item_lines, strict=True)
+        ]
+        return settings, [spec for spec in specs if spec is not None]
 
-    def rule(self, item: Any, line: int) -> _RuleSpec | None:
+    def defaults(self, defaults: _LineDict, settings: _Settings) -> None:
+        self.check_keys(defaults, _DEFAULTS_KEYS, None, " in 'defaults'")
+        if "cooldown" in defaults:
+            settings.cooldown = self.duration(defaults, "cooldown", None) or 0.0
+        if "min_age" in defaults:
+            settings.min_age = self.duration(defaults, "min_age", None) or 0.0
+        if "approval_timeout" in defaults:
+            timeout = self.duration(defaults, "approval_timeout", None, positive=True)
+            settings.approval_timeout = timeout or settings.approval_timeout
+        if "give_up" in defaults:
+            settings.give_up = self.give_up(defaults, None, DEFAULT_GIVE_UP)
+        if "window" in defaults:
+            settings.window = self.window(defaults, None)
+
+    def give_up(self, mapping: _LineDict, rule: str | None, base: GiveUp) -> GiveUp:
+        """``give_up``; keys it leaves out come from ``base`` (defaults.give_up, else 3 in 1d)."""
+        value, line = mapping["give_up"], mapping.key_lines["give_up"]
+        if value is None:  # "give_up:" with its keys commented out
+            return base
+        if not isinstance(value, _LineDict):
+            self.problem(
+                line,
+                rule,
+                "'give_up' must be a mapping such as {after: 3, within: 1d}, "
+                f"got {_describe(value)}",
+            )
+            return base
+        self.check_keys(value, _GIVE_UP_KEYS, rule, " in 'give_up'")
+        after, within = base.after, base.within
+        if "after" in value:
+            after = self.count(value, "after", rule, "give_up.after") or after
+        if "within" in value:
+            within = self.duration(value, "within", rule, "give_up.within", positive=True) or within
+        return GiveUp(after, within)
+
+    def window(self, mapping: _LineDict, rule: str | None) -> Window | None:
+        value, line = mapping["window"], mapping.key_lines["window"]
+        if value is None:  # "window:" left empty: no window (also overrides defaults.window)
+            return None
+        if not isinstance(value, _LineDict):
+            self.problem(
+                line,
+                rule,
+                f"'window' must be a mapping with start, end and timezone, got {_describe(value)}",
+            )
+            return None
+        before = len(self.problems)
+        self.check_keys(value, _WINDOW_KEYS, rule, " in 'window'")
+        self.check_required(value, _REQUIRED_WINDOW_KEYS, line, rule, " in 'window'")
+        days = self.days(value, rule) if "days" in value else frozenset(range(7))
+        start = self.clock(value, "start", rule) if "start" in value else None
+        end = self.clock(value, "end", rule) if "end" in value else None
+        zone = self.timezone(value, rule) if "timezone" in value else None
+        outside = self.outside(value, rule) if "outside" in value else "hold"
+        if len(self.problems) != before:
+            return None
+        assert days is not None and start is not None and end is not None
+        assert zone is not None and outside is not None
+        return Window(days, start, end, zone, outside)
+
+    def days(self, window: _LineDict, rule: str | None) -> frozenset[int] | None:
+        value, line = window["days"], window.key_lines["days"]
+        terms: list[tuple[Any, int]]
+        if isinstance(value, str):
+            terms = [(term, line) for term in value.split(",")] if value.strip() else []
+        elif isinstance(value, _LineList):
+            terms = list(zip(value, value.item_lines, strict=True))
+        else:
+            self.problem(
+                line,
+                rule,
+                "'window.days' must be a list of days such as [mon, tue] or a range such as "
+                f"mon-fri, got {_describe(value)}",
+            )
+            return None
+        if not terms:
+            self.problem(line, rule, "'window.days' must not be empty: the window would never open")
+            return None
+        days: set[int] = set()
+        ok = True
+        for term, term_line in terms:
+            if not isinstance(term, str):
+                self.problem(
+                    term_line,
+                    rule,
+                    f"each day in window.days must be a name such as mon, got {_describe(term)}",
+                )
+                ok = False
+                continue
+            try:
+                days |= _parse_days(term)
+            except ValueError as exc:
+                self.problem(term_line, rule, str(exc))
+                ok = False
+        return frozenset(days) if ok else None
+
+    def clock(self, window: _LineDict, key: str, rule: str | None) -> datetime.time | None:
+        value, line = window[key], window.key_lines[key]
+        if not isinstance(value, str):
+            # YAML 1.1 reads an unquoted 22:00 (or 5:00) as the number 1320 (300): base 60.
+            # Only a leading zero keeps it text, so 05:00 works unquoted and 22:00 does not.
+            if isinstance(value, int) and not isinstance(value, bool) and 60 <= value < 1440:
+                shown = f"{value // 60:02d}:{value % 60:02d}"
+                why = f": YAML reads an unquoted {value // 60}:{value % 60:02d} as a number"
+            else:
+                shown, why = "22:00", ""
+            self.problem(
+                line,
+                rule,
+                f"'window.{key}' must be a string such as \"22:00\", got {_describe(value)}{why}"
+                f' (quote times: {key}: "{shown}")',
+            )
+            return None
+        try:
+            return _parse_clock(value)
+        except ValueError:
+            self.problem(line, rule, f"invalid time '{value}' in window.{key} (expected HH:MM)")
+            return None
+
+    def timezone(self, window: _LineDict, rule: str | None) -> str | None:
+        value, line = window["timezone"], window.key_lines["timezone"]
+        if not isinstance(value, str):
+            self.problem(
+                line,
+                rule,
+                "'window.timezone' must be a time zone name such as Europe/Madrid, "
+                f"got {_describe(value)}",
+            )
+            return None
+        try:
+            _zone(value)
+        except ValueError as exc:
+            self.problem(line, rule, str(exc))
+            return None
+        return value
+
+    def outside(self, window: _LineDict, rule: str | None) -> str | None:
+        value, line = window["outside"], window.key_lines["outside"]
+        expected = ", ".join(OUTSIDE)
+        if not isinstance(value, str):
+            self.problem(
+                line, rule, f"'window.outside' must be one of: {expected}, got {_describe(value)}"
+            )
+        elif value not in OUTSIDE:
+            self.problem(
+                line,
+                rule,
+                f"unknown value '{value}' in window.outside (expected one of: {expected})",
+            )
+        else:
+            return value
+        return None
+
+    def budgets(self, data: _LineDict) -> tuple[Budget, ...]:
+        value, line = data["budgets"], data.key_lines["budgets"]
+        if value is None:  # "budgets:" with every budget commented out: none, like "budgets: []"
+            return ()
+        if not isinstance(value, _LineList):
+            self.problem(line, None, f"'budgets' must be a list of budgets, got {_describe(value)}")
+            return ()
+        budgets = [
+            self.budget(item, line) for item, line in zip(value, value.item_lines, strict=True)
+        ]
+        return tuple(budget for budget in budgets if budget is not None)
+
+    def budget(self, item: Any, line: int) -> Budget | None:
+        # Budgets have no rule: messages name the budget instead ("budget 'per-site': ...").
+        if not isinstance(item, _LineDict):
+            self.problem(line, None, f"each budget must be a mapping, got {_describe(item)}")
+            return None
+        before = len(self.problems)
+        name = item.get("name")
+        label = name if isinstance(name, str) and name.strip() else None
+        prefix = f"budget '{label}': " if label is not None else "budget: "
+        self.check_keys(item, _BUDGET_KEYS, None, prefix=prefix)
+        self.check_required(item, _REQUIRED_BUDGET_KEYS, line, None, prefix=prefix)
+        if "name" in item:
+            name_line = item.key_lines["name"]
+            if label is None:
+                self.problem(
+                    name_line,
+                    None,
+                    f"{prefix}'name' must be a non-empty string, got {_describe(name)}",
+                )
+            elif (first := self.budget_names.get(label)) is not None:
+                self.problem(
+                    name_line,
+                    None,
+                    f"{prefix}duplicate budget name '{label}' (first defined on line {first})",
+                )
+            else:
+                self.budget_names[label] = name_line
+        most = self.count(item, "max", None, prefix=prefix) if "max" in item else None
+        per = (
+            self.duration(item, "per", None, prefix=prefix, positive=True)
+            if "per" in item
+            else None
+        )
+        operation = self.operation(item, None, prefix) if "operation" in item else None
+        group_by = self.label_name(item, "group_by", prefix) if "group_by" in item else None
+        if len(self.problems) != before:
+            return None
+        assert label is not None and most is not None and per is not None
+        return Budget(label, most, per, operation, group_by)
+
+    def label_name(self, mapping: _LineDict, key: str, prefix: str) -> str | None:
+        value, line = mapping[key], mapping.key_lines[key]
+        if not isinstance(value, str):
+            self.problem(
+                line,
+                None,
+                f"{prefix}'{key}' must be a label name such as site, got {_describe(value)}",
+            )
+        elif not _LABEL_NAME_RE.fullmatch(value):
+            self.problem(
+                line,
+                None,
+                f"{prefix}invalid label name '{value}' in '{key}' "
+                "(expected letters, digits and _, not starting with a digit)",
+            )
+        else:
+            return value
+        return None
+
+    def breaker(self, data: _LineDict) -> Breaker:
+        value, line = data["breaker"], data.key_lines["breaker"]
+        if value is None:  # "breaker:" with its keys commented out: the default breaker
+            return DEFAULT_BREAKER
+        if not isinstance(value, _LineDict):
+            self.problem(
+                line,
+                None,
+                f"'breaker' must be a mapping such as {{max: 50, per: 5m}}, got {_describe(value)}",
+            )
+            return DEFAULT_BREAKER
+        self.check_keys(value, _BREAKER_KEYS, None, " in 'breaker'")
+        most, per = DEFAULT_BREAKER.max, DEFAULT_BREAKER.per
+        if "max" in value:
+            most = self.count(value, "max", None, "breaker.max") or most
+        if "per" in value:
+            per = self.duration(value, "per", None, "breaker.per", positive=True) or per
+        return Breaker(most, per)
+
+    def rule(self, item: Any, line: int, settings: _Settings) -> _RuleSpec | None:
         if not isinstance(item, _LineDict):
             self.problem(line, None, f"each rule must be a mapping, got {_describe(item)}")
             return None
@@ -672,19 +1313,24 @@ class _Validator:
         if "status" in item:
             spec.status = self.status(item, label)
         if "allow_destructive" in item:
-            allow = item["allow_destructive"]
-            if isinstance(allow, bool):
-                spec.allow_destructive = allow
-            else:
-                self.problem(
-                    item.key_lines["allow_destructive"],
-                    label,
-                    f"'allow_destructive' must be true or false, got {_describe(allow)}",
-                )
+            spec.allow_destructive = bool(self.flag(item, "allow_destructive", label))
         # A wrongly typed allow_destructive is already reported; do not pile a second error on it.
         allow_ok = isinstance(item.get("allow_destructive", False), bool)
         if spec.operation in DESTRUCTIVE and allow_ok and not spec.allow_destructive:
             self.problem(item.key_lines["operation"], label, _destructive_message(spec.operation))
+        # require_approval: false needs allow_destructive: true on a destructive operation,
+        # which the check above already demands; on other operations it is the default anyway.
+        if "require_approval" in item:
+            spec.require_approval = self.flag(item, "require_approval", label)
+        if "dry_run" in item:
+            spec.dry_run = bool(self.flag(item, "dry_run", label))
+        if "min_age" in item:
+            spec.min_age = self.duration(item, "min_age", label)
+        if "give_up" in item:
+            spec.give_up = self.give_up(item, label, settings.give_up)
+        if "window" in item:
+            spec.has_window = True
+            spec.window = self.window(item, label)
         return spec
 
     def matchers(self, item: _LineDict, label: str | None) -> list[Matcher]:
@@ -739,15 +1385,19 @@ class _Validator:
             self.problem(line, label, str(exc))
             return None, None
 
-    def operation(self, item: _LineDict, label: str | None) -> str | None:
+    def operation(self, item: _LineDict, label: str | None, prefix: str = "") -> str | None:
         value, line = item["operation"], item.key_lines["operation"]
         expected = ", ".join(OPERATIONS)
         if not isinstance(value, str):
             self.problem(
-                line, label, f"'operation' must be one of: {expected}, got {_describe(value)}"
+                line,
+                label,
+                f"{prefix}'operation' must be one of: {expected}, got {_describe(value)}",
             )
         elif value not in OPERATIONS:
-            self.problem(line, label, f"unknown operation '{value}' (expected one of: {expected})")
+            self.problem(
+                line, label, f"{prefix}unknown operation '{value}' (expected one of: {expected})"
+            )
         else:
             return value
         return None
@@ -775,7 +1425,7 @@ def _parse(text: str, path: str, raw: bytes) -> RuleSet:
     if yaml_problem is not None:
         raise RulesError([yaml_problem])
     validator = _Validator(path)
-    default_cooldown, specs = validator.document(data)
+    settings, specs = validator.document(data)
     if validator.problems:
         raise RulesError(sorted(validator.problems, key=lambda p: p.line or 0))
     rules = tuple(
@@ -784,16 +1434,29 @@ def _parse(text: str, path: str, raw: bytes) -> RuleSet:
             matchers=tuple(spec.matchers),
             device=spec.device,
             operation=spec.operation,
-            cooldown=default_cooldown if spec.cooldown is None else spec.cooldown,
+            cooldown=settings.cooldown if spec.cooldown is None else spec.cooldown,
             status=spec.status,
             allow_destructive=spec.allow_destructive,
             line=spec.line,
+            dry_run=spec.dry_run,
+            min_age=settings.min_age if spec.min_age is None else spec.min_age,
+            give_up=settings.give_up if spec.give_up is None else spec.give_up,
+            window=spec.window if spec.has_window else settings.window,
+            require_approval=spec.require_approval,  # type: ignore[arg-type]  # None: by risk
             _template=spec.template,
         )
         for spec in specs
     )
     version = hashlib.sha256(raw).hexdigest()[:12]
-    return RuleSet(rules=rules, default_cooldown=default_cooldown, path=path, version=version)
+    return RuleSet(
+        rules=rules,
+        default_cooldown=settings.cooldown,
+        path=path,
+        version=version,
+        budgets=settings.budgets,
+        breaker=settings.breaker,
+        approval_timeout=settings.approval_timeout,
+    )
 
 
 def parse_rules(text: str, path: str = "rules.yaml") -> RuleSet:

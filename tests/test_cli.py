@@ -43,7 +43,7 @@ def runner() -> CliRunner:
 def test_check_accepts_the_shipped_rules_file(runner: CliRunner) -> None:
     result = runner.invoke(main, ["check", str(ROOT / "rules.yaml")])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"{ROOT / 'rules.yaml'}: OK, 3 rules (version ")
+    assert result.output.startswith(f"{ROOT / 'rules.yaml'}: OK, 6 rules (version ")
     assert result.output.endswith(
         "; operations: reboot, reconf, sync; default cooldown 30m)\n")
 

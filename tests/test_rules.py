@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import Phase, given, settings
@@ -14,19 +16,29 @@ from hypothesis import strategies as st
 
 from bridge.errors import BridgeError, RulesError
 from bridge.rules import (
+    DEFAULT_BREAKER,
+    DEFAULT_BUDGETS,
+    DEFAULT_GIVE_UP,
     DESTRUCTIVE,
     OPERATIONS,
+    RISK,
     STATUSES,
+    Breaker,
+    Budget,
+    GiveUp,
     Matcher,
     Rule,
     RuleSet,
     TemplateRenderError,
+    Window,
     format_duration,
     load_rules,
     parse_duration,
     parse_matcher,
     parse_rules,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Hypothesis' "explain" phase imports libcst, which warns on import; with filterwarnings=error
 # that warning would hide the falsifying example behind a pytest INTERNALERROR.
@@ -513,10 +525,13 @@ rules:
 
 def test_many_errors_reported_at_once_in_line_order() -> None:
     ops = "sync, reconf, reboot, device_factory, factory"
-    keys = "name, match, device, operation, cooldown, status, allow_destructive"
+    keys = (
+        "name, match, device, operation, cooldown, status, allow_destructive, require_approval,"
+        " dry_run, min_age, give_up, window"
+    )
     assert problems(MANY_ERRORS) == [
         "rules.yaml:2: invalid duration '1 hour' (expected a Prometheus duration such as 90s, 30m, 1h, 1d)",
-        "rules.yaml:3: unknown key 'jitter' in 'defaults' (expected one of: cooldown)",
+        "rules.yaml:3: unknown key 'jitter' in 'defaults' (expected one of: cooldown, give_up, min_age, window, approval_timeout)",
         "rules.yaml:8: rule 'reboot-routers': invalid regex in matcher 'severity =~ \"(critical\"': missing ), unterminated subpattern at position 0",
         "rules.yaml:9: rule 'reboot-routers': each matcher must be a string such as alertname = \"DeviceUnreachable\", got a mapping (write it as: site = \"lab\")",
         "rules.yaml:10: rule 'reboot-routers': invalid matcher 'nonsense': expected =, !=, =~ or !~ after the label name 'nonsense'",
@@ -562,7 +577,7 @@ def test_missing_required_keys() -> None:
 
 def test_top_level_errors() -> None:
     assert problems("rules: []\nrulez: []\n") == [
-        "rules.yaml:2: unknown key 'rulez' (expected one of: defaults, rules)"
+        "rules.yaml:2: unknown key 'rulez' (expected one of: defaults, rules, budgets, breaker)"
     ]
     assert problems("rules: {}\n") == [
         "rules.yaml:1: 'rules' must be a list of rules, got a mapping"
@@ -591,7 +606,7 @@ common: &common
 """
     # A top-level helper key is still an unknown key ...
     assert problems(text + "rules: []\n") == [
-        "rules.yaml:1: unknown key 'common' (expected one of: defaults, rules)"
+        "rules.yaml:1: unknown key 'common' (expected one of: defaults, rules, budgets, breaker)"
     ]
     # ... but merging and overriding inside a rule is ordinary YAML, not a duplicate key.
     text = """\
@@ -702,6 +717,14 @@ _FRAGMENTS = [
     "    status: any", "    status: [1]", "  - []", "  - &a {name: c}", "  - *a", "  <<: *a",
     "  - !!binary xx", "- ", "? [a]", ": b", "'", "\"", "{", "[", "&x", "*x", "---", "\t", "%YAML 1.1",
     "  ? {a: 1}", "    : 2", "rules: !!set {a}", "x: !!float nope", "x: 0x" + "f" * 5000,
+    # guardrails
+    "budgets:", "budgets: []", "  - name: g", "    max: 0", "    max: 3", "    per: 5m",
+    "    group_by: site", "    group_by: a-b", "breaker:", "  max: x", "  per: 0", "  give_up:",
+    "    give_up: {after: 2, within: 1h}", "    after: 0", "    within: 1d", "    dry_run: true",
+    "    require_approval: false", "    min_age: 5m", "    window:", "  window:",
+    "      days: fri-mon", "      days: [mon, fry]", "      days: daily", "      start: 22:00",
+    "      start: '22:00'", "      end: '05:00'", "      timezone: Europe/Madrid",
+    "      timezone: Nowhere/Else", "      outside: skip", "  approval_timeout: 1h",
 ]  # fmt: skip
 
 
@@ -726,3 +749,689 @@ def test_yamlish_text_never_crashes(lines: list[str]) -> None:
         assert all(str(p).startswith("rules.yaml") for p in exc.problems)
     else:
         assert isinstance(result, RuleSet)
+
+
+# --- guardrails: parsing -----------------------------------------------------------------------
+
+BASE_RULE = "  - name: {name}\n    match: ['x=1']\n    device: d\n    operation: {operation}\n"
+
+
+def one_rule(extra: str = "", operation: str = "sync", top: str = "") -> str:
+    """A file with `top` before the rules and one rule whose last lines are `extra`."""
+    return top + "rules:\n" + BASE_RULE.format(name="r", operation=operation) + extra
+
+
+GUARDED = """\
+defaults:
+  cooldown: 30m
+  give_up: {after: 5, within: 12h}
+  min_age: 1m
+  approval_timeout: 2h
+  window:
+    days: [sat, sun]
+    start: "08:00"
+    end: "20:00"
+    timezone: UTC
+budgets:
+  - name: global
+    max: 30
+    per: 10m
+  - name: reboots
+    operation: reboot
+    max: 10
+    per: 1h
+  - name: per-site
+    group_by: site
+    max: 3
+    per: 1h
+breaker:
+  max: 100
+  per: 1m
+rules:
+  - name: night-reconf
+    match: ['alertname = "ConfigOutdated"']
+    device: "{{ labels.device }}"
+    operation: reconf
+    min_age: 0
+    give_up: {after: 2}
+    window:
+      days: mon-fri
+      start: "22:00"
+      end: "05:00"
+      timezone: Europe/Madrid
+      outside: skip
+  - name: shadow-reboot
+    match: ['alertname = "MemoryExhausted"']
+    device: "{{ labels.device }}"
+    operation: reboot
+    dry_run: true
+    require_approval: true
+    min_age: 5m
+    give_up: {after: 1, within: 1h}
+  - name: plain-sync
+    match: ['alertname = "Drift"']
+    device: "{{ labels.device }}"
+    operation: sync
+    window:
+  - name: unattended-wipe
+    match: ['alertname = "Compromised"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
+    require_approval: false
+"""
+
+
+def test_guardrails_are_parsed() -> None:
+    rules = parse_rules(GUARDED)
+    assert rules.budgets == (
+        Budget("global", 30, 600.0, None, None),
+        Budget("reboots", 10, 3600.0, "reboot", None),
+        Budget("per-site", 3, 3600.0, None, "site"),
+    )
+    assert rules.breaker == Breaker(100, 60.0)
+    assert rules.approval_timeout == 7200.0
+    night, shadow, plain, wipe = rules.rules
+
+    assert night.window == Window(
+        frozenset({0, 1, 2, 3, 4}), dt.time(22), dt.time(5), "Europe/Madrid", "skip"
+    )
+    assert night.min_age == 0.0  # its own, not the default 1m
+    assert night.give_up == GiveUp(2, 43200.0)  # 'within' from defaults.give_up
+    assert (night.dry_run, night.require_approval, night.risk) == (False, False, "routine")
+
+    assert shadow.window == Window(frozenset({5, 6}), dt.time(8), dt.time(20), "UTC", "hold")
+    assert (shadow.dry_run, shadow.require_approval, shadow.risk) == (True, True, "disruptive")
+    assert (shadow.min_age, shadow.give_up) == (300.0, GiveUp(1, 3600.0))
+
+    assert plain.window is None  # "window:" left empty: no window, not the default one
+    assert (plain.min_age, plain.give_up) == (60.0, GiveUp(5, 43200.0))
+
+    assert (wipe.risk, wipe.allow_destructive, wipe.require_approval) == (
+        "destructive",
+        True,
+        False,
+    )
+
+
+def test_guardrail_defaults() -> None:
+    rules = parse_rules(one_rule())
+    assert rules.budgets == DEFAULT_BUDGETS == (Budget("global", 30, 600.0, None, None),)
+    assert rules.breaker == DEFAULT_BREAKER == Breaker(50, 300.0)
+    assert rules.approval_timeout == 3600.0
+    (r,) = rules.rules
+    assert (r.dry_run, r.min_age, r.window, r.require_approval) == (False, 0.0, None, False)
+    assert r.give_up == DEFAULT_GIVE_UP == GiveUp(3, 86400.0)
+
+
+def test_budgets_absent_empty_or_commented_out() -> None:
+    assert parse_rules(one_rule()).budgets == DEFAULT_BUDGETS
+    assert parse_rules(one_rule(top="budgets: []\n")).budgets == ()
+    # Like "rules:", a budgets key whose entries are all commented out means none.
+    assert parse_rules(one_rule(top="budgets:\n#  - name: global\n")).budgets == ()
+
+
+def test_breaker_and_give_up_keep_defaults_for_keys_they_leave_out() -> None:
+    assert parse_rules(one_rule(top="breaker: {max: 500}\n")).breaker == Breaker(500, 300.0)
+    assert parse_rules(one_rule(top="breaker: {per: 1m}\n")).breaker == Breaker(50, 60.0)
+    assert parse_rules(one_rule(top="breaker:\n")).breaker == DEFAULT_BREAKER
+    assert parse_rules(one_rule("    give_up: {within: 1h}\n")).rules[0].give_up == GiveUp(
+        3, 3600.0
+    )
+    assert parse_rules(one_rule("    give_up:\n")).rules[0].give_up == DEFAULT_GIVE_UP
+    top = "defaults:\n  give_up: {after: 4}\n"
+    assert parse_rules(one_rule(top=top)).rules[0].give_up == GiveUp(4, 86400.0)
+
+
+def test_defaults_window_and_min_age_apply_to_rules_without_their_own() -> None:
+    top = "defaults:\n  min_age: 90s\n  window: {days: daily, start: '01:00', end: '02:00', timezone: UTC}\n"
+    (r,) = parse_rules(one_rule(top=top)).rules
+    assert r.min_age == 90.0
+    assert r.window == Window(frozenset(range(7)), dt.time(1), dt.time(2), "UTC")
+    own = "    min_age: 0\n    window: {days: sun, start: '03:00', end: '04:00', timezone: UTC}\n"
+    (r,) = parse_rules(one_rule(own, top=top)).rules
+    assert r.min_age == 0.0
+    assert r.window == Window(frozenset({6}), dt.time(3), dt.time(4), "UTC")
+
+
+@pytest.mark.parametrize(
+    ("operation", "risk", "approval"),
+    [
+        ("sync", "routine", False),
+        ("reconf", "routine", False),
+        ("reboot", "disruptive", False),
+        ("device_factory", "destructive", True),
+        ("factory", "destructive", True),
+    ],
+)
+def test_require_approval_defaults_by_risk(operation: str, risk: str, approval: bool) -> None:
+    extra = "    allow_destructive: true\n" if operation in DESTRUCTIVE else ""
+    (r,) = parse_rules(one_rule(extra, operation)).rules
+    assert (r.risk, r.require_approval) == (risk, approval)
+    assert RISK[operation] == risk
+    assert r == rule(operation=operation, allow_destructive=bool(extra), cooldown=1800.0, line=2,
+                     matchers=(Matcher("x", "=", "1"),), device="d")  # fmt: skip
+
+
+def test_require_approval_may_be_set_either_way() -> None:
+    assert (
+        parse_rules(one_rule("    require_approval: true\n", "reboot")).rules[0].require_approval
+        is True
+    )
+    # Meaningless on a routine operation (it is the default) but harmless.
+    assert parse_rules(one_rule("    require_approval: false\n")).rules[0].require_approval is False
+    wipe = "    allow_destructive: true\n    require_approval: false\n"
+    assert parse_rules(one_rule(wipe, "factory")).rules[0].require_approval is False
+    # Without allow_destructive a destructive rule is refused anyway: one error, not two.
+    assert problems(one_rule("    require_approval: false\n", "factory")) == [
+        "rules.yaml:5: rule 'r': operation 'factory' is destructive: set allow_destructive: true to allow it"
+    ]
+
+
+def test_risk_table() -> None:
+    assert dict(RISK) == {"sync": "routine", "reconf": "routine", "reboot": "disruptive",
+                          "device_factory": "destructive", "factory": "destructive"}  # fmt: skip
+    assert set(RISK) == set(OPERATIONS)
+    assert DESTRUCTIVE == {op for op, risk in RISK.items() if risk == "destructive"}
+    with pytest.raises(TypeError):
+        RISK["sync"] = "destructive"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        ("[mon, tue, wed, thu, fri]", {0, 1, 2, 3, 4}),
+        ("mon-fri", {0, 1, 2, 3, 4}),
+        ("fri-mon", {4, 5, 6, 0}),  # ranges may wrap around the week
+        ("sat-sun", {5, 6}),
+        ("daily", {0, 1, 2, 3, 4, 5, 6}),
+        ("Daily", {0, 1, 2, 3, 4, 5, 6}),
+        ("sun", {6}),
+        ("mon-mon", {0}),
+        ("MON - Wed", {0, 1, 2}),
+        ("'mon, wed,fri'", {0, 2, 4}),
+        ("[sat-sun, wed]", {2, 5, 6}),
+        ("[Tue, tue]", {1}),
+    ],
+)
+def test_window_days(days: str, expected: set[int]) -> None:
+    window = (
+        f"    window: {{days: {days}, start: '22:00', end: '05:00', timezone: Europe/Madrid}}\n"
+    )
+    (r,) = parse_rules(one_rule(window)).rules
+    assert r.window is not None
+    assert r.window.days == frozenset(expected)
+
+
+def test_unquoted_times_with_a_leading_zero_are_text_in_yaml() -> None:
+    (r,) = parse_rules(one_rule("    window: {start: 00:30, end: 05:00, timezone: UTC}\n")).rules
+    assert r.window is not None
+    assert (r.window.start, r.window.end) == (dt.time(0, 30), dt.time(5))
+
+
+def test_window_days_default_to_every_day_and_outside_to_hold() -> None:
+    window = "    window: {start: '00:00', end: '00:00', timezone: UTC}\n"
+    (r,) = parse_rules(one_rule(window)).rules
+    assert r.window == Window(frozenset(range(7)), dt.time(0), dt.time(0), "UTC", "hold")
+
+
+def test_shipped_rules_file_shows_every_guard() -> None:
+    rules = load_rules(ROOT / "rules.yaml")
+    assert rules.budgets == (
+        Budget("global", 30, 600.0),
+        Budget("reboots", 10, 3600.0, operation="reboot"),
+        Budget("per-site", 3, 3600.0, group_by="site"),
+    )
+    assert (rules.breaker, rules.approval_timeout) == (Breaker(50, 300.0), 3600.0)
+    by_name = {r.name: r for r in rules.rules}
+    assert list(by_name)[:3] == [
+        "reboot-unreachable-routers", "resync-config-drift", "reconf-after-policy-violation"
+    ]  # fmt: skip
+    assert by_name["reboot-stuck-access-points"].min_age == 300.0
+    assert by_name["reconf-outdated-config-at-night"].window == Window(
+        frozenset(range(5)), dt.time(22), dt.time(5), "Europe/Madrid", "hold"
+    )
+    assert by_name["reboot-on-memory-leak"].dry_run is True
+    assert not any(r.require_approval for r in rules.rules)  # the destructive example is off
+
+
+# --- guardrails: errors ------------------------------------------------------------------------
+
+GUARD_ERRORS = """\
+defaults:
+  give_up: {after: 0, within: 1d}
+  approval_timeout: 0
+  min_age: 5
+  window: nightly
+budgets:
+  - name: per-site
+    max: 0
+    per: 0s
+    group_by: my-site
+  - name: per-site
+    max: 1.5
+    per: 1h
+    operation: rebot
+    scope: all
+  - max: 3
+  - just text
+breaker:
+  max: many
+  per: 1 minute
+rules:
+  - name: wipe
+    match: ['alertname = "Bricked"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
+    require_approval: "no"
+    dry_run: 1
+    give_up: {after: true, within: 0, times: 2}
+    window:
+      days: [mon, fry, 3]
+      start: 22:00
+      end: "25:00"
+      timezone: Europe/Madird
+      outside: wait
+      tz: UTC
+  - name: nightly
+    match: ['a = b']
+    device: d
+    operation: reconf
+    min_age: 5 minutes
+    window:
+      days: mon-
+  - name: no-days
+    match: ['a = b']
+    device: d
+    operation: sync
+    window: {days: [], start: "1:00", end: 05:00, timezone: 1}
+    give_up: 3
+"""
+
+
+def test_guardrail_errors_are_reported_at_once_in_line_order() -> None:
+    ops = "sync, reconf, reboot, device_factory, factory"
+    assert problems(GUARD_ERRORS) == [
+        "rules.yaml:2: 'give_up.after' must be a whole number ≥ 1, got 0",
+        "rules.yaml:3: 'approval_timeout' must be greater than 0, got 0",
+        "rules.yaml:4: 'min_age' must be a string such as 30m, got 5",
+        "rules.yaml:5: 'window' must be a mapping with start, end and timezone, got 'nightly'",
+        "rules.yaml:8: budget 'per-site': 'max' must be a whole number ≥ 1, got 0",
+        "rules.yaml:9: budget 'per-site': 'per' must be greater than 0, got '0s'",
+        "rules.yaml:10: budget 'per-site': invalid label name 'my-site' in 'group_by' (expected letters, digits and _, not starting with a digit)",
+        "rules.yaml:11: budget 'per-site': duplicate budget name 'per-site' (first defined on line 7)",
+        "rules.yaml:12: budget 'per-site': 'max' must be a whole number ≥ 1, got 1.5",
+        f"rules.yaml:14: budget 'per-site': unknown operation 'rebot' (expected one of: {ops})",
+        "rules.yaml:15: budget 'per-site': unknown key 'scope' (expected one of: name, max, per, operation, group_by)",
+        "rules.yaml:16: budget: missing required key 'name'",
+        "rules.yaml:16: budget: missing required key 'per'",
+        "rules.yaml:17: each budget must be a mapping, got 'just text'",
+        "rules.yaml:19: 'breaker.max' must be a whole number ≥ 1, got 'many'",
+        "rules.yaml:20: invalid duration '1 minute' (expected a Prometheus duration such as 90s, 30m, 1h, 1d)",
+        "rules.yaml:27: rule 'wipe': 'require_approval' must be true or false, got 'no'",
+        "rules.yaml:28: rule 'wipe': 'dry_run' must be true or false, got 1",
+        "rules.yaml:29: rule 'wipe': unknown key 'times' in 'give_up' (expected one of: after, within)",
+        "rules.yaml:29: rule 'wipe': 'give_up.after' must be a whole number ≥ 1, got true",
+        "rules.yaml:29: rule 'wipe': 'give_up.within' must be greater than 0, got 0",
+        "rules.yaml:31: rule 'wipe': unknown day 'fry' in window.days (expected mon, tue, wed, thu, fri, sat, sun)",
+        "rules.yaml:31: rule 'wipe': each day in window.days must be a name such as mon, got 3",
+        'rules.yaml:32: rule \'wipe\': \'window.start\' must be a string such as "22:00", got 1320: YAML reads an unquoted 22:00 as a number (quote times: start: "22:00")',
+        "rules.yaml:33: rule 'wipe': invalid time '25:00' in window.end (expected HH:MM)",
+        "rules.yaml:34: rule 'wipe': unknown time zone 'Europe/Madird'",
+        "rules.yaml:35: rule 'wipe': unknown value 'wait' in window.outside (expected one of: hold, skip)",
+        "rules.yaml:36: rule 'wipe': unknown key 'tz' in 'window' (expected one of: days, start, end, timezone, outside)",
+        "rules.yaml:41: rule 'nightly': invalid duration '5 minutes' (expected a Prometheus duration such as 90s, 30m, 1h, 1d)",
+        "rules.yaml:42: rule 'nightly': missing required key 'start' in 'window'",
+        "rules.yaml:42: rule 'nightly': missing required key 'end' in 'window'",
+        "rules.yaml:42: rule 'nightly': missing required key 'timezone' in 'window'",
+        "rules.yaml:43: rule 'nightly': invalid day range 'mon-' in window.days (expected two days such as mon-fri)",
+        "rules.yaml:48: rule 'no-days': 'window.days' must not be empty: the window would never open",
+        "rules.yaml:48: rule 'no-days': invalid time '1:00' in window.start (expected HH:MM)",
+        "rules.yaml:48: rule 'no-days': 'window.timezone' must be a time zone name such as Europe/Madrid, got 1",
+        "rules.yaml:49: rule 'no-days': 'give_up' must be a mapping such as {after: 3, within: 1d}, got 3",
+    ]  # fmt: skip
+
+
+def test_budget_problems_name_the_budget_not_a_rule() -> None:
+    with pytest.raises(RulesError) as info:
+        parse_rules(GUARD_ERRORS, "/etc/bridge/rules.yaml")
+    budget = next(p for p in info.value.problems if p.line == 8)
+    assert (budget.file, budget.line, budget.rule) == ("/etc/bridge/rules.yaml", 8, None)
+    assert budget.message == "budget 'per-site': 'max' must be a whole number ≥ 1, got 0"
+    day = next(p for p in info.value.problems if p.line == 31)
+    assert (day.rule, day.message) == (
+        "wipe", "unknown day 'fry' in window.days (expected mon, tue, wed, thu, fri, sat, sun)"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ("{start: 22:00, end: '05:00', timezone: UTC}", '\'window.start\' must be a string such as "22:00", got 1320: YAML reads an unquoted 22:00 as a number (quote times: start: "22:00")'),
+        ("{start: '22:00', end: 23:59, timezone: UTC}", '\'window.end\' must be a string such as "22:00", got 1439: YAML reads an unquoted 23:59 as a number (quote times: end: "23:59")'),
+        ("{start: '22:00', end: 5:00, timezone: UTC}", '\'window.end\' must be a string such as "22:00", got 300: YAML reads an unquoted 5:00 as a number (quote times: end: "05:00")'),
+        ("{start: 7, end: '05:00', timezone: UTC}", '\'window.start\' must be a string such as "22:00", got 7 (quote times: start: "22:00")'),
+        ("{start: '24:00', end: '05:00', timezone: UTC}", "invalid time '24:00' in window.start (expected HH:MM)"),
+        ("{start: '22:00:00', end: '05:00', timezone: UTC}", "invalid time '22:00:00' in window.start (expected HH:MM)"),
+        ("{start: '10pm', end: '05:00', timezone: UTC}", "invalid time '10pm' in window.start (expected HH:MM)"),
+        ("{start: '22:00', end: '05:00', timezone: ''}", "unknown time zone ''"),
+        ("{start: '22:00', end: '05:00', timezone: /etc/passwd}", "unknown time zone '/etc/passwd'"),
+        ("{start: '22:00', end: '05:00', timezone: europe/madrid}", "unknown time zone 'europe/madrid'"),
+        ("{days: 5, start: '22:00', end: '05:00', timezone: UTC}", "'window.days' must be a list of days such as [mon, tue] or a range such as mon-fri, got 5"),
+        ("{days: '', start: '22:00', end: '05:00', timezone: UTC}", "'window.days' must not be empty: the window would never open"),
+        ("{days: monday, start: '22:00', end: '05:00', timezone: UTC}", "unknown day 'monday' in window.days (expected mon, tue, wed, thu, fri, sat, sun)"),
+        ("{days: mon-fry, start: '22:00', end: '05:00', timezone: UTC}", "unknown day 'fry' in window.days (expected mon, tue, wed, thu, fri, sat, sun)"),
+        ("{days: mon-wed-fri, start: '22:00', end: '05:00', timezone: UTC}", "invalid day range 'mon-wed-fri' in window.days (expected two days such as mon-fri)"),
+        ("{days: [mon, no], start: '22:00', end: '05:00', timezone: UTC}", "each day in window.days must be a name such as mon, got false"),
+        ("{start: '22:00', end: '05:00', timezone: UTC, outside: 1}", "'window.outside' must be one of: hold, skip, got 1"),
+        ("[22:00, 05:00]", "'window' must be a mapping with start, end and timezone, got a list"),
+    ],
+)  # fmt: skip
+def test_window_errors(window: str, message: str) -> None:
+    assert problems(one_rule(f"    window: {window}\n")) == [f"rules.yaml:6: rule 'r': {message}"]
+
+
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [
+        ("budgets: {global: 30}\n", "rules.yaml:1: 'budgets' must be a list of budgets, got a mapping"),
+        ("budgets:\n  - {name: '', max: 1, per: 1h}\n", "rules.yaml:2: budget: 'name' must be a non-empty string, got ''"),
+        ("budgets:\n  - {name: b, max: 1, per: 1h, group_by: 5}\n", "rules.yaml:2: budget 'b': 'group_by' must be a label name such as site, got 5"),
+        ("budgets:\n  - {name: b, max: 1, per: 1h, group_by: 9site}\n", "rules.yaml:2: budget 'b': invalid label name '9site' in 'group_by' (expected letters, digits and _, not starting with a digit)"),
+        ("budgets:\n  - {name: b, max: 1, per: 1h, operation: [reboot]}\n", "rules.yaml:2: budget 'b': 'operation' must be one of: sync, reconf, reboot, device_factory, factory, got a list"),
+        ("budgets:\n  - {name: b, max: true, per: 1h}\n", "rules.yaml:2: budget 'b': 'max' must be a whole number ≥ 1, got true"),
+        ("budgets:\n  - {name: b, max: 1, per: 60}\n", "rules.yaml:2: budget 'b': 'per' must be a string such as 30m, got 60"),
+        ("budgets:\n  - {name: b, max: 1, per: 1h, max: 2}\n", "rules.yaml:2: budget 'b': duplicate key 'max' (first on line 2)"),
+        ("breaker: 50\n", "rules.yaml:1: 'breaker' must be a mapping such as {max: 50, per: 5m}, got 50"),
+        ("breaker: {max: 0}\n", "rules.yaml:1: 'breaker.max' must be a whole number ≥ 1, got 0"),
+        ("breaker: {per: 0}\n", "rules.yaml:1: 'breaker.per' must be greater than 0, got 0"),
+        ("breaker: {max: 5, every: 1m}\n", "rules.yaml:1: unknown key 'every' in 'breaker' (expected one of: max, per)"),
+        ("defaults:\n  approval_timeout: 1 hour\n", "rules.yaml:2: invalid duration '1 hour' (expected a Prometheus duration such as 90s, 30m, 1h, 1d)"),
+        ("defaults:\n  approval_timeout: '0s'\n", "rules.yaml:2: 'approval_timeout' must be greater than 0, got '0s'"),
+        ("defaults:\n  window: {start: '22:00', end: '05:00', timezone: Europe/Madird}\n", "rules.yaml:2: unknown time zone 'Europe/Madird'"),
+        ("defaults:\n  give_up: {after: 2.5}\n", "rules.yaml:2: 'give_up.after' must be a whole number ≥ 1, got 2.5"),
+    ],
+)  # fmt: skip
+def test_budget_breaker_and_defaults_errors(top: str, message: str) -> None:
+    assert problems(one_rule(top=top)) == [message]
+
+
+# --- guardrails: value types built in code -----------------------------------------------------
+
+
+def test_window_built_in_code_is_checked() -> None:
+    with pytest.raises(ValueError) as info:
+        Window(frozenset({0}), dt.time(22), dt.time(5), "Europe/Madird")
+    assert str(info.value) == "unknown time zone 'Europe/Madird'"
+    with pytest.raises(ValueError, match="must not be empty"):
+        Window(frozenset(), dt.time(22), dt.time(5), "UTC")
+    with pytest.raises(ValueError, match="0 \\(Monday\\) to 6"):
+        Window(frozenset({7}), dt.time(22), dt.time(5), "UTC")
+    with pytest.raises(ValueError, match="unknown window outside"):
+        Window(frozenset({0}), dt.time(22), dt.time(5), "UTC", "later")
+    with pytest.raises(ValueError, match="naive"):
+        Window(frozenset({0}), dt.time(22, tzinfo=dt.UTC), dt.time(5), "UTC")
+    window = Window({0, 1}, dt.time(22), dt.time(5), "UTC")  # type: ignore[arg-type]
+    assert window.days == frozenset({0, 1})
+    assert hash(window) == hash(Window(frozenset({1, 0}), dt.time(22), dt.time(5), "UTC"))
+    assert "_zone" not in repr(window)
+
+
+def test_window_needs_aware_datetimes() -> None:
+    window = Window(frozenset({0}), dt.time(22), dt.time(5), "UTC")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        window.contains(dt.datetime(2026, 6, 1, 23, 0))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        window.next_opening(dt.datetime(2026, 6, 1, 23, 0))
+
+
+def test_other_guard_values_built_in_code_are_checked() -> None:
+    for bad in (lambda: GiveUp(0, 60.0), lambda: GiveUp(1, 0.0), lambda: GiveUp(True, 60.0),
+                lambda: Budget("b", 0, 60.0), lambda: Budget("b", 1, -1.0),
+                lambda: Budget("", 1, 60.0), lambda: Budget("b", 1, 60.0, "rebot"),
+                lambda: Budget("b", 1, 60.0, None, "a-b"), lambda: Breaker(0, 60.0),
+                lambda: Breaker(1, float("inf"))):  # fmt: skip
+        with pytest.raises(ValueError):
+            bad()
+    with pytest.raises(ValueError, match="unique"):
+        RuleSet(rules=(), default_cooldown=0.0, path="x", version="v",
+                budgets=(Budget("a", 1, 60.0), Budget("a", 2, 60.0)))  # fmt: skip
+    with pytest.raises(ValueError, match="approval_timeout"):
+        RuleSet(rules=(), default_cooldown=0.0, path="x", version="v", approval_timeout=0.0)
+    built = RuleSet(rules=(), default_cooldown=0.0, path="x", version="v")
+    assert (built.budgets, built.breaker, built.approval_timeout) == (
+        DEFAULT_BUDGETS, DEFAULT_BREAKER, 3600.0
+    )  # fmt: skip
+    assert RuleSet((), 0.0, "x", "v", [Budget("a", 1, 60.0)]).budgets == (Budget("a", 1, 60.0),)  # type: ignore[arg-type]
+
+
+def test_rule_built_in_code_gets_guard_defaults_and_checks() -> None:
+    r = rule()
+    assert (r.dry_run, r.min_age, r.give_up, r.window) == (False, 0.0, GiveUp(3, 86400.0), None)
+    assert (r.require_approval, r.risk) == (False, "routine")
+    wipe = rule(operation="factory", allow_destructive=True)
+    assert (wipe.require_approval, wipe.risk) == (True, "destructive")
+    assert (
+        rule(operation="factory", allow_destructive=True, require_approval=False).require_approval
+        is False
+    )
+    assert rule(operation="reboot", require_approval=True).require_approval is True
+    # Positional construction is unchanged: the guard fields are keyword-only.
+    positional = Rule("p", (), "d", "reboot", 60.0, "any", False, 7)
+    assert (positional.status, positional.line, positional.risk) == ("any", 7, "disruptive")
+    assert rule(min_age=5).min_age == 5.0
+    for bad in ({"min_age": -1.0}, {"dry_run": "yes"}, {"require_approval": 1},
+                {"give_up": (3, 60.0)}, {"window": "nightly"}):  # fmt: skip
+        with pytest.raises(ValueError):
+            rule(**bad)
+
+
+# --- maintenance windows -----------------------------------------------------------------------
+
+MADRID = ZoneInfo("Europe/Madrid")
+NIGHTS = Window(frozenset({0, 1, 2, 3, 4}), dt.time(22), dt.time(5), "Europe/Madrid")  # mon-fri
+
+
+def madrid(*args: int, fold: int = 0) -> dt.datetime:
+    return dt.datetime(*args).replace(tzinfo=MADRID, fold=fold)  # type: ignore[arg-type]
+
+
+def utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args).replace(tzinfo=dt.UTC)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("when", "inside"),
+    [
+        (madrid(2026, 6, 1, 21, 59), False),  # Monday, before the window
+        (madrid(2026, 6, 1, 22, 0), True),  # opens at start
+        (madrid(2026, 6, 1, 23, 59), True),
+        (madrid(2026, 6, 2, 0, 0), True),  # across midnight: Monday's window, on Tuesday
+        (madrid(2026, 6, 2, 4, 59, 59), True),
+        (madrid(2026, 6, 2, 5, 0), False),  # end is exclusive
+        (madrid(2026, 6, 6, 4, 0), True),  # Saturday morning: Friday night's window
+        (madrid(2026, 6, 6, 22, 0), False),  # Saturday night: no window
+        (madrid(2026, 6, 7, 23, 0), False),  # Sunday night: no window
+        (madrid(2026, 6, 8, 3, 0), False),  # Monday morning: would be Sunday's
+        (utc(2026, 6, 1, 20, 0), True),  # 22:00 CEST, given in UTC
+        (utc(2026, 6, 1, 19, 59), False),
+        (dt.datetime(2026, 6, 1, 16, 0, tzinfo=ZoneInfo("America/New_York")), True),  # 22:00 Madrid
+        (dt.datetime(2026, 6, 2, 5, 0, tzinfo=ZoneInfo("Asia/Tokyo")), True),  # 22:00 Madrid
+        (dt.datetime(2026, 6, 2, 11, 59, tzinfo=ZoneInfo("Asia/Tokyo")), True),  # 04:59 Madrid
+        (dt.datetime(2026, 6, 2, 12, 0, tzinfo=ZoneInfo("Asia/Tokyo")), False),  # 05:00 Madrid
+        (utc(2026, 1, 5, 21, 0), True),  # winter: 22:00 CET is 21:00 UTC
+        (utc(2026, 1, 5, 20, 59), False),
+    ],
+)
+def test_window_contains(when: dt.datetime, inside: bool) -> None:
+    assert NIGHTS.contains(when) is inside
+
+
+@pytest.mark.parametrize(
+    ("when", "opens"),
+    [
+        (madrid(2026, 6, 5, 12, 0), utc(2026, 6, 5, 20, 0)),  # Friday noon: tonight at 22:00
+        (madrid(2026, 6, 6, 10, 0), utc(2026, 6, 8, 20, 0)),  # Saturday: Monday night
+        (madrid(2026, 6, 6, 5, 0), utc(2026, 6, 8, 20, 0)),  # Friday's window just closed
+        (madrid(2026, 6, 7, 23, 30), utc(2026, 6, 8, 20, 0)),  # Sunday night
+        (madrid(2026, 6, 2, 5, 0), utc(2026, 6, 2, 20, 0)),  # Tuesday, just closed
+        (utc(2026, 1, 9, 12, 0), utc(2026, 1, 9, 21, 0)),  # winter Friday: 22:00 CET
+        (
+            dt.datetime(2026, 6, 6, 9, 0, tzinfo=ZoneInfo("America/New_York")),
+            utc(2026, 6, 8, 20, 0),
+        ),
+    ],
+)
+def test_window_next_opening(when: dt.datetime, opens: dt.datetime) -> None:
+    result = NIGHTS.next_opening(when)
+    assert result == opens
+    assert result.tzinfo is dt.UTC
+    assert NIGHTS.contains(result) is True
+
+
+def test_next_opening_inside_the_window_is_when_itself() -> None:
+    when = madrid(2026, 6, 2, 3, 0)
+    assert NIGHTS.next_opening(when) is when
+
+
+def test_whole_day_window_when_end_equals_start() -> None:
+    sundays = Window(frozenset({6}), dt.time(0), dt.time(0), "Europe/Madrid")
+    assert sundays.contains(madrid(2026, 6, 7, 0, 0)) is True
+    assert sundays.contains(madrid(2026, 6, 7, 23, 59, 59)) is True
+    assert sundays.contains(madrid(2026, 6, 8, 0, 0)) is False
+    assert sundays.contains(madrid(2026, 6, 6, 23, 59, 59)) is False
+    assert sundays.next_opening(madrid(2026, 6, 1, 12, 0)) == utc(2026, 6, 6, 22, 0)
+    # Any other time: 24 hours from start on the listed day.
+    from_eight = Window(frozenset({6}), dt.time(8), dt.time(8), "UTC")
+    assert from_eight.contains(utc(2026, 6, 8, 7, 59)) is True
+    assert from_eight.contains(utc(2026, 6, 8, 8, 0)) is False
+    assert from_eight.contains(utc(2026, 6, 7, 7, 59)) is False
+    daily = Window(frozenset(range(7)), dt.time(0), dt.time(0), "Europe/Madrid")
+    assert all(daily.contains(utc(2026, 3, 29, h)) for h in range(24))
+
+
+def test_window_across_the_spring_dst_change() -> None:
+    # Europe/Madrid, Sunday 2026-03-29: 02:00 CET becomes 03:00 CEST (01:00 UTC).
+    saturday_night = Window(frozenset({5}), dt.time(22), dt.time(5), "Europe/Madrid")
+    assert saturday_night.next_opening(madrid(2026, 3, 28, 12, 0)) == utc(2026, 3, 28, 21, 0)
+    assert saturday_night.contains(utc(2026, 3, 28, 21, 0)) is True  # 22:00 CET
+    assert saturday_night.contains(utc(2026, 3, 29, 2, 59)) is True  # 04:59 CEST
+    assert saturday_night.contains(utc(2026, 3, 29, 3, 0)) is False  # 05:00 CEST: 6 hours in all
+    # A start time the clock skips: the window opens at the first moment after the gap.
+    early = Window(frozenset(range(7)), dt.time(2, 30), dt.time(4), "Europe/Madrid")
+    assert early.next_opening(utc(2026, 3, 28, 23, 0)) == utc(2026, 3, 29, 1, 0)  # 03:00 CEST
+    assert early.contains(utc(2026, 3, 29, 0, 59, 59)) is False  # 01:59:59 CET
+    assert early.contains(utc(2026, 3, 29, 1, 0)) is True
+    assert early.contains(utc(2026, 3, 29, 2, 0)) is False  # 04:00 CEST
+    assert early.next_opening(utc(2026, 3, 29, 2, 0)) == utc(2026, 3, 30, 0, 30)  # 02:30 CEST
+    assert early.next_opening(utc(2026, 3, 27, 23, 0)) == utc(2026, 3, 28, 1, 30)  # 02:30 CET
+    # A window wholly inside the gap does not happen that day.
+    skipped = Window(frozenset(range(7)), dt.time(2), dt.time(2, 59), "Europe/Madrid")
+    assert skipped.next_opening(utc(2026, 3, 28, 23, 0)) == utc(2026, 3, 30, 0, 0)
+    assert not any(skipped.contains(utc(2026, 3, 29, h, m)) for h in range(24) for m in (0, 30))
+    # Sunday 00:00-00:00 that day lasts 23 hours.
+    sunday = Window(frozenset({6}), dt.time(0), dt.time(0), "Europe/Madrid")
+    assert sunday.next_opening(utc(2026, 3, 27)) == utc(2026, 3, 28, 23, 0)
+    assert sunday.contains(utc(2026, 3, 29, 21, 59)) is True
+    assert sunday.contains(utc(2026, 3, 29, 22, 0)) is False
+
+
+def test_window_across_the_autumn_dst_change() -> None:
+    # Europe/Madrid, Sunday 2026-10-25: 03:00 CEST becomes 02:00 CET (01:00 UTC); the clock
+    # shows 02:00-02:59 twice.
+    saturday_night = Window(frozenset({5}), dt.time(22), dt.time(5), "Europe/Madrid")
+    assert saturday_night.next_opening(madrid(2026, 10, 24, 12, 0)) == utc(2026, 10, 24, 20, 0)
+    assert saturday_night.contains(utc(2026, 10, 25, 3, 59)) is True  # 04:59 CET
+    assert saturday_night.contains(utc(2026, 10, 25, 4, 0)) is False  # 05:00 CET: 8 hours in all
+    # A start time the clock shows twice: the window opens at the first, and stays open.
+    early = Window(frozenset(range(7)), dt.time(2, 30), dt.time(4), "Europe/Madrid")
+    assert early.next_opening(utc(2026, 10, 25, 0, 0)) == utc(2026, 10, 25, 0, 30)  # 02:30 CEST
+    # (Aware datetimes whose offset depends on fold never compare equal across zones: use UTC.)
+    assert early.next_opening(madrid(2026, 10, 25, 2, 0)) == madrid(2026, 10, 25, 2, 30).astimezone(
+        dt.UTC
+    )
+    assert early.contains(madrid(2026, 10, 25, 2, 15, fold=1)) is True  # 02:15 CET, 2nd time
+    assert early.contains(utc(2026, 10, 25, 2, 59)) is True  # 03:59 CET
+    assert early.contains(utc(2026, 10, 25, 3, 0)) is False  # 04:00 CET
+    # An end time the clock shows twice: the window closes at the first.
+    late = Window(frozenset(range(7)), dt.time(1), dt.time(2, 30), "Europe/Madrid")
+    assert late.contains(utc(2026, 10, 25, 0, 29)) is True  # 02:29 CEST
+    assert late.contains(utc(2026, 10, 25, 0, 30)) is False  # 02:30 CEST
+    assert late.contains(madrid(2026, 10, 25, 2, 15, fold=1)) is False  # 02:15 CET
+    assert late.next_opening(utc(2026, 10, 25, 0, 30)) == utc(2026, 10, 26, 0, 0)  # 01:00 CET
+    # Sunday 00:00-00:00 that day lasts 25 hours.
+    sunday = Window(frozenset({6}), dt.time(0), dt.time(0), "Europe/Madrid")
+    assert sunday.next_opening(utc(2026, 10, 23)) == utc(2026, 10, 24, 22, 0)
+    assert sunday.contains(utc(2026, 10, 25, 22, 59)) is True
+    assert sunday.contains(utc(2026, 10, 25, 23, 0)) is False
+
+
+def test_window_in_a_zone_with_a_half_hour_dst_shift_and_a_skipped_day() -> None:
+    # Lord Howe Island moves its clocks by 30 minutes: 02:00 became 02:30 on 2026-10-04.
+    howe = Window(frozenset(range(7)), dt.time(2, 15), dt.time(3), "Australia/Lord_Howe")
+    assert howe.next_opening(utc(2026, 10, 3, 14, 0)) == utc(2026, 10, 3, 15, 30)  # 02:30 +11
+    # Samoa skipped Friday 2011-12-30 entirely (Thursday 23:59 -10 was followed by Saturday
+    # 00:00 +14): a Friday window has nothing to open on and waits for the next Friday.
+    samoa = Window(frozenset({4}), dt.time(10), dt.time(11), "Pacific/Apia")
+    assert samoa.next_opening(utc(2011, 12, 29, 12, 0)) == utc(2012, 1, 5, 20, 0)  # 10:00 +14
+    assert not samoa.contains(utc(2011, 12, 30, 10, 0))  # Saturday 00:00, after the gap
+
+
+# The zones and moments the property tests below draw from: DST changes in both directions,
+# half-hour shifts, a skipped day, no DST at all.
+ZONES = ["Europe/Madrid", "America/New_York", "Australia/Lord_Howe", "Pacific/Apia", "UTC",
+         "Asia/Kolkata", "America/Santiago"]  # fmt: skip
+_CHANGES = [utc(2026, 3, 29, 1), utc(2026, 10, 25, 1), utc(2026, 3, 8, 7), utc(2026, 11, 1, 6),
+            utc(2026, 4, 4, 15), utc(2026, 10, 3, 15, 30), utc(2011, 12, 30, 10),
+            utc(2026, 4, 5, 3), utc(2026, 9, 6, 4)]  # fmt: skip
+_DAY = 86400
+moments = st.one_of(
+    st.integers(int(utc(2026, 1, 1).timestamp()), int(utc(2027, 1, 1).timestamp())),
+    st.sampled_from(_CHANGES).flatmap(
+        lambda t: st.integers(int(t.timestamp()) - 4 * _DAY, int(t.timestamp()) + 4 * _DAY)
+    ),
+).map(lambda seconds: dt.datetime.fromtimestamp(seconds, dt.UTC))
+clocks = st.builds(dt.time, st.integers(0, 23), st.sampled_from([0, 15, 30, 45, 59]))
+windows = st.builds(
+    Window,
+    days=st.frozensets(st.integers(0, 6), min_size=1),
+    start=clocks,
+    end=clocks,
+    timezone=st.sampled_from(ZONES),
+)
+
+
+@settings(max_examples=300, deadline=None, phases=PHASES)
+@given(window=windows, when=moments)
+def test_next_opening_is_the_first_moment_inside(window: Window, when: dt.datetime) -> None:
+    opens = window.next_opening(when)
+    assert window.contains(opens)
+    if window.contains(when):
+        assert opens is when
+        return
+    assert when < opens <= when + dt.timedelta(days=8)
+    assert opens.tzinfo is dt.UTC
+    assert not window.contains(opens - dt.timedelta(microseconds=1))
+    step = (opens - when) / 64
+    assert not any(window.contains(when + step * i) for i in range(64))
+
+
+@settings(max_examples=300, deadline=None, phases=PHASES)
+@given(window=windows, when=moments)
+def test_contains_follows_the_wall_clock_away_from_dst_changes(
+    window: Window, when: dt.datetime
+) -> None:
+    zone = ZoneInfo(window.timezone)
+    offsets = {(when + dt.timedelta(hours=h)).astimezone(zone).utcoffset() for h in range(-30, 31)}
+    if len(offsets) != 1:
+        return  # within a day of a clock change: covered by the tests above
+    local = when.astimezone(zone)
+    day, clock = local.weekday(), local.time().replace(tzinfo=None)
+    if window.start < window.end:
+        expected = day in window.days and window.start <= clock < window.end
+    else:
+        expected = (day in window.days and clock >= window.start) or (
+            (day - 1) % 7 in window.days and clock < window.end
+        )
+    assert window.contains(when) is expected
