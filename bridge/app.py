@@ -18,7 +18,7 @@ from bridge.decide import decide, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
 from bridge.errors import BridgeError, PayloadError
 from bridge.rules import RuleSet, load_rules
-from bridge.store import Recorded, SqliteStore, Store
+from bridge.store import BREAKER_OPEN, PAUSED, Operation, Recorded, SqliteStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,17 @@ def create_app(
         delivery = Delivery(
             g.request_id, notification.source, notification.receiver, notification.group_key
         )
-        decisions = decide(
-            notification.alerts, rules, store.active_cooldowns(now), now,
-            dry_run=settings.dry_run,
-        )
         # Answer once the decisions are committed, never before: the API calls come after,
         # from the dispatcher, so a slow device API cannot slow the sender down.
-        recorded = store.record(delivery, decisions, now)
+        recorded = store.record(
+            delivery,
+            lambda state: decide(notification.alerts, rules, state, now,
+                                 dry_run=settings.dry_run),
+            now, max_age=settings.max_age, approval_timeout=rules.approval_timeout,
+        )
+        if any(r.decision.reason.startswith("storm breaker tripped") for r in recorded):
+            log.error("STORM BREAKER TRIPPED: no operation is sent until an operator runs "
+                      "`alert-bridge resume` (request %s)", g.request_id)
         if dispatcher is not None and any(r.operation_id for r in recorded):
             dispatcher.wake()
         summary = summarize(r.decision for r in recorded)
@@ -130,6 +134,32 @@ def create_app(
     def webhook_any() -> Response:
         return receive(None)
 
+    def admin(action: Callable[[], Response]) -> tuple[Response, int] | Response:
+        if not settings.admin_auth.configured:
+            return jsonify(error="approval over HTTP is disabled: set BRIDGE_ADMIN_TOKENS"), 403
+        if settings.admin_auth.check(request.headers, b"", clock()) is None:
+            log.warning("%s %s from %s refused: authentication failed", request.method,
+                        request.path, request.remote_addr)
+            return jsonify(error="unauthorized"), 401
+        return action()
+
+    @app.get("/api/operations/pending")
+    def pending() -> tuple[Response, int] | Response:
+        return admin(lambda: jsonify(operations=[_operation_json(op) for op in store.pending()]))
+
+    @app.post("/api/operations/<int:operation_id>/<any(approve, reject):verdict>")
+    def settle(operation_id: int, verdict: str) -> tuple[Response, int] | Response:
+        def act() -> Response:
+            body = request.get_json(silent=True)
+            who = str(body.get("by", "")) if isinstance(body, dict) else ""
+            op = store.settle(operation_id, verdict == "approve", f"{who or 'api'} (HTTP)",
+                              clock(), max_age=settings.max_age)
+            if dispatcher is not None and verdict == "approve":
+                dispatcher.wake()
+            return jsonify(_operation_json(op))
+
+        return admin(act)
+
     @app.get("/-/healthy")
     def healthy() -> Response:
         return jsonify(status="healthy")
@@ -146,8 +176,10 @@ def create_app(
                 error=f"the device API has rejected the token (HTTP 401) since "
                       f"{iso(unauthorized)}: fix BRIDGE_API_TOKEN and restart",
             ), 503
+        sending = "paused" if store.get_flag(PAUSED) is not None else \
+            "breaker_open" if store.get_flag(BREAKER_OPEN) is not None else "running"
         return jsonify(
-            status="ready", rules=len(rules.rules), rules_version=rules.version,
+            status="ready", sending=sending, rules=len(rules.rules), rules_version=rules.version,
             dry_run=settings.dry_run, auth=settings.auth.methods or ["none"],
             insecure_no_auth=settings.insecure_no_auth,
         ), 200
@@ -173,6 +205,14 @@ def create_app(
     return app
 
 
+def _operation_json(op: Operation) -> dict[str, object]:
+    return {
+        "id": op.id, "state": op.state, "device": op.device, "operation": op.operation,
+        "rule": op.rule, "created": iso(op.created), "alertname": op.alertname,
+        "fingerprint": op.fingerprint, "request_id": op.request_id,
+    }
+
+
 def _decision_json(r: Recorded) -> dict[str, object]:
     d = r.decision
     doc: dict[str, object] = {
@@ -184,6 +224,8 @@ def _decision_json(r: Recorded) -> dict[str, object]:
     }
     if d.until is not None:
         doc["until"] = iso(d.until)
+    if d.not_before is not None and d.verdict != "execute":
+        doc["not_before"] = iso(d.not_before)
     if r.operation_id is not None:
         doc["operation_id"] = r.operation_id
     return doc

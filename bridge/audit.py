@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 # call to the device API that will be tried again; an "outcome" once per operation that was
 # decided EXECUTE, when it reaches its final result (succeeded, failed, unknown, expired).
 DECISION = "decision"
+APPROVAL = "approval"  # a person approved an operation that was pending approval
 ATTEMPT = "attempt"
 OUTCOME = "outcome"
 
@@ -104,13 +105,16 @@ def table_row(r: AuditRecord) -> tuple[str, ...]:
 
 
 def format_table(records: list[AuditRecord], header: bool = True) -> str:
-    """Records as aligned columns; the last column (detail) is never padded."""
-    rows = [table_row(r) for r in records]
+    return format_rows(TABLE_HEADER if header else None, [table_row(r) for r in records])
+
+
+def format_rows(header: tuple[str, ...] | None, rows: list[tuple[str, ...]]) -> str:
+    """Aligned columns; the last column (free text) is never padded."""
     if header:
-        rows.insert(0, TABLE_HEADER)
+        rows = [header, *rows]
     if not rows:
         return ""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER) - 1)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for row in rows:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]

@@ -129,6 +129,13 @@ def _header(headers: Headers, name: str) -> str:
     return headers[name].strip() if name in headers else ""
 
 
+def admin_from_env(env: Mapping[str, str]) -> InboundAuth:
+    """Bearer tokens of the people (or tools) allowed to approve and reject over HTTP."""
+    return InboundAuth(
+        bearer_tokens=tuple(Secret(t) for t in _secret_list(env, "BRIDGE_ADMIN_TOKENS"))
+    )
+
+
 def _any_equal(given: bytes, candidates: object) -> bool:
     ok = False
     for candidate in candidates:  # type: ignore[attr-defined]

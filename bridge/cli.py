@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from bridge.audit import AuditQuery, format_table, to_json_line
+from bridge.audit import AuditQuery, format_rows, format_table, iso, to_json_line
 from bridge.config import Settings, parse_bind
 from bridge.errors import BridgeError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
@@ -174,16 +174,11 @@ def audit(state_path: str | None, device: str | None, rule: str | None, outcome:
         alert-bridge audit --device office-router-01 --json | jq .outcome
         alert-bridge audit --outcome failed --follow
     """
-    from bridge.store import SqliteStore
-
-    settings = Settings.from_env(state_path=state_path)
-    if not os.path.exists(settings.state_path):
-        fail(f"{settings.state_path}: no such state file (has the bridge run here? see --state)")
     try:
         since_ts = time.time() - parse_duration(since) if since else None
     except ValueError as exc:
         fail(f"--since: {exc}")
-    store = SqliteStore(settings.state_path)
+    store = open_store(state_path)
     query = AuditQuery(device=device, rule=rule, outcome=outcome, since=since_ts,
                        limit=limit or None)
     records = store.audit(query)
@@ -217,9 +212,153 @@ def audit(state_path: str | None, device: str | None, rule: str | None, outcome:
         pass
 
 
+def open_store(state_path: str | None) -> Any:
+    """The state store of an existing bridge; never creates one by mistake."""
+    from bridge.store import SqliteStore
+
+    path = Settings.from_env(state_path=state_path).state_path
+    if not os.path.exists(path):
+        fail(f"{path}: no such state file (has the bridge run here? see --state)")
+    return SqliteStore(path)
+
+
 def _last_id(store: Any) -> int:
     newest = store.audit(AuditQuery(limit=1))
     return newest[-1].id if newest else 0
+
+
+@main.command()
+@STATE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@user_errors
+def pending(state_path: str | None, as_json: bool) -> None:
+    """List operations waiting for a person's approval.
+
+    \b
+    Example:
+        alert-bridge pending && alert-bridge approve 42
+    """
+    import json
+
+    from bridge.app import _operation_json
+
+    ops = open_store(state_path).pending()
+    if as_json:
+        for op in ops:
+            click.echo(json.dumps(_operation_json(op)))
+        return
+    if not ops:
+        click.echo("No operation is waiting for approval.")
+        return
+    click.echo(format_rows(
+        ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT"),
+        [(str(op.id), iso(op.created)[:-5].replace("T", " "), op.rule, op.device,
+          op.operation, f"{op.alertname}[{op.fingerprint[:8]}]") for op in ops],
+    ))
+
+
+def _settle(state_path: str | None, operation_id: int, approve: bool, who: str | None) -> None:
+    settings = Settings.from_env(state_path=state_path)
+    store = open_store(state_path)
+    who = who or os.environ.get("USER") or "cli"
+    op = store.settle(operation_id, approve, who, time.time(), max_age=settings.max_age)
+    if approve:
+        click.echo(f"Approved operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+                   " the bridge sends it now.")
+    else:
+        click.echo(f"Rejected operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+                   " it will not be sent.")
+
+
+@main.command()
+@click.argument("operation_id", type=int, metavar="ID")
+@STATE_OPTION
+@click.option("--as", "who", default=None, help="Name recorded in the audit. [default $USER]")
+@user_errors
+def approve(operation_id: int, state_path: str | None, who: str | None) -> None:
+    """Approve an operation pending approval: the bridge sends it.
+
+    \b
+    Example:
+        alert-bridge approve 42 --as alice
+    """
+    _settle(state_path, operation_id, True, who)
+
+
+@main.command()
+@click.argument("operation_id", type=int, metavar="ID")
+@STATE_OPTION
+@click.option("--as", "who", default=None, help="Name recorded in the audit. [default $USER]")
+@user_errors
+def reject(operation_id: int, state_path: str | None, who: str | None) -> None:
+    """Reject an operation pending approval: it is never sent.
+
+    \b
+    Example:
+        alert-bridge reject 42 --as alice
+    """
+    _settle(state_path, operation_id, False, who)
+
+
+@main.command()
+@STATE_OPTION
+@user_errors
+def pause(state_path: str | None) -> None:
+    """Stop sending operations (the kill switch); webhooks are still received and audited.
+
+    \b
+    Example:
+        alert-bridge pause && alert-bridge status
+    """
+    from bridge.store import PAUSED
+
+    store = open_store(state_path)
+    if store.get_flag(PAUSED) is None:
+        store.set_flag(PAUSED, time.time())
+    click.echo("Paused: no operation is sent until `alert-bridge resume`.")
+
+
+@main.command()
+@STATE_OPTION
+@user_errors
+def resume(state_path: str | None) -> None:
+    """Resume sending after `pause`, or after the storm breaker tripped.
+
+    \b
+    Example:
+        alert-bridge status && alert-bridge resume
+    """
+    was = open_store(state_path).resume(time.time())
+    click.echo(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
+
+
+@main.command()
+@STATE_OPTION
+@user_errors
+def status(state_path: str | None) -> None:
+    """Show whether the bridge is sending, and what waits.
+
+    \b
+    Example:
+        alert-bridge status --state /var/lib/alert-bridge/bridge-state.db
+    """
+    from bridge.dispatch import API_UNAUTHORIZED
+    from bridge.store import BREAKER_OPEN, PAUSED
+
+    store = open_store(state_path)
+    paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
+    unauthorized = store.get_flag(API_UNAUTHORIZED)
+    if paused is not None:
+        click.echo(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
+    elif breaker is not None:
+        click.echo(f"Sending:  STORM BREAKER OPEN since {iso(breaker)} (alert-bridge resume)")
+    else:
+        click.echo("Sending:  running")
+    if unauthorized is not None:
+        click.echo(f"API:      token rejected (HTTP 401) since {iso(unauthorized)}")
+    depth = store.queue_depth()
+    click.echo(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
+               f"{depth['pending_approval']} pending approval")
 
 
 @main.command("fake-api")

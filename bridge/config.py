@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bridge.auth import InboundAuth, is_loopback
+from bridge.auth import InboundAuth, admin_from_env, is_loopback
 from bridge.client import Secret
 from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
@@ -40,6 +40,7 @@ class Settings:
     failure_cooldown: float = 300.0
     drain_timeout: float = 30.0
     auth: InboundAuth = field(default_factory=InboundAuth)
+    admin_auth: InboundAuth = field(default_factory=InboundAuth)
     insecure_no_auth: bool = False
 
     @property
@@ -77,6 +78,7 @@ class Settings:
             failure_cooldown=_seconds(env, "BRIDGE_FAILURE_COOLDOWN", cls.failure_cooldown),
             drain_timeout=_seconds(env, "BRIDGE_DRAIN_TIMEOUT", cls.drain_timeout),
             auth=InboundAuth.from_env(env),
+            admin_auth=admin_from_env(env),
             insecure_no_auth=_flag(env, "BRIDGE_INSECURE_NO_AUTH"),
         )
         given = {k: v for k, v in flags.items() if v is not None}

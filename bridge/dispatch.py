@@ -147,8 +147,7 @@ class Dispatcher:
         now = self.clock()
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
-            for op in self.store.end_stale(now, self.policy.max_age,
-                                           now + self.policy.failure_cooldown):
+            for op in self.store.end_stale(now, now + self.policy.failure_cooldown):
                 log.warning("operation %d (%s on %s) ended without an answer: %s",
                             op.id, op.operation, op.device,
                             "expired" if op.state == "expired" else "lost in flight")

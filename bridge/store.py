@@ -7,16 +7,18 @@ processes that share the file, which is what lets several gunicorn workers run s
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bridge import decide
 from bridge.audit import (
+    APPROVAL,
     ATTEMPT,
     COLUMNS,
     DECISION,
@@ -27,22 +29,40 @@ from bridge.audit import (
     iso,
 )
 from bridge.client import CallResult
-from bridge.decide import Decision, Key
+from bridge.decide import Decision, Key, State
 from bridge.errors import BridgeError
+from bridge.rules import Budget
 
-# Operation states. QUEUED and SENDING are open; the others are final.
+T = TypeVar("T")
+
+# Operation states. PENDING_APPROVAL, QUEUED and SENDING are open; the others are final.
+PENDING_APPROVAL = "pending_approval"
 QUEUED = "queued"
 SENDING = "sending"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 UNKNOWN = "unknown"
 EXPIRED = "expired"
+REJECTED = "rejected"
+CANCELLED = "cancelled"
+#: Operations that never reached the device API: they count for nothing.
+NEVER_SENT = (EXPIRED, REJECTED, CANCELLED)
+
+# Flags in the meta table; each holds the time it was raised.
+PAUSED = "paused_since"
+BREAKER_OPEN = "breaker_open_since"
+#: When an operator last resumed: the storm breaker counts demand from then on only.
+RESUMED = "resumed_at"
 
 
 class StoreError(BridgeError):
-    """The state store cannot be read or written."""
+    """The state store cannot be read or written, or refuses what was asked of it."""
 
     status = 503
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -93,14 +113,18 @@ class Store(Protocol):
 
     def ping(self) -> None: ...
     def active_cooldowns(self, now: float) -> dict[Key, float]: ...
-    def record(
-        self, delivery: Delivery, decisions: Sequence[Decision], now: float
-    ) -> list[Recorded]: ...
+    def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
+               *, max_age: float, approval_timeout: float) -> list[Recorded]: ...
+    def read_state(self, judge: Callable[[State], T]) -> T: ...
+    def pending(self) -> list[Operation]: ...
+    def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
+               max_age: float) -> Operation: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
     def finish(self, op: Operation, result: CallResult, now: float, *,
                retry_at: float | None = None, release_until: float | None = None) -> None: ...
-    def end_stale(self, now: float, max_age: float, release_until: float) -> list[Operation]: ...
+    def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
     def queue_depth(self) -> dict[str, int]: ...
+    def resume(self, now: float) -> list[str]: ...
     def get_flag(self, key: str) -> float | None: ...
     def set_flag(self, key: str, value: float | None) -> None: ...
     def audit(self, query: AuditQuery) -> list[AuditRecord]: ...
@@ -130,13 +154,18 @@ CREATE TABLE IF NOT EXISTS operations (
     fingerprint TEXT NOT NULL,
     alertname TEXT NOT NULL,
     alert_status TEXT NOT NULL,
+    labels TEXT NOT NULL,            -- the alert's labels, JSON: budgets group by them
+    hold TEXT NOT NULL,              -- why it waited: '', approval, window, min_age
     claim_until REAL NOT NULL,       -- the cooldown end this operation claimed
-    next_attempt REAL NOT NULL,      -- not sent before this time (retry spacing)
+    next_attempt REAL NOT NULL,      -- not sent before this time (holds, retry spacing)
+    expires_at REAL NOT NULL,        -- not sent after this time (max age, approval timeout)
     attempts INTEGER NOT NULL DEFAULT 0,
     lease_until REAL                 -- while sending: past this, the sender is presumed dead
 );
 CREATE INDEX IF NOT EXISTS operations_open ON operations (state, next_attempt)
-    WHERE state IN ('queued', 'sending');
+    WHERE state IN ('queued', 'sending', 'pending_approval');
+CREATE INDEX IF NOT EXISTS operations_key ON operations (device, operation, created);
+CREATE INDEX IF NOT EXISTS operations_created ON operations (created);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value REAL NOT NULL
@@ -164,6 +193,7 @@ CREATE TABLE IF NOT EXISTS audit (
     attempt INTEGER
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+CREATE INDEX IF NOT EXISTS audit_demand ON audit (event, ts, outcome);
 CREATE INDEX IF NOT EXISTS audit_device ON audit (device, id);
 """
 
@@ -244,53 +274,80 @@ class SqliteStore:
         rows = self._read("SELECT device, operation, until FROM cooldowns WHERE until > ?", (now,))
         return {(device, op): until for device, op, until in rows}
 
-    def record(
-        self, delivery: Delivery, decisions: Sequence[Decision], now: float
-    ) -> list[Recorded]:
-        """Commit decisions: claim cooldowns, queue operations and audit, all or nothing.
+    def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
+               *, max_age: float, approval_timeout: float) -> list[Recorded]:
+        """Decide and commit in one write transaction: claims, queue, holds, audit.
 
-        The decisions were made on a snapshot. Another worker may have claimed the same
-        (device, operation) since; the claim here is the arbiter, and a lost claim turns the
-        decision into COOLDOWN before it is audited.
+        `judge` (decide.decide with the payload bound) reads the state through the write lock,
+        so no other worker can claim the same cooldown or spend the same budget meanwhile:
+        whatever it decides is what is committed, all or nothing.
         """
         recorded: list[Recorded] = []
         with self._write() as conn:
+            state = _TxnState(conn)
+            decisions = judge(state)
+            if any(d.verdict == decide.BREAKER_OPEN for d in decisions) and not state.breaker_open:
+                _set_meta(conn, BREAKER_OPEN, now)
             for d in decisions:
                 op_id = None
-                if d.verdict == decide.EXECUTE:
+                if d.verdict in decide.QUEUING:
                     assert d.rule is not None and d.until is not None
-                    won = conn.execute(
+                    conn.execute(
                         "INSERT INTO cooldowns (device, operation, until, rule) VALUES (?, ?, ?, ?)"
                         " ON CONFLICT (device, operation) DO UPDATE"
-                        " SET until = excluded.until, rule = excluded.rule"
-                        " WHERE cooldowns.until <= ?",
-                        (d.device, d.operation, d.until, d.rule.name, now),
-                    ).rowcount
-                    if won:
-                        op_id = self._queue(conn, delivery, d, now)
-                    else:
-                        (until,) = conn.execute(
-                            "SELECT until FROM cooldowns WHERE device = ? AND operation = ?",
-                            d.key,
-                        ).fetchone()
-                        d = replace(
-                            d, verdict=decide.COOLDOWN, until=until,
-                            reason=f"in cooldown until {iso(until)} (claimed concurrently)",
-                        )
+                        " SET until = excluded.until, rule = excluded.rule",
+                        (d.device, d.operation, d.until, d.rule.name),
+                    )
+                    op_id = self._queue(conn, delivery, d, now, max_age, approval_timeout)
                 conn.execute(_AUDIT_INSERT, _decision_row(now, delivery, d, op_id))
                 recorded.append(Recorded(d, op_id))
+            resolved = {d.alert.fingerprint for d in decisions if d.alert.status == "resolved"}
+            for fingerprint in resolved:
+                self._cancel_immature(conn, fingerprint, now)
         return recorded
 
-    def _queue(self, conn: sqlite3.Connection, delivery: Delivery, d: Decision, now: float) -> int:
+    def read_state(self, judge: Callable[[State], T]) -> T:
+        """Run `judge` on the current state without writing anything (explain, tests)."""
+        with self._write() as conn:
+            return judge(_TxnState(conn))
+
+    def _cancel_immature(self, conn: sqlite3.Connection, fingerprint: str, now: float) -> None:
+        # An alert that resolves before its rule's min_age was a flap: its held operation
+        # is dropped, which is what min_age is for.
+        rows = conn.execute(
+            f"UPDATE operations SET state = ?, updated = ? WHERE fingerprint = ? AND state = ?"
+            f" AND hold = 'min_age' AND attempts = 0 RETURNING {_OP_COLUMNS}",
+            (CANCELLED, now, fingerprint, QUEUED),
+        ).fetchall()
+        for row in rows:
+            op = Operation(*row)
+            self._release(conn, op, now)
+            conn.execute(_AUDIT_INSERT, _operation_row(
+                now, OUTCOME, op, CANCELLED, "resolved_before_min_age", None, None,
+                "the alert resolved before the rule's min_age: not sent",
+            ))
+
+    def _queue(self, conn: sqlite3.Connection, delivery: Delivery, d: Decision, now: float,
+               max_age: float, approval_timeout: float) -> int:
         assert d.rule is not None and d.until is not None
+        not_before = d.not_before or now
+        if d.verdict == decide.PENDING_APPROVAL:
+            state, hold, expires = PENDING_APPROVAL, "approval", now + approval_timeout
+        else:
+            hold = {decide.HELD_FOR_WINDOW: "window", decide.HELD_MIN_AGE: "min_age"}.get(
+                d.verdict, "")
+            # Max age counts from when the operation may first be sent.
+            state, expires = QUEUED, max(now, not_before) + max_age
         cur = conn.execute(
             "INSERT INTO operations (device, operation, rule, state, created, updated,"
             " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
-            " claim_until, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " labels, hold, claim_until, next_attempt, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                d.device, d.operation, d.rule.name, QUEUED, now, now, delivery.request_id,
+                d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
                 delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
-                d.alert.alertname, d.alert.status, d.until, now,
+                d.alert.alertname, d.alert.status, json.dumps(dict(d.alert.labels)), hold,
+                d.until, not_before, expires,
             ),
         )
         assert cur.lastrowid is not None
@@ -304,6 +361,8 @@ class SqliteStore:
         on one device at once. A sender that holds an operation past `lease` is presumed dead.
         """
         with self._write() as conn:
+            if _meta(conn, PAUSED, 0.0) or _meta(conn, BREAKER_OPEN, 0.0):
+                return Claim(None, 0.0)  # a person must resume the bridge first
             (sending,) = conn.execute(
                 "SELECT count(*) FROM operations WHERE state = ?", (SENDING,)
             ).fetchone()
@@ -364,27 +423,27 @@ class SqliteStore:
                 result.execution_id, result.error,
             ))
 
-    def end_stale(self, now: float, max_age: float, release_until: float) -> list[Operation]:
+    def end_stale(self, now: float, release_until: float) -> list[Operation]:
         """End operations that can no longer be sent as they should.
 
-        Queued ones older than `max_age` end EXPIRED (acting late can do more harm than good)
-        and release their cooldown; ones whose sender's lease ran out end UNKNOWN (the call
-        may have reached the device) and keep it.
+        Queued ones past their maximum age, and ones nobody approved in time, end EXPIRED
+        (acting late can do more harm than good) and release their cooldown; ones whose
+        sender's lease ran out end UNKNOWN (the call may have reached the device) and keep it.
         """
         ended: list[Operation] = []
         with self._write() as conn:
             expired = conn.execute(
-                f"UPDATE operations SET state = ?, updated = ? WHERE state = ? AND created < ?"
-                f" RETURNING {_OP_COLUMNS}",
-                (EXPIRED, now, QUEUED, now - max_age),
+                f"UPDATE operations SET state = ?, updated = ? WHERE state IN (?, ?)"
+                f" AND expires_at < ? RETURNING {_OP_COLUMNS}, hold",
+                (EXPIRED, now, QUEUED, PENDING_APPROVAL, now),
             ).fetchall()
-            for row in expired:
+            for *row, hold in expired:
                 op = Operation(*row)
                 self._release(conn, op, release_until)
+                reason, error = ("approval_timeout", "nobody approved it in time") \
+                    if hold == "approval" else ("max_age", "not sent within the maximum age")
                 conn.execute(_AUDIT_INSERT, _operation_row(
-                    now, OUTCOME, op, EXPIRED, "max_age",
-                    None, None, f"not sent within the maximum age ({max_age:g}s)",
-                ))
+                    now, OUTCOME, op, EXPIRED, reason, None, None, error))
                 ended.append(op)
             lost = conn.execute(
                 f"UPDATE operations SET state = ?, updated = ?, lease_until = NULL"
@@ -400,6 +459,45 @@ class SqliteStore:
                 ended.append(op)
         return ended
 
+    def pending(self) -> list[Operation]:
+        rows = self._read(
+            f"SELECT {_OP_COLUMNS} FROM operations WHERE state = ? ORDER BY id",
+            (PENDING_APPROVAL,),
+        )
+        return [Operation(*row) for row in rows]
+
+    def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
+               max_age: float) -> Operation:
+        """A person's answer to an operation pending approval: queue it, or reject it."""
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT {_OP_COLUMNS}, next_attempt FROM operations WHERE id = ?",
+                (operation_id,),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no operation {operation_id}", status=404)
+            *fields, not_before = row
+            op = Operation(*fields)
+            if op.state != PENDING_APPROVAL:
+                raise StoreError(
+                    f"operation {operation_id} is {op.state}, not pending approval", status=409
+                )
+            if approve:
+                conn.execute(
+                    "UPDATE operations SET state = ?, updated = ?, hold = '', expires_at = ?"
+                    " WHERE id = ?", (QUEUED, now, max(now, not_before) + max_age, op.id),
+                )
+                event, outcome, reason = APPROVAL, "approved", f"approved by {who}"
+            else:
+                # A rejected operation keeps its cooldown: the same alert asking again at
+                # once would only ask the same person the same question.
+                conn.execute("UPDATE operations SET state = ?, updated = ? WHERE id = ?",
+                             (REJECTED, now, op.id))
+                event, outcome, reason = OUTCOME, REJECTED, f"rejected by {who}"
+            conn.execute(_AUDIT_INSERT, _operation_row(
+                now, event, op, outcome, reason, None, None, ""))
+        return replace(op, state=QUEUED if approve else REJECTED)
+
     def _release(self, conn: sqlite3.Connection, op: Operation, until: float) -> None:
         # Only the cooldown this operation claimed, and only ever shorter.
         conn.execute(
@@ -410,10 +508,20 @@ class SqliteStore:
 
     def queue_depth(self) -> dict[str, int]:
         rows = self._read(
-            "SELECT state, count(*) FROM operations WHERE state IN (?, ?) GROUP BY state",
-            (QUEUED, SENDING),
+            "SELECT state, count(*) FROM operations WHERE state IN (?, ?, ?) GROUP BY state",
+            (PENDING_APPROVAL, QUEUED, SENDING),
         )
-        return {QUEUED: 0, SENDING: 0, **dict(rows)}
+        return {PENDING_APPROVAL: 0, QUEUED: 0, SENDING: 0, **dict(rows)}
+
+    def resume(self, now: float) -> list[str]:
+        """Clear pause and storm breaker; what was set, for the operator to read."""
+        with self._write() as conn:
+            was = [name for name, flag in (("paused", PAUSED), ("storm breaker open",
+                                                               BREAKER_OPEN))
+                   if _meta(conn, flag, 0.0)]
+            conn.execute("DELETE FROM meta WHERE key IN (?, ?)", (PAUSED, BREAKER_OPEN))
+            _set_meta(conn, RESUMED, now)
+        return was
 
     def get_flag(self, key: str) -> float | None:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
@@ -443,6 +551,51 @@ class SqliteStore:
         else:
             rows = self._read(sql + " ORDER BY id DESC LIMIT ?", [*params, query.limit])[::-1]
         return [AuditRecord(*row) for row in rows]
+
+
+class _TxnState:
+    """decide.State read through the connection that holds the write transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.paused = _meta(conn, PAUSED, 0.0) > 0
+        self.breaker_open = _meta(conn, BREAKER_OPEN, 0.0) > 0
+
+    def _count(self, sql: str, params: Sequence[object]) -> int:
+        (n,) = self._conn.execute(sql, params).fetchone()
+        return int(n)
+
+    def cooldown_until(self, key: Key) -> float | None:
+        row = self._conn.execute(
+            "SELECT until FROM cooldowns WHERE device = ? AND operation = ?", key
+        ).fetchone()
+        return row[0] if row else None
+
+    def operations_since(self, key: Key, since: float) -> int:
+        return self._count(
+            "SELECT count(*) FROM operations WHERE device = ? AND operation = ? AND created >= ?"
+            " AND state NOT IN (?, ?, ?, ?)", (*key, since, FAILED, *NEVER_SENT),
+        )
+
+    def budget_used(self, budget: Budget, group: str, since: float) -> int:
+        sql = "SELECT count(*) FROM operations WHERE created >= ? AND state NOT IN (?, ?, ?)"
+        params: list[object] = [since, *NEVER_SENT]
+        if budget.operation:
+            sql += " AND operation = ?"
+            params.append(budget.operation)
+        if budget.group_by:
+            # Label names are [a-zA-Z_][a-zA-Z0-9_]* (checked at load): safe in a JSON path.
+            sql += f" AND coalesce(json_extract(labels, '$.{budget.group_by}'), '') = ?"
+            params.append(group)
+        return self._count(sql, params)
+
+    def demand_since(self, since: float) -> int:
+        since = max(since, _meta(self._conn, RESUMED, 0.0))
+        marks = ", ".join("?" * len(decide.DEMAND))
+        return self._count(
+            f"SELECT count(*) FROM audit WHERE event = ? AND ts >= ? AND outcome IN ({marks})",
+            (DECISION, since, *decide.DEMAND),
+        )
 
 
 def _decision_row(now: float, delivery: Delivery, d: Decision, op_id: int | None) -> tuple:

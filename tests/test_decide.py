@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from bridge import decide as d
 from bridge.payloads import Alert
-from bridge.rules import parse_rules
+from bridge.rules import Budget, parse_rules
 
 NOW = 1_800_000_000.0
 
@@ -34,6 +35,34 @@ rules:
 """)
 
 
+@dataclass
+class FakeState:
+    """decide.State from plain values: what the store would have said."""
+
+    cooldowns: dict[d.Key, float] = field(default_factory=dict)
+    paused: bool = False
+    breaker_open: bool = False
+    sent: dict[d.Key, int] = field(default_factory=dict)
+    used: dict[tuple[str, str], int] = field(default_factory=dict)
+    demand: int = 0
+    asked: list[tuple[str, float]] = field(default_factory=list)
+
+    def cooldown_until(self, key: d.Key) -> float | None:
+        return self.cooldowns.get(key)
+
+    def operations_since(self, key: d.Key, since: float) -> int:
+        self.asked.append(("operations_since", since))
+        return self.sent.get(key, 0)
+
+    def budget_used(self, budget: Budget, group: str, since: float) -> int:
+        self.asked.append((f"budget_used:{budget.name}:{group}", since))
+        return self.used.get((budget.name, group), 0)
+
+    def demand_since(self, since: float) -> int:
+        self.asked.append(("demand_since", since))
+        return self.demand
+
+
 def alert(status: str = "firing", **labels: str) -> Alert:
     return Alert(status=status, labels=MappingProxyType(labels),
                  annotations=MappingProxyType({}), starts_at=None, ends_at=None,
@@ -46,7 +75,7 @@ def verdicts(decisions: list[d.Decision]) -> list[tuple[str | None, str, str, st
 
 
 def test_every_matching_rule_acts_with_its_own_cooldown() -> None:
-    out = d.decide([alert(alertname="DeviceUnreachable", device="r1")], RULES, {}, NOW,
+    out = d.decide([alert(alertname="DeviceUnreachable", device="r1")], RULES, FakeState(), NOW,
                    dry_run=False)
     assert verdicts(out) == [
         ("reboot-unreachable", "r1", "reboot", "execute"),
@@ -58,7 +87,7 @@ def test_every_matching_rule_acts_with_its_own_cooldown() -> None:
 def test_each_alert_is_judged_on_its_own_labels() -> None:
     alerts = [alert(alertname="DeviceUnreachable", device="r1", site="lab"),
               alert(alertname="DeviceUnreachable", device="r2", site="hq")]
-    out = d.decide(alerts, RULES, {}, NOW, dry_run=False)
+    out = d.decide(alerts, RULES, FakeState(), NOW, dry_run=False)
     assert verdicts(out) == [
         ("sync-unreachable", "r1", "sync", "execute"),
         ("reboot-unreachable", "r2", "reboot", "execute"),
@@ -69,14 +98,14 @@ def test_each_alert_is_judged_on_its_own_labels() -> None:
 def test_same_device_and_operation_twice_in_one_payload_is_one_action() -> None:
     alerts = [alert(alertname="DeviceUnreachable", device="r1", instance="a"),
               alert(alertname="DeviceUnreachable", device="r1", instance="b")]
-    out = d.decide(alerts, RULES, {}, NOW, dry_run=False)
+    out = d.decide(alerts, RULES, FakeState(), NOW, dry_run=False)
     assert [x.verdict for x in out] == ["execute", "execute", "duplicate", "duplicate"]
 
 
 def test_cooldown_blocks_until_it_ends() -> None:
     cooldowns = {("r1", "reboot"): NOW + 5, ("r1", "sync"): NOW - 1}
-    out = d.decide([alert(alertname="DeviceUnreachable", device="r1")], RULES, cooldowns, NOW,
-                   dry_run=False)
+    out = d.decide([alert(alertname="DeviceUnreachable", device="r1")], RULES,
+                   FakeState(cooldowns), NOW, dry_run=False)
     assert [x.verdict for x in out] == ["cooldown", "execute"]
     assert out[0].until == NOW + 5
     assert out[0].reason == "in cooldown until 2027-01-15T08:00:05.000Z"
@@ -84,53 +113,53 @@ def test_cooldown_blocks_until_it_ends() -> None:
 
 def test_cooldown_ending_exactly_now_no_longer_blocks() -> None:
     out = d.decide([alert(alertname="DeviceUnreachable", device="r1")], RULES,
-                   {("r1", "reboot"): NOW}, NOW, dry_run=False)
+                   FakeState({("r1", "reboot"): NOW}), NOW, dry_run=False)
     assert out[0].verdict == "execute"
 
 
 def test_dry_run_decides_but_does_not_execute() -> None:
     out = d.decide([alert(alertname="DeviceUnreachable", device="r1")], RULES,
-                   {("r1", "sync"): NOW + 60}, NOW, dry_run=True)
+                   FakeState({("r1", "sync"): NOW + 60}), NOW, dry_run=True)
     assert [x.verdict for x in out] == ["dry_run", "cooldown"]
 
 
 def test_status_selects_rules() -> None:
     firing = alert(alertname="PolicyViolation", device="r1")
     resolved = alert("resolved", alertname="PolicyViolation", device="r1")
-    assert verdicts(d.decide([firing], RULES, {}, NOW, dry_run=False)) == [
+    assert verdicts(d.decide([firing], RULES, FakeState(), NOW, dry_run=False)) == [
         (None, "", "", "no_match")]
-    assert verdicts(d.decide([resolved], RULES, {}, NOW, dry_run=False)) == [
+    assert verdicts(d.decide([resolved], RULES, FakeState(), NOW, dry_run=False)) == [
         ("reconf-on-resolve", "r1", "reconf", "execute")]
 
 
 def test_missing_device_label_is_an_empty_device() -> None:
-    out = d.decide([alert(alertname="DeviceUnreachable")], RULES, {}, NOW, dry_run=False)
+    out = d.decide([alert(alertname="DeviceUnreachable")], RULES, FakeState(), NOW, dry_run=False)
     assert [x.verdict for x in out] == ["empty_device", "empty_device"]
     assert out[0].reason == "device template '{{ labels.device }}' rendered an empty name"
 
 
 def test_template_error_is_a_verdict_not_an_exception() -> None:
-    out = d.decide([alert(alertname="Weird", device="r1")], RULES, {}, NOW, dry_run=False)
+    out = d.decide([alert(alertname="Weird", device="r1")], RULES, FakeState(), NOW, dry_run=False)
     assert [x.verdict for x in out] == ["template_error"]
     assert "device" in out[0].reason
 
 
 def test_dot_segments_and_control_characters_are_invalid_devices() -> None:
     for name in (".", "..", "r\n1", "a\x00b", "a\tb"):
-        out = d.decide([alert(alertname="DeviceUnreachable", device=name)], RULES, {}, NOW,
+        out = d.decide([alert(alertname="DeviceUnreachable", device=name)], RULES, FakeState(), NOW,
                        dry_run=False)
         assert {x.verdict for x in out} == {"invalid_device"}, name
 
 
 def test_no_rule_matched() -> None:
-    out = d.decide([alert(alertname="Other", device="r1")], RULES, {}, NOW, dry_run=False)
+    out = d.decide([alert(alertname="Other", device="r1")], RULES, FakeState(), NOW, dry_run=False)
     assert verdicts(out) == [(None, "", "", "no_match")]
     assert out[0].reason == "no rule matches this firing alert"
 
 
 def test_summarize_counts_in_a_stable_order() -> None:
     alerts = [alert(alertname="DeviceUnreachable", device="r1"), alert(alertname="Other")]
-    out = d.decide(alerts, RULES, {("r1", "sync"): NOW + 1}, NOW, dry_run=False)
+    out = d.decide(alerts, RULES, FakeState({("r1", "sync"): NOW + 1}), NOW, dry_run=False)
     assert d.summarize(out) == {"execute": 1, "cooldown": 1, "no_match": 1}
 
 
@@ -150,3 +179,139 @@ rules:
     for labels in ({"alertname": "X", "site": "hq"}, {"alertname": "Y"}, {"site": "hq"}):
         every = [r.name for r in rules.rules if r.matches(labels)]
         assert [r.name for r in rules.candidates(labels) if r.matches(labels)] == every
+
+
+# -- guards ----------------------------------------------------------------------------------
+
+GUARDED = parse_rules("""\
+budgets:
+  - {name: global, max: 5, per: 10m}
+  - {name: reboots, operation: reboot, max: 2, per: 1h}
+  - {name: per-site, group_by: site, max: 1, per: 1h}
+breaker: {max: 4, per: 5m}
+rules:
+  - name: reboot
+    match: ['alertname = "Down"']
+    device: "{{ labels.device }}"
+    operation: reboot
+    give_up: {after: 2, within: 6h}
+  - name: night-reconf
+    match: ['alertname = "Drift"']
+    device: "{{ labels.device }}"
+    operation: reconf
+    window: {days: daily, start: "22:00", end: "05:00", timezone: UTC}
+  - name: night-reconf-or-nothing
+    match: ['alertname = "Drift2"']
+    device: "{{ labels.device }}"
+    operation: reconf
+    window: {days: daily, start: "22:00", end: "05:00", timezone: UTC, outside: skip}
+  - name: patient
+    match: ['alertname = "Flappy"']
+    device: "{{ labels.device }}"
+    operation: sync
+    min_age: 5m
+  - name: shadow
+    match: ['alertname = "New"']
+    device: "{{ labels.device }}"
+    operation: sync
+    dry_run: true
+  - name: wipe
+    match: ['alertname = "Owned"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
+""")
+NOON = 1_800_014_400.0  # 2027-01-15T12:00:00Z
+
+
+def judge(alerts: list[Alert], state: FakeState | None = None, now: float = NOON,
+          ) -> list[tuple[str, str]]:
+    out = d.decide(alerts, GUARDED, state or FakeState(), now, dry_run=False)
+    return [(x.verdict, x.reason) for x in out]
+
+
+def down(device: str, site: str = "") -> Alert:
+    return alert(alertname="Down", device=device, **({"site": site} if site else {}))
+
+
+def test_paused_and_breaker_open_send_nothing() -> None:
+    assert judge([down("r1")], FakeState(paused=True)) == [
+        ("paused", "the bridge is paused (alert-bridge resume)")]
+    assert judge([down("r1")], FakeState(breaker_open=True)) == [
+        ("breaker_open", "the storm breaker is open (alert-bridge resume)")]
+
+
+def test_cooldown_and_dry_run_come_before_the_kill_switches() -> None:
+    state = FakeState({("r1", "reboot"): NOON + 60}, paused=True)
+    assert judge([down("r1")], state)[0][0] == "cooldown"
+
+
+def test_the_breaker_trips_when_demand_passes_its_threshold() -> None:
+    alerts = [alert(alertname="New", device="x")] + [down(f"r{i}", f"s{i}") for i in range(3)]
+    assert [v for v, _ in judge(alerts, FakeState(demand=2))] == [
+        "dry_run", "execute", "execute", "breaker_open"]
+    assert judge([down("r9")], FakeState(demand=4))[0] == (
+        "breaker_open", "storm breaker tripped: 5 operations asked for within 5m")
+
+
+def test_budgets_global_per_operation_and_per_group() -> None:
+    assert [v for v, _ in judge([down("a", "hq"), down("b", "hq"), down("c", "lab")])] == [
+        "execute", "held_by_budget", "execute"]
+    assert judge([down("a", "hq")], FakeState(used={("per-site", "hq"): 1}))[0] == (
+        "held_by_budget", "budget 'per-site' for site='hq' spent: 1 of 1 per 1h")
+    assert judge([down("d", "x")], FakeState(used={("reboots", ""): 2}))[0] == (
+        "held_by_budget", "budget 'reboots' spent: 2 of 2 per 1h")
+    assert judge([down("d", "x")], FakeState(used={("global", ""): 5}))[0] == (
+        "held_by_budget", "budget 'global' spent: 5 of 5 per 10m")
+
+
+def test_budget_windows_slide() -> None:
+    state = FakeState()
+    judge([down("a", "hq")], state)
+    assert ("budget_used:global:", NOON - 600) in state.asked
+    assert ("budget_used:per-site:hq", NOON - 3600) in state.asked
+    assert ("demand_since", NOON - 300) in state.asked
+
+
+def test_give_up_after_n_operations_within_the_window() -> None:
+    state = FakeState(sent={("r1", "reboot"): 2})
+    assert judge([down("r1")], state) == [
+        ("gave_up", "reboot already sent 2 times within 6h; giving up on r1")]
+    assert ("operations_since", NOON - 6 * 3600) in state.asked
+    assert judge([down("r1")], FakeState(sent={("r1", "reboot"): 1}))[0][0] == "execute"
+
+
+def test_maintenance_window_holds_or_skips() -> None:
+    out = d.decide([alert(alertname="Drift", device="r1")], GUARDED, FakeState(), NOON,
+                   dry_run=False)
+    opens = NOON + 10 * 3600  # 22:00 the same day
+    assert (out[0].verdict, out[0].not_before, out[0].until) == (
+        "held_for_window", opens, opens + 1800)
+    assert out[0].reason == "held until the maintenance window opens at 2027-01-15T22:00:00.000Z"
+    assert judge([alert(alertname="Drift2", device="r1")]) == [
+        ("outside_window", "outside the rule's maintenance window")]
+    at_night = NOON + 11 * 3600
+    assert judge([alert(alertname="Drift", device="r1")], now=at_night)[0][0] == "execute"
+    assert judge([alert(alertname="Drift2", device="r1")], now=at_night)[0][0] == "execute"
+
+
+def test_min_age_holds_young_alerts() -> None:
+    from datetime import UTC, datetime
+
+    young = Alert("firing", MappingProxyType({"alertname": "Flappy", "device": "r1"}),
+                  MappingProxyType({}), datetime.fromtimestamp(NOON - 60, UTC), None, "f", "")
+    out = d.decide([young], GUARDED, FakeState(), NOON, dry_run=False)
+    assert (out[0].verdict, out[0].not_before) == ("held_min_age", NOON + 240)
+    old = Alert("firing", young.labels, young.annotations,
+                datetime.fromtimestamp(NOON - 600, UTC), None, "f", "")
+    assert d.decide([old], GUARDED, FakeState(), NOON, dry_run=False)[0].verdict == "execute"
+
+
+def test_shadow_rules_are_dry_runs() -> None:
+    assert judge([alert(alertname="New", device="r1")]) == [
+        ("dry_run", "shadow mode (rule dry_run): nothing is sent")]
+
+
+def test_destructive_operations_wait_for_approval() -> None:
+    assert judge([alert(alertname="Owned", device="r1")]) == [
+        ("pending_approval", "destructive operation: waits for alert-bridge approve")]
