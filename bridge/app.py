@@ -46,6 +46,7 @@ def create_app(
         client = DeviceClient(
             settings.api_url, settings.api_token,
             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+            verify=settings.api_ca_bundle or True,
         )
     dispatcher = None
     if client is not None and not settings.dry_run:
@@ -53,7 +54,9 @@ def create_app(
         if start_dispatcher:
             dispatcher.start()
 
+    device_regex = settings.device_regex
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep answers in reading order
     app.extensions["bridge"] = {
         "settings": settings, "rules": rules, "store": store, "dispatcher": dispatcher,
@@ -64,7 +67,7 @@ def create_app(
         g.request_id = uuid.uuid4().hex[:16]
         if request.method != "POST" or not request.path.startswith("/webhook"):
             return None
-        body = request.get_data(cache=True)
+        body = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH, before any work
         if settings.auth.check(request.headers, body, clock()) is not None:
             return None
         # Say nothing about which check failed, to the sender or in the log.
@@ -78,7 +81,17 @@ def create_app(
         return response
 
     def receive(source: str | None) -> Response:
+        kind = request.mimetype
+        if kind and kind != "application/json" and not kind.endswith("+json"):
+            raise BridgeError(f"Content-Type must be application/json, got {kind}",
+                              status=415)
         notification = payloads.parse(request.get_data(cache=True), source)
+        if len(notification.alerts) > settings.max_alerts:
+            raise BridgeError(
+                f"payload has {len(notification.alerts)} alerts, more than BRIDGE_MAX_ALERTS"
+                f" ({settings.max_alerts}); set max_alerts in the sender's webhook config",
+                status=413,
+            )
         now = clock()
         delivery = Delivery(
             g.request_id, notification.source, notification.receiver, notification.group_key
@@ -88,7 +101,7 @@ def create_app(
         recorded = store.record(
             delivery,
             lambda state: decide(notification.alerts, rules, state, now,
-                                 dry_run=settings.dry_run),
+                                 dry_run=settings.dry_run, device_pattern=device_regex),
             now, max_age=settings.max_age, approval_timeout=rules.approval_timeout,
         )
         if any(r.decision.reason.startswith("storm breaker tripped") for r in recorded):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +15,9 @@ from bridge.errors import ConfigError
 from bridge.rules import parse_duration
 
 DEFAULT_API_URL = "https://control.zequenze.com/api/v1"
+# A device name as inventories write them: letters, digits and . _ : @ - , at most 128
+# characters, starting with a letter or digit. Anything else a label carries is refused.
+DEFAULT_DEVICE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
 # 9090 is Prometheus, 9093/9094 Alertmanager; 9095 is free of both.
 DEFAULT_BIND = "127.0.0.1:9095"
 TRUE = frozenset({"1", "true", "yes", "on"})
@@ -42,6 +46,10 @@ class Settings:
     auth: InboundAuth = field(default_factory=InboundAuth)
     admin_auth: InboundAuth = field(default_factory=InboundAuth)
     insecure_no_auth: bool = False
+    device_pattern: str = DEFAULT_DEVICE_PATTERN
+    api_ca_bundle: str | None = None
+    max_body: int = 10 * 1024 * 1024
+    max_alerts: int = 5000
 
     @property
     def dry_run(self) -> bool:
@@ -80,6 +88,10 @@ class Settings:
             auth=InboundAuth.from_env(env),
             admin_auth=admin_from_env(env),
             insecure_no_auth=_flag(env, "BRIDGE_INSECURE_NO_AUTH"),
+            device_pattern=env.get("BRIDGE_DEVICE_PATTERN") or DEFAULT_DEVICE_PATTERN,
+            api_ca_bundle=env.get("BRIDGE_API_CA_BUNDLE") or None,
+            max_body=int(_number(env, "BRIDGE_MAX_BODY", cls.max_body)),
+            max_alerts=int(_number(env, "BRIDGE_MAX_ALERTS", cls.max_alerts)),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
@@ -99,13 +111,25 @@ class Settings:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not self.api_url.startswith(("http://", "https://")):
             raise ConfigError(f"BRIDGE_API_URL must be an http(s) URL, got {self.api_url!r}")
-        for name, value in (("BRIDGE_CONCURRENCY", self.concurrency),
+        try:
+            re.compile(self.device_pattern)
+        except re.error as exc:
+            raise ConfigError(f"BRIDGE_DEVICE_PATTERN is not a valid regex: {exc}") from None
+        if self.api_ca_bundle and not os.path.isfile(self.api_ca_bundle):
+            raise ConfigError(f"BRIDGE_API_CA_BUNDLE {self.api_ca_bundle}: no such file")
+        for name, value in (("BRIDGE_MAX_BODY", self.max_body),
+                            ("BRIDGE_MAX_ALERTS", self.max_alerts),
+                            ("BRIDGE_CONCURRENCY", self.concurrency),
                             ("BRIDGE_RATE_LIMIT", self.rate_limit),
                             ("BRIDGE_MAX_ATTEMPTS", self.max_attempts),
                             ("BRIDGE_API_TIMEOUT", self.read_timeout),
                             ("BRIDGE_API_CONNECT_TIMEOUT", self.connect_timeout)):
             if value <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value:g}")
+
+    @property
+    def device_regex(self) -> re.Pattern[str]:
+        return re.compile(self.device_pattern)
 
     def policy(self) -> DispatchPolicy:
         return DispatchPolicy(

@@ -8,6 +8,7 @@ same function on a read-only state.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
@@ -45,6 +46,10 @@ VERDICTS = (
 )
 #: Decisions that count as "operations asked for" towards the storm breaker.
 DEMAND = (*QUEUING, HELD_BY_BUDGET, BREAKER_OPEN)
+
+#: Without a configured pattern every name passes (only dot segments and control characters
+#: are refused); the bridge itself always passes the configured BRIDGE_DEVICE_PATTERN.
+ANY_NAME = re.compile(r".+", re.DOTALL)
 
 # A (device, operation) pair: the unit that cooldowns, claims and deduplication work on.
 Key = tuple[str, str]
@@ -94,8 +99,11 @@ class _Tally:
 
 
 def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
-           dry_run: bool) -> list[Decision]:
-    """Judge every alert on its own labels against every rule, and every guard in turn."""
+           dry_run: bool, device_pattern: re.Pattern[str] = ANY_NAME) -> list[Decision]:
+    """Judge every alert on its own labels against every rule, and every guard in turn.
+
+    A rendered device name must match `device_pattern` in full: labels are untrusted input.
+    """
     decisions: list[Decision] = []
     tally = _Tally(set(), Counter())
     for alert in alerts:
@@ -108,12 +116,13 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
             decisions.append(Decision(alert, None, "", "", NO_MATCH, reason))
             continue
         for rule in matched:
-            decisions.append(_judge(alert, rule, rules, state, now, dry_run, tally))
+            decisions.append(
+                _judge(alert, rule, rules, state, now, dry_run, device_pattern, tally))
     return decisions
 
 
 def _judge(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, dry_run: bool,
-           tally: _Tally) -> Decision:
+           device_pattern: re.Pattern[str], tally: _Tally) -> Decision:
     def verdict(device: str, name: str, reason: str, until: float | None = None,
                 not_before: float | None = None) -> Decision:
         return Decision(alert, rule, device, rule.operation, name, reason, until, not_before)
@@ -126,9 +135,10 @@ def _judge(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, d
         return verdict("", TEMPLATE_ERROR, exc.message)
     if not device:
         return verdict("", EMPTY_DEVICE, f"device template {rule.device!r} rendered an empty name")
-    problem = device_name_problem(device)
+    problem = device_name_problem(device, device_pattern)
     if problem:
-        return verdict(device, INVALID_DEVICE, problem)
+        # The name may be hostile: the audit keeps a bounded, escaped form of it.
+        return verdict(_shown(device), INVALID_DEVICE, problem)
     key = (device, rule.operation)
     if key in tally.keys:
         return verdict(device, DUPLICATE, "this payload already asks for this operation")
@@ -198,17 +208,26 @@ def _judge(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, d
     return verdict(device, EXECUTE, "rule matched", until, now)
 
 
-def device_name_problem(name: str) -> str:
+def device_name_problem(name: str, pattern: re.Pattern[str] = ANY_NAME) -> str:
     """Why `name` cannot be a device name, or "" when it can.
 
     The client percent-encodes names as one path segment, but "." and ".." are dot segments
-    that URL handling removes, and control characters are never part of a real inventory name.
+    that URL handling removes, and control characters are never part of a real inventory
+    name; beyond that, the configured pattern (BRIDGE_DEVICE_PATTERN) decides.
     """
     if name in (".", ".."):
         return f"device name {name!r} is a path dot segment"
     if any(unicodedata.category(ch) == "Cc" for ch in name):
         return "device name contains control characters"
+    if not pattern.fullmatch(name):
+        return f"device name '{_shown(name)}' does not match the device pattern {pattern.pattern!r}"
     return ""
+
+
+def _shown(name: str, limit: int = 64) -> str:
+    """A hostile name as it may be shown: control characters escaped, length bounded."""
+    text = name.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + f"...({len(name)} chars)"
 
 
 def summarize(decisions: Iterable[Decision]) -> dict[str, int]:

@@ -9,8 +9,10 @@ class BridgeError(Exception):
     #: HTTP status used when this error answers a request.
     status = 400
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, status: int | None = None) -> None:
         super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+        if status is not None:
+            self.status = status
 
     @property
     def message(self) -> str:

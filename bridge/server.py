@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -30,6 +31,8 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             # gunicorn's control socket lives in $HOME, which a read-only container lacks;
             # operators signal the master instead.
             "control_socket_disable": True,
+            # Worker heartbeat files: in memory, so a read-only root filesystem is fine.
+            "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
             "errorlog": "-",
             "loglevel": "info",
             **options,
