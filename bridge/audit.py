@@ -1,8 +1,15 @@
-"""Audit records: what the bridge decided and did, for whom and why; queries and display."""
+"""Audit records: what the bridge decided and did, for whom and why; queries and display.
+
+Records form a hash chain: each carries the hash of the record before it (`prev_hash`) and its
+own `hash`, SHA-256 over a canonical encoding of its id, every column and `prev_hash`. Altering,
+removing or inserting a record breaks the chain at that point; `verify_chain` finds where.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
@@ -47,6 +54,8 @@ class AuditRecord:
     error: str
     operation_id: int | None
     attempt: int | None
+    prev_hash: str  # the hash of the record before; GENESIS for the first record ever written
+    hash: str  # SHA-256 (hex) of chain_encoding(): id, every column above, prev_hash
 
     def to_json(self) -> dict[str, object]:
         doc = asdict(self)
@@ -56,6 +65,128 @@ class AuditRecord:
 
 
 COLUMNS = tuple(f.name for f in fields(AuditRecord))
+#: What a record's hash covers: every column but the hash itself, id and prev_hash included.
+HASHED = COLUMNS[:-1]
+#: What the store supplies for a new record; _append adds id, prev_hash and hash.
+CONTENT = COLUMNS[1:-2]
+#: prev_hash of the first record ever written.
+GENESIS = "0" * 64
+
+_INTEGER = frozenset({"id", "status_code", "operation_id", "attempt"})
+_REAL = frozenset({"ts"})
+
+
+def new_record(record_id: int, content: Sequence[object], prev_hash: str) -> dict[str, object]:
+    """The values of a record about to be appended, in HASHED order, typed as SQLite returns them.
+
+    The hash is computed from these values and these values are what is stored, so a record
+    read back hashes the same: an int timestamp becomes the float the REAL column gives back,
+    a bool the int, and so on.
+    """
+    if len(content) != len(CONTENT):
+        raise ValueError(f"an audit record has {len(CONTENT)} fields, not {len(content)}")
+    values: dict[str, object] = {"id": int(record_id)}
+    for column, value in zip(CONTENT, content, strict=True):
+        if value is None:
+            values[column] = None
+        elif column in _INTEGER:
+            values[column] = int(value)  # type: ignore[call-overload]
+        elif column in _REAL:
+            values[column] = float(value)  # type: ignore[arg-type]
+        else:
+            values[column] = str(value)
+    values["prev_hash"] = prev_hash
+    return values
+
+
+def chain_encoding(values: Mapping[str, object]) -> bytes:
+    """The canonical bytes a record's hash is taken over.
+
+    A JSON object of the HASHED columns (id, ts ... attempt, prev_hash) with sorted keys, no
+    whitespace, non-ASCII characters as themselves, UTF-8; ts is a JSON number written as
+    Python's repr of the float (1700000000.0), SQL NULL is null. Keys make it independent of
+    column order and unambiguous whatever the strings contain.
+    """
+    doc = {column: values[column] for column in HASHED}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(values: Mapping[str, object]) -> str:
+    return hashlib.sha256(chain_encoding(values)).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What `verify_chain` found: the first problem, or how many records chain intact."""
+
+    records: int
+    first_id: int | None
+    head_id: int | None
+    head_hash: str | None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def summary(self) -> str:
+        if self.problem is not None:
+            return self.problem
+        if self.head_id is None:
+            return "OK: 0 records, the audit log is empty"
+        count = f"{self.records} record{'' if self.records == 1 else 's'}"
+        if self.first_id != 1:
+            count += f" from record {self.first_id}"
+        return f"OK: {count}, chain intact, head {self.head_id} sha256:{self.head_hash}"
+
+
+def verify_chain(records: Iterable[AuditRecord], written_up_to: int = 0) -> ChainReport:
+    """Walk `records` in id order and report the first break in the chain.
+
+    The first record is the anchor: its prev_hash is trusted (older records may have been
+    pruned) unless it is record 1, whose prev_hash must be GENESIS. `written_up_to` is the
+    highest id ever written (SQLite's AUTOINCREMENT counter): records missing past the last one
+    are reported too, as long as nobody reset that counter as well.
+    """
+    count, first, prev = 0, None, None
+    for r in records:
+        if prev is None:
+            first = r.id
+        elif r.id != prev.id + 1:
+            return _broken(count, first, prev, f"audit record {r.id} does not follow record"
+                           f" {prev.id}: {_missing(prev.id + 1, r.id - 1)}")
+        if not r.hash:
+            return _broken(count, first, prev, f"audit record {r.id} has no hash (written"
+                           " without the chain, or its hash was removed)")
+        if chain_hash({c: getattr(r, c) for c in HASHED}) != r.hash:
+            return _broken(count, first, prev, f"audit record {r.id} was altered (its hash does"
+                           " not match its content)")
+        if prev is not None and r.prev_hash != prev.hash:
+            return _broken(count, first, prev, f"audit record {r.id} is not chained to record"
+                           f" {prev.id} (its prev_hash is not record {prev.id}'s hash): one of"
+                           " them was inserted, replaced or rewritten")
+        if prev is None and r.id == 1 and r.prev_hash != GENESIS:
+            return _broken(count, first, prev, "audit record 1 was re-chained (its prev_hash"
+                           " is not the genesis value)")
+        count, prev = count + 1, r
+    last = prev.id if prev is not None else 0
+    if written_up_to > last:
+        where = (f"the log ends at record {last}" if prev is not None
+                 else "the audit log is empty")
+        return _broken(count, first, prev, f"audit {_missing(last + 1, written_up_to)} from"
+                       f" the end: {where}, but record {written_up_to} was written")
+    return ChainReport(count, first, last or None, prev.hash if prev is not None else None)
+
+
+def _missing(low: int, high: int) -> str:
+    if low == high:
+        return f"record {low} is missing"
+    return f"records {low} to {high} are missing"
+
+
+def _broken(count: int, first: int | None, prev: AuditRecord | None, problem: str) -> ChainReport:
+    return ChainReport(count, first, prev.id if prev else None, prev.hash if prev else None,
+                       problem)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
@@ -21,12 +21,19 @@ from bridge.audit import (
     APPROVAL,
     ATTEMPT,
     COLUMNS,
+    CONTENT,
     DECISION,
+    GENESIS,
+    HASHED,
     OUTCOME,
     AuditQuery,
     AuditRecord,
+    ChainReport,
     Delivery,
+    chain_hash,
     iso,
+    new_record,
+    verify_chain,
 )
 from bridge.client import CallResult
 from bridge.decide import Decision, Key, State
@@ -61,8 +68,7 @@ class StoreError(BridgeError):
     status = 503
 
     def __init__(self, message: str, status: int = 503) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class Store(Protocol):
     def get_flag(self, key: str) -> float | None: ...
     def set_flag(self, key: str, value: float | None) -> None: ...
     def audit(self, query: AuditQuery) -> list[AuditRecord]: ...
+    def verify_audit(self) -> ChainReport: ...
     def close(self) -> None: ...
 
 
@@ -190,15 +197,18 @@ CREATE TABLE IF NOT EXISTS audit (
     execution_id TEXT,
     error TEXT NOT NULL,
     operation_id INTEGER,
-    attempt INTEGER
+    attempt INTEGER,
+    prev_hash TEXT NOT NULL DEFAULT '',  -- hash of the record before (the chain, see audit.py)
+    hash TEXT NOT NULL DEFAULT ''        -- sha256 of id, every column and prev_hash
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE INDEX IF NOT EXISTS audit_demand ON audit (event, ts, outcome);
 CREATE INDEX IF NOT EXISTS audit_device ON audit (device, id);
 """
 
+# Only _append() uses it: every record is written with its id and its place in the chain.
 _AUDIT_INSERT = (
-    f"INSERT INTO audit ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
+    f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
 
 
@@ -235,6 +245,7 @@ class SqliteStore:
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                    _chain_unchained_audit(conn)
                 self._ready = True
         except sqlite3.Error as exc:
             raise StoreError(f"state store {self.path}: {exc}") from exc
@@ -283,6 +294,7 @@ class SqliteStore:
         whatever it decides is what is committed, all or nothing.
         """
         recorded: list[Recorded] = []
+        audit: list[tuple] = []
         with self._write() as conn:
             state = _TxnState(conn)
             decisions = judge(state)
@@ -299,11 +311,12 @@ class SqliteStore:
                         (d.device, d.operation, d.until, d.rule.name),
                     )
                     op_id = self._queue(conn, delivery, d, now, max_age, approval_timeout)
-                conn.execute(_AUDIT_INSERT, _decision_row(now, delivery, d, op_id))
+                audit.append(_decision_row(now, delivery, d, op_id))
                 recorded.append(Recorded(d, op_id))
             resolved = {d.alert.fingerprint for d in decisions if d.alert.status == "resolved"}
             for fingerprint in resolved:
-                self._cancel_immature(conn, fingerprint, now)
+                audit.extend(self._cancel_immature(conn, fingerprint, now))
+            _append(conn, audit)
         return recorded
 
     def read_state(self, judge: Callable[[State], T]) -> T:
@@ -311,7 +324,9 @@ class SqliteStore:
         with self._write() as conn:
             return judge(_TxnState(conn))
 
-    def _cancel_immature(self, conn: sqlite3.Connection, fingerprint: str, now: float) -> None:
+    def _cancel_immature(self, conn: sqlite3.Connection, fingerprint: str,
+                         now: float) -> list[tuple]:
+        """Cancel the held operations of an alert that resolved: their audit rows, to append."""
         # An alert that resolves before its rule's min_age was a flap: its held operation
         # is dropped, which is what min_age is for.
         rows = conn.execute(
@@ -319,13 +334,15 @@ class SqliteStore:
             f" AND hold = 'min_age' AND attempts = 0 RETURNING {_OP_COLUMNS}",
             (CANCELLED, now, fingerprint, QUEUED),
         ).fetchall()
+        audit = []
         for row in rows:
             op = Operation(*row)
             self._release(conn, op, now)
-            conn.execute(_AUDIT_INSERT, _operation_row(
+            audit.append(_operation_row(
                 now, OUTCOME, op, CANCELLED, "resolved_before_min_age", None, None,
                 "the alert resolved before the rule's min_age: not sent",
             ))
+        return audit
 
     def _queue(self, conn: sqlite3.Connection, delivery: Delivery, d: Decision, now: float,
                max_age: float, approval_timeout: float) -> int:
@@ -418,10 +435,10 @@ class SqliteStore:
                 event, reason = ATTEMPT, f"{result.kind}; arrived after the lease ran out"
             elif retry_at is None and release_until is not None:
                 self._release(conn, op, release_until)
-            conn.execute(_AUDIT_INSERT, _operation_row(
+            _append(conn, [_operation_row(
                 now, event, op, result.outcome, reason, result.status_code,
                 result.execution_id, result.error,
-            ))
+            )])
 
     def end_stale(self, now: float, release_until: float) -> list[Operation]:
         """End operations that can no longer be sent as they should.
@@ -431,6 +448,7 @@ class SqliteStore:
         sender's lease ran out end UNKNOWN (the call may have reached the device) and keep it.
         """
         ended: list[Operation] = []
+        audit: list[tuple] = []
         with self._write() as conn:
             expired = conn.execute(
                 f"UPDATE operations SET state = ?, updated = ? WHERE state IN (?, ?)"
@@ -442,8 +460,7 @@ class SqliteStore:
                 self._release(conn, op, release_until)
                 reason, error = ("approval_timeout", "nobody approved it in time") \
                     if hold == "approval" else ("max_age", "not sent within the maximum age")
-                conn.execute(_AUDIT_INSERT, _operation_row(
-                    now, OUTCOME, op, EXPIRED, reason, None, None, error))
+                audit.append(_operation_row(now, OUTCOME, op, EXPIRED, reason, None, None, error))
                 ended.append(op)
             lost = conn.execute(
                 f"UPDATE operations SET state = ?, updated = ?, lease_until = NULL"
@@ -452,11 +469,12 @@ class SqliteStore:
             ).fetchall()
             for row in lost:
                 op = Operation(*row)
-                conn.execute(_AUDIT_INSERT, _operation_row(
+                audit.append(_operation_row(
                     now, OUTCOME, op, UNKNOWN, "lost_in_flight", None, None,
                     "the process sending it stopped before the answer was recorded",
                 ))
                 ended.append(op)
+            _append(conn, audit)
         return ended
 
     def pending(self) -> list[Operation]:
@@ -494,8 +512,7 @@ class SqliteStore:
                 conn.execute("UPDATE operations SET state = ?, updated = ? WHERE id = ?",
                              (REJECTED, now, op.id))
                 event, outcome, reason = OUTCOME, REJECTED, f"rejected by {who}"
-            conn.execute(_AUDIT_INSERT, _operation_row(
-                now, event, op, outcome, reason, None, None, ""))
+            _append(conn, [_operation_row(now, event, op, outcome, reason, None, None, "")])
         return replace(op, state=QUEUED if approve else REJECTED)
 
     def _release(self, conn: sqlite3.Connection, op: Operation, until: float) -> None:
@@ -552,6 +569,21 @@ class SqliteStore:
             rows = self._read(sql + " ORDER BY id DESC LIMIT ?", [*params, query.limit])[::-1]
         return [AuditRecord(*row) for row in rows]
 
+    def verify_audit(self) -> ChainReport:
+        """Walk the whole audit chain, in one read snapshot: writers carry on meanwhile."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")  # deferred: a read transaction, one consistent snapshot
+            try:
+                row = conn.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+                cursor = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM audit ORDER BY id")
+                return verify_chain((AuditRecord(*r) for r in cursor), row[0] if row else 0)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.path}: {exc}") from exc
+
 
 class _TxnState:
     """decide.State read through the connection that holds the write transaction."""
@@ -596,6 +628,56 @@ class _TxnState:
             f"SELECT count(*) FROM audit WHERE event = ? AND ts >= ? AND outcome IN ({marks})",
             (DECISION, since, *decide.DEMAND),
         )
+
+
+def _append(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+    """Append audit records, each chained to the one before: the one way records are written.
+
+    The caller holds the write transaction (BEGIN IMMEDIATE), so no other worker appends
+    between reading the head and writing: the chain stays linear. The head is read once per
+    call, however many rows. The id is the one AUTOINCREMENT would choose (past the highest
+    ever written), so the records after a deleted tail show the gap.
+    """
+    rows = list(rows)
+    if not rows:
+        return
+    head = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    (written,) = conn.execute(
+        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+    last_id, prev_hash = head if head is not None else (0, GENESIS)
+    next_id = max(last_id, written) + 1
+    for row in rows:
+        values = new_record(next_id, row, prev_hash)
+        prev_hash = chain_hash(values)
+        conn.execute(_AUDIT_INSERT, (*values.values(), prev_hash))
+        next_id += 1
+
+
+def _chain_unchained_audit(conn: sqlite3.Connection) -> None:
+    """Give an audit table from before the hash chain its two columns, and chain its records.
+
+    Runs once, in the schema transaction. The chain then vouches for those records as they
+    were at the upgrade, not before.
+    """
+    if "hash" in {row[1] for row in conn.execute("PRAGMA table_info(audit)")}:
+        return
+    conn.execute("ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
+    after, prev_hash = 0, GENESIS
+    columns = ", ".join(("id", *CONTENT))
+    while True:
+        batch = conn.execute(
+            f"SELECT {columns} FROM audit WHERE id > ? ORDER BY id LIMIT 1000", (after,)
+        ).fetchall()
+        if not batch:
+            return
+        for row in batch:
+            values = dict(zip(HASHED, (*row, prev_hash), strict=True))
+            digest = chain_hash(values)
+            conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?",
+                         (prev_hash, digest, row[0]))
+            prev_hash = digest
+        after = batch[-1][0]
 
 
 def _decision_row(now: float, delivery: Delivery, d: Decision, op_id: int | None) -> tuple:
