@@ -14,11 +14,11 @@ from bridge import payloads
 from bridge.audit import Delivery, iso
 from bridge.client import DeviceClient
 from bridge.config import Settings
-from bridge.decide import decide, summarize
+from bridge.decide import TRIPPED, decide, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
 from bridge.errors import BridgeError, PayloadError
 from bridge.rules import RuleSet, load_rules
-from bridge.store import BREAKER_OPEN, PAUSED, Operation, Recorded, SqliteStore, Store
+from bridge.store import BREAKER_OPEN, PAUSED, Recorded, SqliteStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,15 @@ def create_app(
                                  dry_run=settings.dry_run, device_pattern=device_regex),
             now, max_age=settings.max_age, approval_timeout=rules.approval_timeout,
         )
-        if any(r.decision.reason.startswith("storm breaker tripped") for r in recorded):
+        if any(r.decision.reason.startswith(TRIPPED) for r in recorded):
             log.error("STORM BREAKER TRIPPED: no operation is sent until an operator runs "
                       "`alert-bridge resume` (request %s)", g.request_id)
         if dispatcher is not None and any(r.operation_id for r in recorded):
             dispatcher.wake()
         summary = summarize(r.decision for r in recorded)
+        by_alert: dict[int, list[Recorded]] = {}
+        for r in recorded:
+            by_alert.setdefault(id(r.decision.alert), []).append(r)
         log.info(
             "webhook %s receiver=%r groupKey=%r alerts=%d %s", notification.source,
             notification.receiver, notification.group_key, len(notification.alerts),
@@ -127,9 +130,7 @@ def create_app(
                     "fingerprint": alert.fingerprint,
                     "alertname": alert.alertname,
                     "status": alert.status,
-                    "decisions": [
-                        _decision_json(r) for r in recorded if r.decision.alert is alert
-                    ],
+                    "decisions": [_decision_json(r) for r in by_alert.get(id(alert), [])],
                 }
                 for alert in notification.alerts
             ],
@@ -158,7 +159,7 @@ def create_app(
 
     @app.get("/api/operations/pending")
     def pending() -> tuple[Response, int] | Response:
-        return admin(lambda: jsonify(operations=[_operation_json(op) for op in store.pending()]))
+        return admin(lambda: jsonify(operations=[op.to_json() for op in store.pending()]))
 
     @app.post("/api/operations/<int:operation_id>/<any(approve, reject):verdict>")
     def settle(operation_id: int, verdict: str) -> tuple[Response, int] | Response:
@@ -169,7 +170,7 @@ def create_app(
                               clock(), max_age=settings.max_age)
             if dispatcher is not None and verdict == "approve":
                 dispatcher.wake()
-            return jsonify(_operation_json(op))
+            return jsonify(op.to_json())
 
         return admin(act)
 
@@ -216,14 +217,6 @@ def create_app(
         return jsonify(error="internal error", request_id=g.get("request_id", "")), 500
 
     return app
-
-
-def _operation_json(op: Operation) -> dict[str, object]:
-    return {
-        "id": op.id, "state": op.state, "device": op.device, "operation": op.operation,
-        "rule": op.rule, "created": iso(op.created), "alertname": op.alertname,
-        "fingerprint": op.fingerprint, "request_id": op.request_id,
-    }
 
 
 def _decision_json(r: Recorded) -> dict[str, object]:

@@ -276,12 +276,10 @@ def pending(state_path: str | None, as_json: bool) -> None:
     """
     import json
 
-    from bridge.app import _operation_json
-
     ops = open_store(state_path).pending()
     if as_json:
         for op in ops:
-            click.echo(json.dumps(_operation_json(op)))
+            click.echo(json.dumps(op.to_json()))
         return
     if not ops:
         click.echo("No operation is waiting for approval.")

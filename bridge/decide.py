@@ -44,6 +44,8 @@ VERDICTS = (
     *QUEUING, COOLDOWN, DRY_RUN, DUPLICATE, PAUSED, BREAKER_OPEN, GAVE_UP, OUTSIDE_WINDOW,
     HELD_BY_BUDGET, TEMPLATE_ERROR, EMPTY_DEVICE, INVALID_DEVICE, NO_MATCH,
 )
+#: The reason of the decision that trips the storm breaker starts with this.
+TRIPPED = "storm breaker tripped"
 #: Decisions that count as "operations asked for" towards the storm breaker.
 DEMAND = (*QUEUING, HELD_BY_BUDGET, BREAKER_OPEN)
 
@@ -170,7 +172,7 @@ def _judge(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, d
     tally.demand += 1
     asked = state.demand_since(now - breaker.per) + tally.demand
     if asked > breaker.max:
-        return verdict(device, BREAKER_OPEN, f"storm breaker tripped: {asked} operations asked "
+        return verdict(device, BREAKER_OPEN, f"{TRIPPED}: {asked} operations asked "
                                              f"for within {_duration(breaker.per)}")
     for budget in rules.budgets:
         if budget.operation not in (None, rule.operation):

@@ -99,6 +99,14 @@ class Operation:
     alertname: str
     alert_status: str
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id, "state": self.state, "device": self.device,
+            "operation": self.operation, "rule": self.rule, "created": iso(self.created),
+            "alertname": self.alertname, "fingerprint": self.fingerprint,
+            "request_id": self.request_id,
+        }
+
 
 _OP_COLUMNS = (
     "id, device, operation, rule, state, created, attempts, claim_until, request_id, source,"
