@@ -14,7 +14,7 @@ from bridge import payloads
 from bridge.audit import Delivery, iso
 from bridge.client import DeviceClient
 from bridge.config import Settings
-from bridge.decide import TRIPPED, decide, summarize
+from bridge.decide import TRIPPED, decide, explain, explanation_json, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
 from bridge.errors import BridgeError, PayloadError
 from bridge.rules import RuleSet, load_rules
@@ -65,7 +65,9 @@ def create_app(
     @app.before_request
     def _request_id_and_auth() -> tuple[Response, int] | None:
         g.request_id = uuid.uuid4().hex[:16]
-        if request.method != "POST" or not request.path.startswith("/webhook"):
+        if request.method != "POST" or not (
+            request.path.startswith("/webhook") or request.path == "/api/explain"
+        ):
             return None
         body = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH, before any work
         if settings.auth.check(request.headers, body, clock()) is not None:
@@ -147,6 +149,20 @@ def create_app(
     @app.post("/webhook")
     def webhook_any() -> Response:
         return receive(None)
+
+    @app.post("/api/explain")
+    def explain_payload() -> Response:
+        """The decisions a webhook with this body would get, guard by guard; changes nothing."""
+        notification = payloads.parse(request.get_data(cache=True), None)
+        live = request.args.get("live", "") in ("1", "true", "yes")
+        dry_run = settings.dry_run and not live
+        now = clock()
+        results = store.read_state(
+            lambda state: explain(notification.alerts, rules, state, now, dry_run=dry_run,
+                                  device_pattern=device_regex)
+        )
+        return jsonify(source=notification.source, dry_run=dry_run, state=True,
+                       alerts=explanation_json(results))
 
     def admin(action: Callable[[], Response]) -> tuple[Response, int] | Response:
         if not settings.admin_auth.configured:

@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from bridge.audit import AuditQuery, format_rows, format_table, iso, to_json_line
 from bridge.config import Settings, parse_bind
-from bridge.errors import BridgeError, RulesError
+from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -261,6 +261,84 @@ def open_store(state_path: str | None) -> Any:
 def _last_id(store: Any) -> int:
     newest = store.audit(AuditQuery(limit=1))
     return newest[-1].id if newest else 0
+
+
+@main.command()
+@click.argument("payload_path", metavar="PAYLOAD.json", type=click.Path(dir_okay=False))
+@click.option("--rules", "rules_path", metavar="PATH", default=None,
+              help="Rules file. [env BRIDGE_RULES; default ./rules.yaml]")
+@STATE_OPTION
+@click.option("--live", is_flag=True, help="Judge as a live bridge even without an API token.")
+@click.option("--json", "as_json", is_flag=True, help="The explanation as one JSON document.")
+@user_errors
+def explain(payload_path: str, rules_path: str | None, state_path: str | None, live: bool,
+            as_json: bool) -> None:
+    """Show what the bridge would decide for a saved webhook payload, and why.
+
+    For each alert and each rule: why the rule does not match (which matcher fails), or the
+    rendered device, the operation, the verdict and every guard's answer. Touches nothing:
+    no API call, no state change.
+
+    \b
+    Example:
+        alert-bridge explain tests/payloads/alertmanager_firing_multi.json --rules rules.yaml
+    """
+    import json
+    from pathlib import Path
+
+    from bridge import payloads
+    from bridge.decide import EmptyState, explanation_json
+    from bridge.decide import explain as explain_alerts
+    from bridge.store import SqliteStore
+
+    settings = Settings.from_env(rules_path=rules_path, state_path=state_path)
+    rules = load_rules(settings.rules_path)
+    try:
+        body = Path(payload_path).read_bytes()
+    except OSError as exc:
+        fail(f"{payload_path}: {exc.strerror or exc}")
+    try:
+        notification = payloads.parse(body)
+    except PayloadError as exc:
+        fail(f"{payload_path}: {exc.message}" + (f" (at {exc.where})" if exc.where else ""))
+    dry_run = settings.dry_run and not live
+    now = time.time()
+
+    def judge(state: Any) -> Any:
+        return explain_alerts(notification.alerts, rules, state, now, dry_run=dry_run,
+                              device_pattern=settings.device_regex)
+
+    have_state = os.path.exists(settings.state_path)
+    results = SqliteStore(settings.state_path).read_state(judge) if have_state \
+        else judge(EmptyState())
+    if as_json:
+        click.echo(json.dumps({"source": notification.source, "dry_run": dry_run,
+                               "state": have_state, "alerts": explanation_json(results)},
+                              indent=2))
+        return
+    click.echo(f"{payload_path}: {notification.source} payload, {len(results)} alert(s);"
+               f" rules {settings.rules_path} (version {rules.version})")
+    if not have_state:
+        click.echo(f"No state file at {settings.state_path}: no cooldown, budget use or"
+                   " breaker is assumed.")
+    if dry_run:
+        click.echo(f"Dry run ({settings.dry_run_reason}); --live shows what a live bridge"
+                   " would do.")
+    for n, (alert, explained) in enumerate(results, 1):
+        labels = ", ".join(f"{k}={v}" for k, v in alert.labels.items())
+        click.echo(f"\nAlert {n}: {alert.alertname or '-'} [{alert.fingerprint[:8]}]"
+                   f" {alert.status}  {{{labels}}}")
+        for r in explained:
+            if not r.matched:
+                click.echo(f"  rule {r.rule.name}: no match: {r.why_not}")
+                continue
+            d = r.decision
+            assert d is not None
+            click.echo(f"  rule {r.rule.name}: MATCH -> {d.operation} on {d.device or '-'}:"
+                       f" {d.verdict} ({d.reason})")
+            for g in r.guards:
+                click.echo(f"      {g.guard:<9}  {'ok' if g.passed else g.verdict:<16}"
+                           f"  {g.reason}")
 
 
 @main.command()

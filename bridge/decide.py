@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -118,96 +118,184 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
             decisions.append(Decision(alert, None, "", "", NO_MATCH, reason))
             continue
         for rule in matched:
-            decisions.append(
-                _judge(alert, rule, rules, state, now, dry_run, device_pattern, tally))
+            ask = _ask(alert, rule, rules, state, now, dry_run, device_pattern, tally)
+            decisions.append(ask if isinstance(ask, Decision) else _judge(ask))
     return decisions
 
 
-def _judge(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, dry_run: bool,
-           device_pattern: re.Pattern[str], tally: _Tally) -> Decision:
-    def verdict(device: str, name: str, reason: str, until: float | None = None,
-                not_before: float | None = None) -> Decision:
-        return Decision(alert, rule, device, rule.operation, name, reason, until, not_before)
+@dataclass
+class _Ask:
+    """One rule asking for one operation on one device, on its way through the guards."""
 
-    # Guards in order: what the alert asks for, then whether it may happen at all, then
-    # whether it may happen now. The first guard that says no gives the verdict.
+    alert: Alert
+    rule: Rule
+    rules: RuleSet
+    state: State
+    now: float
+    dry_run: bool
+    device: str
+    tally: _Tally
+
+    @property
+    def key(self) -> Key:
+        return (self.device, self.rule.operation)
+
+    def verdict(self, name: str, reason: str, until: float | None = None,
+                not_before: float | None = None) -> Decision:
+        return Decision(self.alert, self.rule, self.device, self.rule.operation, name, reason,
+                        until, not_before)
+
+    def groups(self) -> list[tuple[Budget, str]]:
+        """The budgets this operation falls under, each with the alert's group in it."""
+        return [
+            (b, self.alert.labels.get(b.group_by, "") if b.group_by else "")
+            for b in self.rules.budgets if b.operation in (None, self.rule.operation)
+        ]
+
+
+def _ask(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, dry_run: bool,
+         device_pattern: re.Pattern[str], tally: _Tally) -> _Ask | Decision:
+    """Render the device; a name that cannot be used ends the matter here."""
+    def refused(device: str, name: str, reason: str) -> Decision:
+        return Decision(alert, rule, device, rule.operation, name, reason)
+
     try:
         device = rule.render_device(alert.labels, alert.annotations)
     except TemplateRenderError as exc:
-        return verdict("", TEMPLATE_ERROR, exc.message)
+        return refused("", TEMPLATE_ERROR, exc.message)
     if not device:
-        return verdict("", EMPTY_DEVICE, f"device template {rule.device!r} rendered an empty name")
+        return refused("", EMPTY_DEVICE, f"device template {rule.device!r} rendered an empty name")
     problem = device_name_problem(device, device_pattern)
     if problem:
         # The name may be hostile: the audit keeps a bounded, escaped form of it.
-        return verdict(_shown(device), INVALID_DEVICE, problem)
-    key = (device, rule.operation)
-    if key in tally.keys:
-        return verdict(device, DUPLICATE, "this payload already asks for this operation")
-    cooldown = state.cooldown_until(key)
-    if cooldown is not None and cooldown > now:
-        tally.keys.add(key)
-        return verdict(device, COOLDOWN, f"in cooldown until {iso(cooldown)}", cooldown)
-    if dry_run or rule.dry_run:
-        tally.keys.add(key)
-        why = "shadow mode (rule dry_run)" if rule.dry_run else "dry run"
-        return verdict(device, DRY_RUN, f"{why}: nothing is sent")
-    if state.paused:
-        return verdict(device, PAUSED, "the bridge is paused (alert-bridge resume)")
-    if state.breaker_open:
-        return verdict(device, BREAKER_OPEN, "the storm breaker is open (alert-bridge resume)")
-    give_up = rule.give_up
-    done = state.operations_since(key, now - give_up.within)
+        return refused(_shown(device), INVALID_DEVICE, problem)
+    return _Ask(alert, rule, rules, state, now, dry_run, device, tally)
+
+
+# -- the guards, in order ---------------------------------------------------------------------
+# Each returns the Decision that stops the operation, or None to let it pass. First what the
+# alert asks for, then whether it may happen at all, then whether it may happen now.
+
+
+def _duplicate(a: _Ask) -> Decision | None:
+    if a.key in a.tally.keys:
+        return a.verdict(DUPLICATE, "this payload already asks for this operation")
+    return None
+
+
+def _cooldown(a: _Ask) -> Decision | None:
+    until = a.state.cooldown_until(a.key)
+    if until is not None and until > a.now:
+        return a.verdict(COOLDOWN, f"in cooldown until {iso(until)}", until)
+    return None
+
+
+def _dry_run(a: _Ask) -> Decision | None:
+    if a.dry_run or a.rule.dry_run:
+        why = "shadow mode (rule dry_run)" if a.rule.dry_run else "dry run"
+        return a.verdict(DRY_RUN, f"{why}: nothing is sent")
+    return None
+
+
+def _paused(a: _Ask) -> Decision | None:
+    if a.state.paused:
+        return a.verdict(PAUSED, "the bridge is paused (alert-bridge resume)")
+    return None
+
+
+def _breaker_open(a: _Ask) -> Decision | None:
+    if a.state.breaker_open:
+        return a.verdict(BREAKER_OPEN, "the storm breaker is open (alert-bridge resume)")
+    return None
+
+
+def _give_up(a: _Ask) -> Decision | None:
+    give_up = a.rule.give_up
+    done = a.state.operations_since(a.key, a.now - give_up.within)
     if done >= give_up.after:
-        return verdict(device, GAVE_UP, f"{rule.operation} already sent {done} times within "
-                                        f"{_duration(give_up.within)}; giving up on {device}")
-    window = rule.window
-    opens = None
-    if window is not None:
-        opens = window.next_opening(_utc(now)).timestamp()
-        if opens > now and window.outside == "skip":
-            return verdict(device, OUTSIDE_WINDOW, "outside the rule's maintenance window")
-    # From here on the operation counts as asked for: a storm of them trips the breaker.
-    breaker = rules.breaker
-    tally.demand += 1
-    asked = state.demand_since(now - breaker.per) + tally.demand
+        return a.verdict(GAVE_UP, f"{a.rule.operation} already sent {done} times within "
+                                  f"{_duration(give_up.within)}; giving up on {a.device}")
+    return None
+
+
+def _window_skip(a: _Ask) -> Decision | None:
+    window = a.rule.window
+    if window is not None and window.outside == "skip" and _opens(a) > a.now:
+        return a.verdict(OUTSIDE_WINDOW, "outside the rule's maintenance window")
+    return None
+
+
+def _storm(a: _Ask) -> Decision | None:
+    # Counts this operation as asked for, whatever the later guards say.
+    breaker = a.rules.breaker
+    asked = a.state.demand_since(a.now - breaker.per) + a.tally.demand + 1
     if asked > breaker.max:
-        return verdict(device, BREAKER_OPEN, f"{TRIPPED}: {asked} operations asked "
-                                             f"for within {_duration(breaker.per)}")
-    for budget in rules.budgets:
-        if budget.operation not in (None, rule.operation):
-            continue
-        group = alert.labels.get(budget.group_by, "") if budget.group_by else ""
-        used = state.budget_used(budget, group, now - budget.per) + \
-            tally.budgets[(budget.name, group)]
+        return a.verdict(BREAKER_OPEN, f"{TRIPPED}: {asked} operations asked for within "
+                                       f"{_duration(breaker.per)}")
+    return None
+
+
+def _budgets(a: _Ask) -> Decision | None:
+    for budget, group in a.groups():
+        used = a.state.budget_used(budget, group, a.now - budget.per) + \
+            a.tally.budgets[(budget.name, group)]
         if used >= budget.max:
             scope = f" for {budget.group_by}={group!r}" if budget.group_by else ""
-            return verdict(device, HELD_BY_BUDGET, f"budget '{budget.name}'{scope} spent: "
-                                                   f"{used} of {budget.max} per "
-                                                   f"{_duration(budget.per)}")
-    for budget in rules.budgets:
-        if budget.operation in (None, rule.operation):
-            group = alert.labels.get(budget.group_by, "") if budget.group_by else ""
-            tally.budgets[(budget.name, group)] += 1
-    tally.keys.add(key)
-    # The operation is queued now; holds decide when it may be sent.
-    not_before = now
-    if opens is not None and opens > now:
-        not_before = opens
-    mature = (alert.starts_at.timestamp() + rule.min_age) if alert.starts_at and rule.min_age \
-        else now
+            return a.verdict(HELD_BY_BUDGET, f"budget '{budget.name}'{scope} spent: {used} of "
+                                             f"{budget.max} per {_duration(budget.per)}")
+    return None
+
+
+#: (name, guard) in the order decide() applies them; explain shows each one's answer.
+GUARDS: tuple[tuple[str, Callable[[_Ask], Decision | None]], ...] = (
+    ("duplicate", _duplicate), ("cooldown", _cooldown), ("dry_run", _dry_run),
+    ("pause", _paused), ("breaker", _breaker_open), ("give_up", _give_up),
+    ("window", _window_skip), ("storm", _storm), ("budgets", _budgets),
+)
+# What each guard's verdict does to the payload's tally: whether the operation counts as
+# taken (later asks for it are duplicates) and as demand on the storm breaker.
+_TAKES_KEY = frozenset({COOLDOWN, DRY_RUN})
+_COUNTS_AS_DEMAND = ("storm", "budgets")
+
+
+def _judge(a: _Ask) -> Decision:
+    for name, guard in GUARDS:
+        stop = guard(a)
+        if stop is not None:
+            if stop.verdict in _TAKES_KEY:
+                a.tally.keys.add(a.key)
+            if name in _COUNTS_AS_DEMAND:
+                a.tally.demand += 1
+            return stop
+    a.tally.demand += 1
+    a.tally.keys.add(a.key)
+    for budget, group in a.groups():
+        a.tally.budgets[(budget.name, group)] += 1
+    return _queue(a)
+
+
+def _opens(a: _Ask) -> float:
+    window = a.rule.window
+    return window.next_opening(_utc(a.now)).timestamp() if window is not None else a.now
+
+
+def _queue(a: _Ask) -> Decision:
+    """The operation is queued; approval and holds decide when it may be sent."""
+    rule, now = a.rule, a.now
+    not_before = max(now, _opens(a))
+    starts = a.alert.starts_at
+    mature = starts.timestamp() + rule.min_age if starts and rule.min_age else now
     until = max(not_before, mature) + rule.cooldown
     if rule.require_approval:
-        return verdict(device, PENDING_APPROVAL,
-                       f"{rule.risk} operation: waits for alert-bridge approve", until,
-                       max(not_before, mature))
+        return a.verdict(PENDING_APPROVAL, f"{rule.risk} operation: waits for alert-bridge "
+                                           "approve", until, max(not_before, mature))
     if mature > not_before and mature > now:
-        return verdict(device, HELD_MIN_AGE, f"alert must fire for {_duration(rule.min_age)} "
-                                             f"first: not before {iso(mature)}", until, mature)
+        return a.verdict(HELD_MIN_AGE, f"alert must fire for {_duration(rule.min_age)} first: "
+                                       f"not before {iso(mature)}", until, mature)
     if not_before > now:
-        return verdict(device, HELD_FOR_WINDOW, f"held until the maintenance window opens at "
-                                                f"{iso(not_before)}", until, not_before)
-    return verdict(device, EXECUTE, "rule matched", until, now)
+        return a.verdict(HELD_FOR_WINDOW, f"held until the maintenance window opens at "
+                                          f"{iso(not_before)}", until, not_before)
+    return a.verdict(EXECUTE, "rule matched", until, now)
 
 
 def device_name_problem(name: str, pattern: re.Pattern[str] = ANY_NAME) -> str:
@@ -245,3 +333,113 @@ def _utc(ts: float) -> datetime:
 
 
 _duration = format_duration
+
+
+# -- explain: the same judgement, shown guard by guard ----------------------------------------
+
+_PASSED = {
+    "duplicate": "first ask for it in this payload", "cooldown": "no cooldown running",
+    "dry_run": "live", "pause": "not paused", "breaker": "storm breaker closed",
+    "give_up": "below the give-up count", "window": "no window to skip",
+    "storm": "below the storm breaker's threshold", "budgets": "within every budget",
+}
+
+
+@dataclass(frozen=True)
+class GuardCheck:
+    """One guard's answer for one (alert, rule), judged on its own."""
+
+    guard: str
+    passed: bool
+    verdict: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RuleExplanation:
+    rule: Rule
+    matched: bool
+    why_not: str  # for a rule that does not match: the status or the first failing matcher
+    decision: Decision | None  # what decide() decided, for a rule that matches
+    guards: tuple[GuardCheck, ...]
+
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {"rule": self.rule.name, "matched": self.matched}
+        if not self.matched:
+            doc["why_not"] = self.why_not
+        if self.decision is not None:
+            d = self.decision
+            doc.update(device=d.device, operation=d.operation, verdict=d.verdict,
+                       reason=d.reason)
+            if d.until is not None:
+                doc["until"] = iso(d.until)
+            if d.not_before is not None and d.verdict != EXECUTE:
+                doc["not_before"] = iso(d.not_before)
+            doc["guards"] = [
+                {"guard": g.guard, "passed": g.passed, "verdict": g.verdict, "reason": g.reason}
+                for g in self.guards
+            ]
+        return doc
+
+
+def explain(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
+            dry_run: bool, device_pattern: re.Pattern[str] = ANY_NAME,
+            ) -> list[tuple[Alert, list[RuleExplanation]]]:
+    """For each alert, every rule: why it does not match, or its decision and every guard's."""
+    alerts = list(alerts)
+    decisions = decide(alerts, rules, state, now, dry_run=dry_run,
+                       device_pattern=device_pattern)
+    out = []
+    for alert in alerts:
+        explained = []
+        for rule in rules.rules:
+            if not rule.wants(alert.status):
+                why = f"acts on {rule.status} alerts; this one is {alert.status}"
+                explained.append(RuleExplanation(rule, False, why, None, ()))
+                continue
+            failed = rule.failed_matcher(alert.labels)
+            if failed is not None:
+                value = alert.labels.get(failed.name, "")
+                why = f"{failed} does not hold ({failed.name}={value!r})"
+                explained.append(RuleExplanation(rule, False, why, None, ()))
+                continue
+            decision = next(d for d in decisions if d.alert is alert and d.rule is rule)
+            ask = _ask(alert, rule, rules, state, now, dry_run, device_pattern,
+                       _Tally(set(), Counter()))
+            checks: tuple[GuardCheck, ...] = ()
+            if isinstance(ask, _Ask):
+                checks = tuple(
+                    GuardCheck(name, stop is None, stop.verdict if stop else "pass",
+                               stop.reason if stop else _PASSED[name])
+                    for name, stop in ((name, guard(ask)) for name, guard in GUARDS)
+                )
+            explained.append(RuleExplanation(rule, True, "", decision, checks))
+        out.append((alert, explained))
+    return out
+
+
+def explanation_json(results: list[tuple[Alert, list[RuleExplanation]]]) -> list[object]:
+    return [
+        {"fingerprint": alert.fingerprint, "alertname": alert.alertname, "status": alert.status,
+         "labels": dict(alert.labels), "rules": [r.to_json() for r in explained]}
+        for alert, explained in results
+    ]
+
+
+class EmptyState:
+    """The state of a bridge that has never acted: for explaining without a state file."""
+
+    paused = False
+    breaker_open = False
+
+    def cooldown_until(self, key: Key) -> float | None:
+        return None
+
+    def operations_since(self, key: Key, since: float) -> int:
+        return 0
+
+    def budget_used(self, budget: Budget, group: str, since: float) -> int:
+        return 0
+
+    def demand_since(self, since: float) -> int:
+        return 0
