@@ -11,13 +11,13 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from bridge import payloads
-from bridge.audit import Delivery, iso
+from bridge.audit import AuditQuery, Delivery, iso
 from bridge.client import DeviceClient
 from bridge.config import Settings
 from bridge.decide import TRIPPED, decide, explain, explanation_json, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
 from bridge.errors import BridgeError, PayloadError
-from bridge.rules import RuleSet, load_rules
+from bridge.rules import RuleSet, load_rules, parse_duration
 from bridge.store import BREAKER_OPEN, PAUSED, Recorded, SqliteStore, Store
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,31 @@ def create_app(
 
     def admin(action: Callable[[], Response]) -> tuple[Response, int] | Response:
         if not settings.admin_auth.configured:
-            return jsonify(error="approval over HTTP is disabled: set BRIDGE_ADMIN_TOKENS"), 403
+            return jsonify(error="the operator API is disabled: set BRIDGE_ADMIN_TOKENS"), 403
         if settings.admin_auth.check(request.headers, b"", clock()) is None:
             log.warning("%s %s from %s refused: authentication failed", request.method,
                         request.path, request.remote_addr)
             return jsonify(error="unauthorized"), 401
         return action()
+
+    @app.get("/api/audit")
+    def audit_records() -> tuple[Response, int] | Response:
+        def read() -> Response:
+            args = request.args
+            try:
+                since = clock() - parse_duration(args["since"]) if "since" in args else None
+                after_id = int(args.get("after_id", "0"))
+                limit = min(int(args.get("limit", "100")), 1000)
+            except ValueError as exc:
+                raise BridgeError(f"bad query parameter: {exc}") from None
+            query = AuditQuery(device=args.get("device"), rule=args.get("rule"),
+                               outcome=args.get("outcome"), since=since, after_id=after_id,
+                               limit=limit, oldest_first=True)
+            records = store.audit(query)
+            return jsonify(records=[r.to_json() for r in records],
+                           next_after_id=records[-1].id if records else after_id)
+
+        return admin(read)
 
     @app.get("/api/operations/pending")
     def pending() -> tuple[Response, int] | Response:

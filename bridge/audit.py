@@ -200,6 +200,8 @@ class AuditQuery:
     after_id: int = 0
     #: The newest `limit` records that pass the filters, returned oldest first; None: all.
     limit: int | None = 50
+    #: Page forwards instead: the oldest `limit` records after `after_id`.
+    oldest_first: bool = False
 
 
 def iso(ts: float) -> str:

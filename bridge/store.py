@@ -573,6 +573,8 @@ class SqliteStore:
         sql = f"SELECT {', '.join(COLUMNS)} FROM audit WHERE {' AND '.join(where)}"
         if query.limit is None:
             rows = self._read(sql + " ORDER BY id", params)
+        elif query.oldest_first:
+            rows = self._read(sql + " ORDER BY id LIMIT ?", [*params, query.limit])
         else:
             rows = self._read(sql + " ORDER BY id DESC LIMIT ?", [*params, query.limit])[::-1]
         return [AuditRecord(*row) for row in rows]

@@ -133,3 +133,24 @@ def test_explain_errors_are_one_line(tmp_path: Path) -> None:
     missing = CliRunner().invoke(main, ["explain", str(tmp_path / "nope.json"), "--rules",
                                         str(rules)])
     assert missing.output == f"Error: {tmp_path / 'nope.json'}: No such file or directory\n"
+
+
+def test_the_audit_over_http_pages_with_filters(make_bridge: Callable[..., Bridge],
+                                                fake: Fake) -> None:
+    bridge = make_bridge(RULES, admin_auth=InboundAuth(bearer_tokens=(Secret("ops"),)))
+    bridge.post("/webhook", PAYLOAD)
+    bridge.outcomes(1)
+    url, ok = bridge.url + "/api/audit", {"Authorization": "Bearer ops"}
+    assert requests.get(url, timeout=5).status_code == 401
+    first = requests.get(url, params={"limit": 2}, headers=ok, timeout=5).json()
+    assert [(r["id"], r["event"], r["outcome"]) for r in first["records"]] == [
+        (1, "decision", "execute"), (2, "decision", "no_match")]
+    rest = requests.get(url, params={"after_id": first["next_after_id"]}, headers=ok,
+                        timeout=5).json()
+    assert [(r["id"], r["outcome"]) for r in rest["records"]] == [(3, "succeeded")]
+    assert rest["next_after_id"] == 3
+    only = requests.get(url, params={"device": "r1", "outcome": "succeeded", "since": "1h"},
+                        headers=ok, timeout=5).json()
+    assert [r["execution_id"].startswith("op_") for r in only["records"]] == [True]
+    bad = requests.get(url, params={"since": "soon"}, headers=ok, timeout=5)
+    assert bad.status_code == 400 and "since" not in bad.json() and "soon" in bad.json()["error"]

@@ -284,7 +284,7 @@ def test_approval_over_http_needs_an_admin_token(make_bridge: Callable[..., Brid
     closed = make_bridge(WIPE)
     r = requests.post(closed.url + "/api/operations/1/approve", timeout=5)
     assert (r.status_code, r.json()) == (
-        403, {"error": "approval over HTTP is disabled: set BRIDGE_ADMIN_TOKENS"})
+        403, {"error": "the operator API is disabled: set BRIDGE_ADMIN_TOKENS"})
     closed.stop()
     bridge = make_bridge(WIPE, admin_auth=InboundAuth(bearer_tokens=(Secret("admin-1"),)))
     bridge.post("/webhook", am({"labels": {"alertname": "Owned", "device": "r1"}}))
