@@ -17,6 +17,7 @@ from bridge.config import Settings
 from bridge.decide import TRIPPED, decide, explain, explanation_json, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
 from bridge.errors import BridgeError, PayloadError
+from bridge.metrics import CONTENT_TYPE, ENDPOINT_SOURCES, Metrics
 from bridge.rules import RuleSet, load_rules, parse_duration
 from bridge.store import BREAKER_OPEN, PAUSED, Recorded, SqliteStore, Store
 
@@ -48,9 +49,12 @@ def create_app(
             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
             verify=settings.api_ca_bundle or True,
         )
+    # Read from the app at scrape time, so that a reload that swaps the rules shows at once.
+    metrics = Metrics(store, dry_run=settings.dry_run, started=clock(),
+                      rules_loaded=lambda: len(app.extensions["bridge"]["rules"].rules))
     dispatcher = None
     if client is not None and not settings.dry_run:
-        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock)
+        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock, metrics=metrics)
         if start_dispatcher:
             dispatcher.start()
 
@@ -60,6 +64,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep answers in reading order
     app.extensions["bridge"] = {
         "settings": settings, "rules": rules, "store": store, "dispatcher": dispatcher,
+        "metrics": metrics,
     }
 
     @app.before_request
@@ -75,11 +80,20 @@ def create_app(
         # Say nothing about which check failed, to the sender or in the log.
         log.warning("webhook %s from %s refused: authentication failed", request.path,
                     request.remote_addr)
+        metrics.auth_failure()
         return jsonify(error="unauthorized"), 401
 
     @app.after_request
     def _request_id_header(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    @app.after_request
+    def _count_webhook(response: Response) -> Response:
+        # Also runs for answers made by the error handlers (400, 401, 413, 415, 503).
+        endpoint_source = ENDPOINT_SOURCES.get(request.path)
+        if request.method == "POST" and endpoint_source is not None:
+            metrics.webhook(g.get("webhook_source") or endpoint_source, response.status_code)
         return response
 
     def receive(source: str | None) -> Response:
@@ -88,6 +102,7 @@ def create_app(
             raise BridgeError(f"Content-Type must be application/json, got {kind}",
                               status=415)
         notification = payloads.parse(request.get_data(cache=True), source)
+        g.webhook_source = notification.source
         if len(notification.alerts) > settings.max_alerts:
             raise BridgeError(
                 f"payload has {len(notification.alerts)} alerts, more than BRIDGE_MAX_ALERTS"
@@ -106,6 +121,7 @@ def create_app(
                                  dry_run=settings.dry_run, device_pattern=device_regex),
             now, max_age=settings.max_age, approval_timeout=rules.approval_timeout,
         )
+        metrics.evaluated(notification.source, len(notification.alerts), recorded)
         if any(r.decision.reason.startswith(TRIPPED) for r in recorded):
             log.error("STORM BREAKER TRIPPED: no operation is sent until an operator runs "
                       "`alert-bridge resume` (request %s)", g.request_id)
@@ -170,6 +186,7 @@ def create_app(
         if settings.admin_auth.check(request.headers, b"", clock()) is None:
             log.warning("%s %s from %s refused: authentication failed", request.method,
                         request.path, request.remote_addr)
+            metrics.admin_auth_failure()
             return jsonify(error="unauthorized"), 401
         return action()
 
@@ -208,6 +225,11 @@ def create_app(
             return jsonify(op.to_json())
 
         return admin(act)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        # Unauthenticated, like any Prometheus exporter: counts and states, never a secret.
+        return Response(metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/-/healthy")
     def healthy() -> Response:

@@ -14,10 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from bridge.client import CallResult, DeviceClient
 from bridge.errors import BridgeError
 from bridge.store import Operation, Store
+
+if TYPE_CHECKING:
+    from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,10 @@ class Dispatcher:
     """Sender threads of one process. Start after fork; stop() drains calls in flight."""
 
     def __init__(self, store: Store, client: DeviceClient, policy: DispatchPolicy, *,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.client = client
         self.policy = policy
         self.clock = clock
@@ -151,6 +157,8 @@ class Dispatcher:
                 log.warning("operation %d (%s on %s) ended without an answer: %s",
                             op.id, op.operation, op.device,
                             "expired" if op.state == "expired" else "lost in flight")
+                if self.metrics is not None:
+                    self.metrics.outcome(op.operation, op.state)
         claim = self.store.claim(
             now, concurrency=self.policy.concurrency, spacing=1.0 / self.policy.rate_limit,
             lease=self.policy.lease,
@@ -163,6 +171,8 @@ class Dispatcher:
 
     def send(self, op: Operation) -> CallResult:
         result = self.client.operate(op.device, op.operation)
+        if self.metrics is not None:
+            self.metrics.api_call(op.operation, result)
         now = self.clock()
         step = next_step(op, result, now, self.policy, self.rng)
         final = step.result
@@ -171,6 +181,8 @@ class Dispatcher:
         release = None if final.outcome in ("succeeded", "unknown") else \
             now + self.policy.failure_cooldown
         self.store.finish(op, final, now, retry_at=step.retry_at, release_until=release)
+        if self.metrics is not None and step.retry_at is None:
+            self.metrics.outcome(op.operation, final.outcome)
         self._note_auth(final)
         if step.retry_at is not None:
             log.warning("operation %d: %s on %s, attempt %d: %s; retry in %.1fs", op.id,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from bridge import metrics
 from bridge.config import Settings
 
 
@@ -27,6 +29,8 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             # in flight (worker_exit below) within the drain timeout.
             "graceful_timeout": math.ceil(settings.drain_timeout) + 5,
             "worker_exit": _drain,
+            # A dead worker's live gauges leave /metrics (its counters stay in the totals).
+            "child_exit": _forget_worker,
             "proc_name": "alert-bridge",
             # gunicorn's control socket lives in $HOME, which a read-only container lacks;
             # operators signal the master instead.
@@ -43,6 +47,18 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
         for key, value in self.options.items():
             self.cfg.set(key, value)
 
+    def run(self) -> None:
+        # Workers write their metrics to files in a fresh directory made before they fork;
+        # a scrape of any worker sums them all. The master removes it however it stops.
+        path = metrics.start_multiprocess()
+        logging.getLogger(__name__).info("metrics: multiprocess directory %s", path)
+        master = os.getpid()
+        try:
+            super().run()
+        finally:
+            if os.getpid() == master:  # workers leave gunicorn through here too
+                metrics.end_multiprocess(path)
+
     def load(self) -> Any:
         from bridge.app import create_app
 
@@ -54,3 +70,7 @@ def _drain(server: Any, worker: Any) -> None:
     dispatcher = app.extensions["bridge"]["dispatcher"] if app is not None else None
     if dispatcher is not None:
         dispatcher.stop(server.cfg.graceful_timeout - 5)
+
+
+def _forget_worker(server: Any, worker: Any) -> None:
+    metrics.worker_exited(worker.pid)
