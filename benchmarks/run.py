@@ -702,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         elif wd.exists():
             log(f"work directory (logs, state files): {wd}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report.text())
+    analysis = (Path(__file__).parent / "ANALYSIS.md").read_text()
+    args.out.write_text(report.text().rstrip("\n") + "\n\n" + analysis)
     log(f"wrote {args.out}")
     if failed:
         log(f"sections that failed: {', '.join(failed)}")
