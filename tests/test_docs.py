@@ -45,3 +45,30 @@ def test_the_container_runs_unprivileged_with_a_healthcheck_and_a_volume() -> No
     assert re.search(r"^HEALTHCHECK .*\n.*/-/healthy", dockerfile, re.MULTILINE)
     assert 'VOLUME ["/var/lib/alert-bridge"]' in dockerfile
     assert "BRIDGE_STATE=/var/lib/alert-bridge/" in dockerfile
+
+
+def reference_rows() -> set[str]:
+    """The field names in the first column of the README's rules reference table."""
+    section = README.split("## Rules reference", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", section, re.MULTILINE):
+        names.update(re.findall(r"`([^`]+)`", cell))
+    return names
+
+
+def test_every_rules_field_is_in_the_readme_and_every_documented_one_exists() -> None:
+    from bridge import rules as r
+
+    schema = (
+        {f"{k}" for k in r._TOP_KEYS}
+        | {f"defaults.{k}" for k in r._DEFAULTS_KEYS}
+        | {f"budgets[].{k}" for k in r._BUDGET_KEYS}
+        | set(r._RULE_KEYS)
+    )
+    documented = reference_rows()
+    # breaker, give_up and window are documented with their sub-keys in their own row.
+    assert sorted(schema - documented) == []
+    assert sorted(documented - schema) == []
+    section = README.split("## Rules reference", 1)[1].split("\n## ", 1)[0]
+    for key in (*r._BREAKER_KEYS, *r._GIVE_UP_KEYS, *r._WINDOW_KEYS):
+        assert key in section, key
