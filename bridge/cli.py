@@ -50,11 +50,10 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+def setup_logging(kind: str = "text") -> None:
+    from bridge import logs
+
+    logs.setup(kind)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,7 +104,7 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     store.set_flag(API_UNAUTHORIZED, None)
     depth = store.queue_depth()
     store.close()
-    setup_logging()
+    setup_logging(settings.log_format)
     log = logging.getLogger("bridge")
     log.info(
         "alert-bridge: %d rules from %s (version %s), state %s, device API %s",

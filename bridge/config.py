@@ -50,6 +50,7 @@ class Settings:
     api_ca_bundle: str | None = None
     max_body: int = 10 * 1024 * 1024
     max_alerts: int = 5000
+    log_format: str = "json"
 
     @property
     def dry_run(self) -> bool:
@@ -92,6 +93,7 @@ class Settings:
             api_ca_bundle=env.get("BRIDGE_API_CA_BUNDLE") or None,
             max_body=int(_number(env, "BRIDGE_MAX_BODY", cls.max_body)),
             max_alerts=int(_number(env, "BRIDGE_MAX_ALERTS", cls.max_alerts)),
+            log_format=(env.get("BRIDGE_LOG_FORMAT") or "json").strip().lower(),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
@@ -111,6 +113,8 @@ class Settings:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not self.api_url.startswith(("http://", "https://")):
             raise ConfigError(f"BRIDGE_API_URL must be an http(s) URL, got {self.api_url!r}")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"BRIDGE_LOG_FORMAT must be json or text, got {self.log_format!r}")
         try:
             re.compile(self.device_pattern)
         except re.error as exc:

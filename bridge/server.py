@@ -9,7 +9,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from bridge import metrics
+from bridge import logs, metrics
 from bridge.config import Settings
 
 
@@ -38,6 +38,7 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             # Worker heartbeat files: in memory, so a read-only root filesystem is fine.
             "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
             "errorlog": "-",
+            "logconfig_dict": logs.gunicorn_config(settings.log_format),
             "loglevel": "info",
             **options,
         }

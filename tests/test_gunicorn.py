@@ -132,3 +132,31 @@ def test_sigterm_drains_calls_in_flight(gunicorn_bridge: Callable[..., BridgePro
     assert bridge.stop(signal.SIGTERM) == 0
     assert [(r.event, r.outcome) for r in audit(bridge)] == [
         ("decision", "execute"), ("outcome", "succeeded")]
+
+
+def test_logs_are_json_lines_with_the_request_id(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    import json
+
+    bridge = gunicorn_bridge(workers=2)
+    answer = requests.post(bridge.url + "/webhook", data=payload("alertmanager_resolved.json"),
+                           timeout=30).json()
+    outcomes(bridge, 1)
+    assert bridge.stop(signal.SIGTERM) == 0
+    lines = [json.loads(line) for line in bridge.log().splitlines() if line.strip()]
+    assert {"time", "level", "logger", "pid", "message"} <= set(lines[0])
+    assert any(x["logger"] == "gunicorn.error" and "Booting worker" in x["message"]
+               for x in lines)
+    webhook = [x for x in lines if x["message"].startswith("webhook alertmanager")]
+    assert [x.get("request_id") for x in webhook] == [answer["request_id"]]
+    assert {r.request_id for r in audit(bridge)} == {answer["request_id"]}
+
+
+def test_logs_in_plain_text_on_request(gunicorn_bridge: Callable[..., BridgeProcess]) -> None:
+    bridge = gunicorn_bridge(workers=1, env={"BRIDGE_LOG_FORMAT": "text"})
+    answer = requests.post(bridge.url + "/webhook", data=payload("alertmanager_resolved.json"),
+                           timeout=30).json()
+    assert bridge.stop(signal.SIGTERM) == 0
+    line = next(x for x in bridge.log().splitlines() if "webhook alertmanager" in x)
+    assert " INFO [" in line and line.endswith(f"(request {answer['request_id']})")
