@@ -328,7 +328,7 @@ def test_metrics_refuse_a_directory_set_after_prometheus_client_was_imported(
 
 
 def metrics_dir(bridge: BridgeProcess) -> Path:
-    found = re.search(r"metrics: multiprocess directory (\S+)", bridge.log())
+    found = re.search(r"metrics: multiprocess directory ([^\s\"]+)", bridge.log())
     assert found, bridge.log()
     return Path(found.group(1))
 
