@@ -132,20 +132,31 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
 
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False), default="rules.yaml")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too.")
 @user_errors
-def check(path: str) -> None:
-    """Validate a rules file and print every error in it.
+def check(path: str, strict: bool) -> None:
+    """Validate a rules file and print every error in it, then every warning.
 
-    Exit status 0 when the file is valid, 1 otherwise.
+    Warnings: a rule that can never match; a device template using a label that no matcher of
+    its rule guarantees; two rules that can send different operations to one device for the
+    same alert. Exit status 1 on errors (or warnings with --strict), else 0.
 
     \b
     Example:
-        alert-bridge check rules.yaml
+        alert-bridge check --strict rules.yaml
     """
+    from bridge.lint import lint
+
     rules = load_rules(path)
+    warnings = lint(rules)
+    for warning in warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    if warnings and strict:
+        sys.exit(1)
     ops = sorted({r.operation for r in rules.rules})
+    warned = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
     click.echo(
-        f"{path}: OK, {len(rules.rules)} rule{'s' if len(rules.rules) != 1 else ''}"
+        f"{path}: OK{warned}, {len(rules.rules)} rule{'s' if len(rules.rules) != 1 else ''}"
         f" (version {rules.version}; operations: {', '.join(ops) or 'none'};"
         f" default cooldown {format_duration(rules.default_cooldown)})"
     )
