@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -16,10 +18,18 @@ from bridge.client import DeviceClient
 from bridge.config import Settings
 from bridge.decide import TRIPPED, decide, explain, explanation_json, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
-from bridge.errors import BridgeError, PayloadError
+from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.metrics import CONTENT_TYPE, ENDPOINT_SOURCES, Metrics
 from bridge.rules import RuleSet, load_rules, parse_duration
-from bridge.store import BREAKER_OPEN, PAUSED, Recorded, SqliteStore, Store
+from bridge.store import (
+    BREAKER_OPEN,
+    PAUSED,
+    RELOAD_FAILED,
+    RELOAD_OK,
+    Recorded,
+    SqliteStore,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +236,33 @@ def create_app(
 
         return admin(act)
 
+    @app.post("/-/reload")
+    def reload() -> tuple[Response, int]:
+        """Validate the rules file; if it is good, have the master reload every worker."""
+        if settings.admin_auth.configured and \
+                settings.admin_auth.check(request.headers, b"", clock()) is None:
+            return jsonify(error="unauthorized"), 401
+        try:
+            new = load_rules(settings.rules_path)
+        except RulesError as exc:
+            store.set_flag(RELOAD_FAILED, clock())
+            log.error("rules reload refused, still running version %s", rules.version)
+            return jsonify(error=f"rules file invalid: still running version {rules.version}",
+                           problems=[str(p) for p in exc.problems]), 400
+        master = os.environ.get("BRIDGE_MASTER_PID")
+        if not master:
+            return jsonify(error="reloading needs the server `alert-bridge serve` starts"), 409
+        os.kill(int(master), signal.SIGHUP)  # the master validates again and swaps workers
+        return jsonify(status="reloading", version=new.version, previous=rules.version), 202
+
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
+        try:  # a reload the master refused shows on every worker's scrape
+            ok_at, failed_at = store.get_flag(RELOAD_OK), store.get_flag(RELOAD_FAILED)
+        except BridgeError:
+            ok_at = failed_at = None  # the store's own gauge says it is down
+        if failed_at is not None and (ok_at is None or failed_at > ok_at):
+            metrics.note_reload(False, failed_at)
         # Unauthenticated, like any Prometheus exporter: counts and states, never a secret.
         return Response(metrics.render(), content_type=CONTENT_TYPE)
 

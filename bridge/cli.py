@@ -127,7 +127,7 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
         )
     from bridge.server import BridgeServer
 
-    BridgeServer(settings).run()
+    BridgeServer(settings, rules).run()
 
 
 @main.command()
@@ -465,7 +465,7 @@ def status(state_path: str | None) -> None:
         alert-bridge status --state /var/lib/alert-bridge/bridge-state.db
     """
     from bridge.dispatch import API_UNAUTHORIZED
-    from bridge.store import BREAKER_OPEN, PAUSED
+    from bridge.store import BREAKER_OPEN, PAUSED, RELOAD_FAILED, RELOAD_OK
 
     store = open_store(state_path)
     paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
@@ -478,6 +478,12 @@ def status(state_path: str | None) -> None:
         click.echo("Sending:  running")
     if unauthorized is not None:
         click.echo(f"API:      token rejected (HTTP 401) since {iso(unauthorized)}")
+    ok_at, failed_at = store.get_flag(RELOAD_OK), store.get_flag(RELOAD_FAILED)
+    if failed_at is not None and (ok_at is None or failed_at > ok_at):
+        click.echo(f"Rules:    the last reload, at {iso(failed_at)}, was REFUSED (invalid file;"
+                   " see the log): the previous rules still run")
+    elif ok_at is not None:
+        click.echo(f"Rules:    last reloaded at {iso(ok_at)}")
     depth = store.queue_depth()
     click.echo(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
                f"{depth['pending_approval']} pending approval")

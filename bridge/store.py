@@ -61,6 +61,9 @@ PAUSED = "paused_since"
 BREAKER_OPEN = "breaker_open_since"
 #: When an operator last resumed: the storm breaker counts demand from then on only.
 RESUMED = "resumed_at"
+#: When the rules file was last reloaded, and when a reload was last refused.
+RELOAD_OK = "rules_reload_ok_at"
+RELOAD_FAILED = "rules_reload_failed_at"
 
 
 class StoreError(BridgeError):

@@ -1,0 +1,71 @@
+"""Hot reload under gunicorn: a change of the file, SIGHUP and POST /-/reload reach every
+worker; a file that fails validation is refused whole and every worker keeps the old rules."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import requests
+from click.testing import CliRunner
+
+from bridge.cli import main
+from bridge.rules import parse_rules
+from tests.conftest import RULES, Fake
+from tests.helpers import BridgeProcess, wait_until
+
+NEW_RULE = """\
+  - name: added-later
+    match: ['alertname = "Added"', 'device =~ ".+"']
+    device: "{{ labels.device }}"
+    operation: sync
+"""
+
+
+def versions(bridge: BridgeProcess, n: int = 12) -> set[str]:
+    """The rules version each of n requests saw (they spread over the workers)."""
+    seen = set()
+    for _ in range(n):
+        with requests.Session() as s:  # a new connection each time: any worker may answer
+            seen.add(s.get(bridge.url + "/-/ready", timeout=5).json()["rules_version"])
+    return seen
+
+
+def test_a_changed_file_reaches_every_worker(gunicorn_bridge: Callable[..., BridgeProcess],
+                                             fake: Fake) -> None:
+    bridge = gunicorn_bridge(workers=3)
+    old = versions(bridge)
+    bridge.rules.write_text(RULES + NEW_RULE)
+    new = parse_rules(RULES + NEW_RULE).version
+    assert old != {new}
+    wait_until(lambda: versions(bridge) == {new}, timeout=30, what="every worker on new rules")
+    assert "rules reloaded from" in bridge.log()
+
+
+def test_a_bad_file_is_refused_whole_and_every_worker_keeps_the_old_rules(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    bridge = gunicorn_bridge(workers=3)
+    (old,) = versions(bridge)
+    bridge.rules.write_text(RULES + NEW_RULE.replace("operation: sync", "operation: rebot"))
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "rules reload refused" in bridge.log(), what="the refusal in the log")
+    assert versions(bridge) == {old}
+    assert "unknown operation 'rebot'" in bridge.log()
+    status = CliRunner().invoke(main, ["status", "--state", str(bridge.state)])
+    assert "was REFUSED (invalid file; see the log): the previous rules still run" in \
+        status.output
+    scrape = requests.get(bridge.url + "/metrics", timeout=5).text
+    assert "alert_bridge_reload_success 0.0" in scrape
+    answer = requests.post(bridge.url + "/-/reload", timeout=5)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"rules file invalid: still running version {old}"
+    assert any("unknown operation 'rebot'" in p for p in answer.json()["problems"])
+    # Fixed: POST /-/reload makes every worker switch.
+    bridge.rules.write_text(RULES + NEW_RULE)
+    answer = requests.post(bridge.url + "/-/reload", timeout=5)
+    assert answer.status_code == 202
+    new = answer.json()["version"]
+    wait_until(lambda: versions(bridge) == {new}, timeout=30, what="every worker on new rules")
+    assert bridge.stop() == 0
