@@ -121,7 +121,8 @@ def create_app(
             )
         now = clock()
         delivery = Delivery(
-            g.request_id, notification.source, notification.receiver, notification.group_key
+            g.request_id, notification.source, notification.receiver, notification.group_key,
+            rules.version,
         )
         # Answer once the decisions are committed, never before: the API calls come after,
         # from the dispatcher, so a slow device API cannot slow the sender down.

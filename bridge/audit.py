@@ -30,6 +30,7 @@ class Delivery:
     source: str
     receiver: str
     group_key: str
+    rules_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class AuditRecord:
     error: str
     operation_id: int | None
     attempt: int | None
+    rules_version: str  # the rules file (content hash) that made the decision
     prev_hash: str  # the hash of the record before; GENESIS for the first record ever written
     hash: str  # SHA-256 (hex) of chain_encoding(): id, every column above, prev_hash
 

@@ -102,6 +102,7 @@ class Operation:
     fingerprint: str
     alertname: str
     alert_status: str
+    rules_version: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -114,7 +115,7 @@ class Operation:
 
 _OP_COLUMNS = (
     "id, device, operation, rule, state, created, attempts, claim_until, request_id, source,"
-    " receiver, group_key, fingerprint, alertname, alert_status"
+    " receiver, group_key, fingerprint, alertname, alert_status, rules_version"
 )
 
 
@@ -173,6 +174,7 @@ CREATE TABLE IF NOT EXISTS operations (
     fingerprint TEXT NOT NULL,
     alertname TEXT NOT NULL,
     alert_status TEXT NOT NULL,
+    rules_version TEXT NOT NULL DEFAULT '',
     labels TEXT NOT NULL,            -- the alert's labels, JSON: budgets group by them
     hold TEXT NOT NULL,              -- why it waited: '', approval, window, min_age
     claim_until REAL NOT NULL,       -- the cooldown end this operation claimed
@@ -210,6 +212,7 @@ CREATE TABLE IF NOT EXISTS audit (
     error TEXT NOT NULL,
     operation_id INTEGER,
     attempt INTEGER,
+    rules_version TEXT NOT NULL DEFAULT '',
     prev_hash TEXT NOT NULL DEFAULT '',  -- hash of the record before (the chain, see audit.py)
     hash TEXT NOT NULL DEFAULT ''        -- sha256 of id, every column and prev_hash
 );
@@ -259,6 +262,7 @@ class SqliteStore:
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                    _add_missing_columns(conn)
                     _chain_unchained_audit(conn)
                 self._ready = True
         except sqlite3.Error as exc:
@@ -400,12 +404,13 @@ class SqliteStore:
         cur = conn.execute(
             "INSERT INTO operations (device, operation, rule, state, created, updated,"
             " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
-            " labels, hold, claim_until, next_attempt, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " rules_version, labels, hold, claim_until, next_attempt, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
                 delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
-                d.alert.alertname, d.alert.status, json.dumps(dict(d.alert.labels)), hold,
+                d.alert.alertname, d.alert.status, delivery.rules_version,
+                json.dumps(dict(d.alert.labels)), hold,
                 d.until, not_before, expires,
             ),
         )
@@ -703,6 +708,14 @@ def _append(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
         next_id += 1
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Columns added after a state file was created: added to it, empty for old rows."""
+    for table in ("audit", "operations"):
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if have and "rules_version" not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN rules_version TEXT NOT NULL DEFAULT ''")
+
+
 def _chain_unchained_audit(conn: sqlite3.Connection) -> None:
     """Give an audit table from before the hash chain its two columns, and chain its records.
 
@@ -735,7 +748,7 @@ def _decision_row(now: float, delivery: Delivery, d: Decision, op_id: int | None
         now, DECISION, delivery.request_id, delivery.source, delivery.receiver,
         delivery.group_key, d.alert.fingerprint, d.alert.alertname, d.alert.status,
         d.rule.name if d.rule else "", d.device, d.operation, d.verdict, d.reason,
-        None, None, "", op_id, None,
+        None, None, "", op_id, None, delivery.rules_version,
     )
 
 
@@ -744,7 +757,7 @@ def _operation_row(now: float, event: str, op: Operation, outcome: str, reason: 
     return (
         now, event, op.request_id, op.source, op.receiver, op.group_key, op.fingerprint,
         op.alertname, op.alert_status, op.rule, op.device, op.operation, outcome, reason,
-        status_code, execution_id, error, op.id, op.attempts,
+        status_code, execution_id, error, op.id, op.attempts, op.rules_version,
     )
 
 

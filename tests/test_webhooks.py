@@ -234,6 +234,9 @@ def test_audit_records_every_field(bridge: Bridge, fake: Fake) -> None:
         assert (r.rule, r.device, r.operation) == ("reconf-on-resolve", "frontend", "reconf")
         assert r.operation_id == decision.operation_id is not None
     assert (decision.attempt, outcome.attempt) == (None, 1)
+    from bridge.rules import parse_rules
+
+    assert {r.rules_version for r in records} == {parse_rules(RULES).version}
     assert outcome.status_code == 200
     assert outcome.execution_id == fake.calls()[0]["response"]["execution_id"]
     assert outcome.error == ""
