@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -68,13 +69,17 @@ def create_app(
         if start_dispatcher:
             dispatcher.start()
 
+    housekeeper = Housekeeper(store, settings.audit_retention, clock)
+    if start_dispatcher:
+        housekeeper.start()
+
     device_regex = settings.device_regex
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep answers in reading order
     app.extensions["bridge"] = {
         "settings": settings, "rules": rules, "store": store, "dispatcher": dispatcher,
-        "metrics": metrics,
+        "metrics": metrics, "housekeeper": housekeeper,
     }
 
     @app.before_request
@@ -328,3 +333,39 @@ def _decision_json(r: Recorded) -> dict[str, object]:
     if r.operation_id is not None:
         doc["operation_id"] = r.operation_id
     return doc
+
+
+class Housekeeper:
+    """Prunes audit records and finished operations past the retention, a batch at a time."""
+
+    INTERVAL = 60.0
+
+    def __init__(self, store: Store, retention: float, clock: Callable[[], float]) -> None:
+        self.store, self.retention, self.clock = store, retention, clock
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="housekeeping", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self) -> int:
+        pruned = 0
+        while not self._stop.is_set():
+            gone = self.store.prune(self.clock() - self.retention)
+            pruned += gone
+            if gone == 0:
+                break
+        return pruned
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL):  # a period, not a synchronisation
+            try:
+                pruned = self.run_once()
+            except BridgeError as exc:
+                log.error("audit retention: %s", exc.message)
+                continue
+            if pruned:
+                log.info("audit retention: pruned %d records older than %s", pruned,
+                         iso(self.clock() - self.retention))

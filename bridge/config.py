@@ -51,6 +51,7 @@ class Settings:
     max_body: int = 10 * 1024 * 1024
     max_alerts: int = 5000
     log_format: str = "json"
+    audit_retention: float = 90 * 86400.0
 
     @property
     def dry_run(self) -> bool:
@@ -94,6 +95,7 @@ class Settings:
             max_body=int(_number(env, "BRIDGE_MAX_BODY", cls.max_body)),
             max_alerts=int(_number(env, "BRIDGE_MAX_ALERTS", cls.max_alerts)),
             log_format=(env.get("BRIDGE_LOG_FORMAT") or "json").strip().lower(),
+            audit_retention=_seconds(env, "BRIDGE_AUDIT_RETENTION", cls.audit_retention),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]

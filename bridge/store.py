@@ -144,6 +144,7 @@ class Store(Protocol):
     def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
     def queue_depth(self) -> dict[str, int]: ...
     def resume(self, now: float) -> list[str]: ...
+    def prune(self, before: float, batch: int = 500) -> int: ...
     def get_flag(self, key: str) -> float | None: ...
     def set_flag(self, key: str, value: float | None) -> None: ...
     def audit(self, query: AuditQuery) -> list[AuditRecord]: ...
@@ -576,6 +577,22 @@ class SqliteStore:
             (PENDING_APPROVAL, QUEUED, SENDING),
         )
         return {PENDING_APPROVAL: 0, QUEUED: 0, SENDING: 0, **dict(rows)}
+
+    def prune(self, before: float, batch: int = 500) -> int:
+        """Delete up to `batch` audit records older than `before`, oldest first, and the
+        final operations as old. Short transactions, so webhooks never wait long; the newest
+        record always stays, so the hash chain goes on from it. Returns how many went."""
+        with self._write() as conn:
+            gone = conn.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ?"
+                " AND id < (SELECT max(id) FROM audit) ORDER BY id LIMIT ?)", (before, batch),
+            ).rowcount
+            conn.execute(
+                "DELETE FROM operations WHERE id IN (SELECT id FROM operations WHERE updated < ?"
+                " AND state NOT IN (?, ?, ?) ORDER BY id LIMIT ?)",
+                (before, QUEUED, SENDING, PENDING_APPROVAL, batch),
+            )
+        return gone
 
     def resume(self, now: float) -> list[str]:
         """Clear pause and storm breaker; what was set, for the operator to read."""

@@ -378,3 +378,22 @@ def test_verify_of_a_missing_state_file_is_one_line(tmp_path: Path) -> None:
     assert verify(str(tmp_path / "none.db")) == (
         1, f"Error: {tmp_path / 'none.db'}: no such state file (has the bridge run here?"
            " see --state)\n")
+
+
+def test_retention_prunes_old_records_and_the_chain_verifies_from_what_is_left(
+    make_bridge: Callable[..., Bridge]
+) -> None:
+    clock = {"now": NOW}
+    bridge = make_bridge(dry_run=True, clock=lambda: clock["now"], start_dispatcher=False,
+                         audit_retention=3600.0)
+    state = bridge.settings.state_path
+    bridge.post("/webhook/alertmanager", payload("alertmanager_firing_multi.json"))
+    clock["now"] += 2 * 3600
+    bridge.post("/webhook/alertmanager", payload("alertmanager_firing_multi.json"))
+    housekeeper = bridge.app.extensions["bridge"]["housekeeper"]
+    assert housekeeper.run_once() == 3
+    assert [r.id for r in bridge.audit()] == [4, 5, 6]
+    assert verify(state) == (0, ok_line(state, 3, start=4))
+    clock["now"] += 10 * 3600
+    assert housekeeper.run_once() == 2  # the newest record always stays: the chain goes on
+    assert [r.id for r in bridge.audit()] == [6]
