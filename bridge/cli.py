@@ -456,28 +456,56 @@ def resume(state_path: str | None) -> None:
 
 @main.command()
 @STATE_OPTION
+@click.option("--url", default=None, metavar="URL",
+              help="The running bridge to ask. [default http:// + BRIDGE_BIND]")
+@click.option("--last", type=click.IntRange(min=0), default=5, show_default=True,
+              help="How many of the latest decisions and outcomes to show.")
 @user_errors
-def status(state_path: str | None) -> None:
-    """Show whether the bridge is sending, and what waits.
+def status(state_path: str | None, url: str | None, last: int) -> None:
+    """One screen: the server and its rules, whether it is sending, API health, queue, latest.
 
     \b
     Example:
         alert-bridge status --state /var/lib/alert-bridge/bridge-state.db
     """
+    import requests
+
     from bridge.dispatch import API_UNAUTHORIZED
     from bridge.store import BREAKER_OPEN, PAUSED, RELOAD_FAILED, RELOAD_OK
 
+    settings = Settings.from_env(state_path=state_path)
     store = open_store(state_path)
+    url = url or "http://" + settings.bind.replace("0.0.0.0", "127.0.0.1")
+    try:
+        ready = requests.get(url.rstrip("/") + "/-/ready", timeout=3).json()
+    except (requests.RequestException, ValueError):
+        click.echo(f"Server:   not answering at {url}")
+    else:
+        if ready.get("status") == "ready":
+            mode = "DRY RUN (nothing is sent)" if ready.get("dry_run") else "live"
+            auth = ", ".join(ready.get("auth", [])) or "none"
+            if ready.get("insecure_no_auth"):
+                auth += " (INSECURE: --insecure-no-auth)"
+            click.echo(f"Server:   {url}: {mode}, {ready.get('rules')} rules (version"
+                       f" {ready.get('rules_version')}), webhook auth: {auth}")
+        else:
+            click.echo(f"Server:   {url}: NOT READY: {ready.get('error', '')}")
     paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
-    unauthorized = store.get_flag(API_UNAUTHORIZED)
     if paused is not None:
         click.echo(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
     elif breaker is not None:
         click.echo(f"Sending:  STORM BREAKER OPEN since {iso(breaker)} (alert-bridge resume)")
     else:
         click.echo("Sending:  running")
+    unauthorized = store.get_flag(API_UNAUTHORIZED)
+    hour = store.audit(AuditQuery(since=time.time() - 3600, limit=None))
+    ends = [r.outcome for r in hour if r.event == "outcome"]
+    health = ", ".join(f"{ends.count(o)} {o}" for o in ("succeeded", "failed", "unknown",
+                                                          "expired") if ends.count(o))
     if unauthorized is not None:
-        click.echo(f"API:      token rejected (HTTP 401) since {iso(unauthorized)}")
+        click.echo(f"API:      TOKEN REJECTED (HTTP 401) since {iso(unauthorized)}")
+    else:
+        click.echo(f"API:      last hour: {health or 'no operation ended'}")
     ok_at, failed_at = store.get_flag(RELOAD_OK), store.get_flag(RELOAD_FAILED)
     if failed_at is not None and (ok_at is None or failed_at > ok_at):
         click.echo(f"Rules:    the last reload, at {iso(failed_at)}, was REFUSED (invalid file;"
@@ -487,6 +515,10 @@ def status(state_path: str | None) -> None:
     depth = store.queue_depth()
     click.echo(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
                f"{depth['pending_approval']} pending approval")
+    latest = store.audit(AuditQuery(limit=last)) if last else []
+    if latest:
+        click.echo("Latest:")
+        click.echo("\n".join("  " + line for line in format_table(latest).splitlines()))
 
 
 @main.command("fake-api")
