@@ -160,3 +160,36 @@ def test_logs_in_plain_text_on_request(gunicorn_bridge: Callable[..., BridgeProc
     assert bridge.stop(signal.SIGTERM) == 0
     line = next(x for x in bridge.log().splitlines() if "webhook alertmanager" in x)
     assert " INFO [" in line and line.endswith(f"(request {answer['request_id']})")
+
+
+def test_audit_follow_keeps_up_with_several_workers_writing(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    import json
+    import queue
+    import subprocess
+    import sys
+
+    bridge = gunicorn_bridge(workers=3)
+    requests.post(bridge.url + "/webhook", data=payload("alertmanager_firing_single.json"),
+                  timeout=30)
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "audit", "--follow", "--json", "--limit", "0",
+         "--state", str(bridge.state)], stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in follow.stdout or ()],
+                              daemon=True)
+    reader.start()
+    try:
+        answers = post_together(bridge.url + "/webhook/alertmanager",
+                                payload("alertmanager_firing_multi.json"), 12)
+        assert [r.status_code for r in answers] == [200] * 12
+        outcomes(bridge, 3)
+        total = len(audit(bridge))
+        seen = [json.loads(lines.get(timeout=20))["id"] for _ in range(total)]
+        assert seen == list(range(1, total + 1))  # every record, once, in order
+    finally:
+        follow.terminate()
+        follow.wait(10)
+        if follow.stdout:
+            follow.stdout.close()
