@@ -24,9 +24,8 @@ from typing import Any
 import requests
 import yaml
 
-from bridge.audit import AuditQuery, AuditRecord
-from bridge.store import SqliteStore
-from tests.helpers import BridgeProcess, free_port, need, wait_until
+from bridge.audit import AuditRecord
+from tests.helpers import BridgeProcess, audit, free_port, need, wait_until
 
 BINARY = "prometheus-alertmanager"
 AMTOOL = "amtool"
@@ -160,14 +159,6 @@ def alert(name: str, device: str, **labels: str) -> dict[str, Any]:
 
 # -- the bridge's audit --------------------------------------------------------------------
 
-def audit(bridge: BridgeProcess) -> list[AuditRecord]:
-    store = SqliteStore(bridge.state)
-    try:
-        return store.audit(AuditQuery(limit=None))
-    finally:
-        store.close()
-
-
 def decisions(bridge: BridgeProcess) -> list[AuditRecord]:
     return [r for r in audit(bridge) if r.event == "decision"]
 
@@ -178,14 +169,6 @@ def deliveries(bridge: BridgeProcess) -> dict[str, list[AuditRecord]]:
     for r in decisions(bridge):
         by_request.setdefault(r.request_id, []).append(r)
     return by_request
-
-
-def outcomes(bridge: BridgeProcess, n: int, timeout: float = 30) -> list[AuditRecord]:
-    """Wait until `n` operations have ended; their outcome records, in order."""
-    return wait_until(
-        lambda: (lambda got: got if len(got) >= n else None)(
-            [r for r in audit(bridge) if r.event == "outcome"]),
-        timeout=timeout, what=f"{n} outcome records")
 
 
 # -- a front for the bridge that can refuse deliveries -------------------------------------

@@ -16,7 +16,7 @@ from bridge.config import Settings
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thread
 from bridge.rules import parse_rules
 from bridge.store import SqliteStore
-from tests.helpers import BridgeProcess, ThreadServer, wait_until
+from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes
 
 # Distinctive, so that finding it anywhere it should not be is unambiguous.
 TOKEN = "tok-7Hq2-ZXv9-never-show-me"
@@ -108,11 +108,7 @@ class Bridge:
 
     def outcomes(self, n: int, timeout: float = 20) -> list[AuditRecord]:
         """Wait until `n` operations have ended; their outcome records, in order."""
-        return wait_until(
-            lambda: (lambda got: got if len(got) >= n else None)(
-                [r for r in self.audit() if r.event == "outcome"]),
-            timeout=timeout, what=f"{n} outcome records",
-        )
+        return wait_for_outcomes(self.settings.state_path, n, timeout)
 
     def stop(self) -> None:
         self.server.close()

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,6 +18,9 @@ from typing import Any, TypeVar
 import pytest
 import requests
 from werkzeug.serving import make_server
+
+from bridge.audit import AuditQuery, AuditRecord
+from bridge.store import SqliteStore
 
 PAYLOADS = Path(__file__).parent / "payloads"
 ROOT = Path(__file__).parent.parent
@@ -64,6 +68,49 @@ def wait_until(probe: Callable[[], T], timeout: float = 15.0, interval: float = 
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def make_disk_full(mocker: Any, store: SqliteStore) -> None:
+    """Make the store's writes fail as SQLite does on a full disk (reads still work): a fault
+    no local server can produce on demand. Undo with mocker.stopall()."""
+    real_connect = store._connect
+
+    class DiskFull:
+        def __init__(self, conn: Any) -> None:
+            self.conn = conn
+
+        def execute(self, sql: str, params: Any = ()) -> Any:
+            if sql.startswith(("INSERT", "UPDATE")):
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.conn.execute(sql, params)
+
+    mocker.patch.object(store, "_connect", lambda: DiskFull(real_connect()))
+
+
+def read_audit(state: str | Path) -> list[AuditRecord]:
+    """Every audit record of a state file, oldest first."""
+    store = SqliteStore(state)
+    try:
+        return store.audit(AuditQuery(limit=None))
+    finally:
+        store.close()
+
+
+def wait_for_outcomes(state: str | Path, n: int, timeout: float = 30) -> list[AuditRecord]:
+    """Wait until `n` operations have ended; their outcome records, in order."""
+    return wait_until(
+        lambda: (lambda got: got if len(got) >= n else None)(
+            [r for r in read_audit(state) if r.event == "outcome"]),
+        timeout=timeout, what=f"{n} outcome records",
+    )
+
+
+def audit(bridge: BridgeProcess) -> list[AuditRecord]:
+    return read_audit(bridge.state)
+
+
+def outcomes(bridge: BridgeProcess, n: int, timeout: float = 30) -> list[AuditRecord]:
+    return wait_for_outcomes(bridge.state, n, timeout)
 
 
 class ThreadServer:

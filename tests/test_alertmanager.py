@@ -19,9 +19,9 @@ import requests
 
 from bridge.audit import AuditRecord
 from tests import alertmanager as am
-from tests.alertmanager import Alertmanager, FlakyFront, alert, decisions, deliveries, outcomes
+from tests.alertmanager import Alertmanager, FlakyFront, alert, decisions, deliveries
 from tests.conftest import TOKEN, Fake
-from tests.helpers import BridgeProcess, wait_until
+from tests.helpers import BridgeProcess, outcomes, wait_until
 
 RULES = """\
 defaults:

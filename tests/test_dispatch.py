@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ from bridge.client import CallResult
 from bridge.dispatch import DispatchPolicy, next_step
 from bridge.store import Operation, SqliteStore
 from tests.conftest import Bridge, Fake
-from tests.helpers import free_port, payload, wait_until
+from tests.helpers import free_port, make_disk_full, payload, wait_until
 
 RESOLVED = payload("alertmanager_resolved.json")  # one reconf on "frontend"
 MULTI = payload("alertmanager_firing_multi.json")  # sync on MegaTron, OptimusPrime, StarScream
@@ -288,21 +287,7 @@ def test_calls_are_spaced_by_the_rate_limit(make_bridge: Callable[..., Bridge],
 def test_an_unwritable_store_answers_503_so_the_sender_retries(
     bridge: Bridge, fake: Fake, mocker: Any
 ) -> None:
-    store = bridge.app.extensions["bridge"]["store"]
-    real_connect = store._connect
-
-    class DiskFull:
-        """A connection on a full disk: reads work, writes fail like SQLite says."""
-
-        def __init__(self, conn: sqlite3.Connection) -> None:
-            self.conn = conn
-
-        def execute(self, sql: str, params: Any = ()) -> Any:
-            if sql.startswith(("INSERT", "UPDATE")):
-                raise sqlite3.OperationalError("database or disk is full")
-            return self.conn.execute(sql, params)
-
-    mocker.patch.object(store, "_connect", lambda: DiskFull(real_connect()))
+    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])
     r = bridge.post("/webhook", RESOLVED)
     assert r.status_code == 503
     assert r.json() == {"error": f"state store {bridge.settings.state_path}: "

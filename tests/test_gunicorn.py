@@ -10,10 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from bridge.audit import AuditQuery, AuditRecord
-from bridge.store import SqliteStore
 from tests.conftest import Fake
-from tests.helpers import BridgeProcess, payload, wait_until
+from tests.helpers import BridgeProcess, audit, outcomes, payload, wait_until
 
 
 def post_together(url: str, body: bytes, n: int) -> list[requests.Response]:
@@ -47,21 +45,6 @@ def test_twenty_simultaneous_duplicates_make_exactly_one_call(
     assert Counter((r.event, r.outcome) for r in records) == {
         ("decision", "execute"): 1, ("decision", "cooldown"): 19, ("outcome", "succeeded"): 1}
     assert len({r.id for r in records}) == 21
-
-
-def audit(bridge: BridgeProcess) -> list[AuditRecord]:
-    store = SqliteStore(bridge.state)
-    try:
-        return store.audit(AuditQuery(limit=None))
-    finally:
-        store.close()
-
-
-def outcomes(bridge: BridgeProcess, n: int, timeout: float = 30) -> list[AuditRecord]:
-    return wait_until(
-        lambda: (lambda got: got if len(got) >= n else None)(
-            [r for r in audit(bridge) if r.event == "outcome"]),
-        timeout=timeout, what=f"{n} outcomes")
 
 
 def test_several_workers_really_serve(gunicorn_bridge: Callable[..., BridgeProcess]) -> None:

@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from bridge.dispatch import API_UNAUTHORIZED
 from bridge.metrics import MULTIPROC_ENV, Metrics
 from bridge.store import BREAKER_OPEN, SqliteStore, StoreError
 from tests.conftest import RULES, TOKEN, Bridge, Fake
-from tests.helpers import ROOT, BridgeProcess, need, payload, wait_until
+from tests.helpers import ROOT, BridgeProcess, make_disk_full, need, payload, wait_until
 
 ALERT_RULES = ROOT / "docs" / "prometheus-alerts.yml"
 WEBHOOK_TOKEN = "wh-Zq81-never-in-metrics"
@@ -119,19 +118,7 @@ def test_webhooks_are_counted_by_source_and_answer_code(
     assert requests.get(bridge.url + "/webhook", timeout=5).status_code == 405
     assert bridge.post("/webhook/other", RESOLVED, headers=ok).status_code == 404
 
-    store = bridge.app.extensions["bridge"]["store"]
-    real_connect = store._connect
-
-    class DiskFull:
-        def __init__(self, conn: Any) -> None:
-            self.conn = conn
-
-        def execute(self, sql: str, params: Any = ()) -> Any:
-            if sql.startswith(("INSERT", "UPDATE")):
-                raise sqlite3.OperationalError("database or disk is full")
-            return self.conn.execute(sql, params)
-
-    mocker.patch.object(store, "_connect", lambda: DiskFull(real_connect()))
+    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])
     assert bridge.post("/webhook", UNIFIED, headers=ok).status_code == 503
     mocker.stopall()
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from bridge.cli import main
 from bridge.rules import parse_rules
 from tests.conftest import RULES, Fake
-from tests.helpers import BridgeProcess, payload, wait_until
+from tests.helpers import BridgeProcess, audit, payload, wait_until
 
 NEW_RULE = """\
   - name: added-later
@@ -70,7 +70,5 @@ def test_a_bad_file_is_refused_whole_and_every_worker_keeps_the_old_rules(
     wait_until(lambda: versions(bridge) == {new}, timeout=30, what="every worker on new rules")
     requests.post(bridge.url + "/webhook", data=payload("alertmanager_firing_single.json"),
                   timeout=10)
-    from tests.test_gunicorn import audit
-
     assert [(r.outcome, r.rules_version) for r in audit(bridge)] == [("no_match", new)]
     assert bridge.stop() == 0

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from tests.conftest import TOKEN, Bridge, Fake
-from tests.helpers import BridgeProcess, payload
+from tests.helpers import BridgeProcess, audit, outcomes, payload
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
 RULES = """\
@@ -187,8 +187,6 @@ def test_no_secret_in_any_log_line_audit_record_or_answer(
     answers.append(requests.get(bridge.url + "/api/operations/pending", timeout=30,
                                 headers={"Authorization": "Bearer wrong"}).text)
     answers.append(requests.get(bridge.url + "/-/ready", timeout=30).text)
-    from tests.test_gunicorn import audit, outcomes
-
     outcomes(bridge, 6)
     bridge.stop()
     records = "\n".join(json.dumps(r.to_json()) for r in audit(bridge))
