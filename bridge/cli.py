@@ -332,7 +332,7 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
         click.echo(f"No state file at {settings.state_path}: no cooldown, budget use or"
                    " breaker is assumed.")
     if dry_run:
-        click.echo(f"Dry run ({settings.dry_run_reason}); --live shows what a live bridge"
+        click.echo(f"Dry run: {settings.dry_run_reason}. --live shows what a live bridge"
                    " would do.")
     for n, (alert, explained) in enumerate(results, 1):
         labels = ", ".join(f"{k}={v}" for k, v in alert.labels.items())
