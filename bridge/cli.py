@@ -498,10 +498,9 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
     else:
         click.echo("Sending:  running")
     unauthorized = store.get_flag(API_UNAUTHORIZED)
-    hour = store.audit(AuditQuery(since=time.time() - 3600, limit=None))
-    ends = [r.outcome for r in hour if r.event == "outcome"]
-    health = ", ".join(f"{ends.count(o)} {o}" for o in ("succeeded", "failed", "unknown",
-                                                          "expired") if ends.count(o))
+    ends = store.outcome_counts(time.time() - 3600)
+    health = ", ".join(f"{ends[o]} {o}" for o in ("succeeded", "failed", "unknown", "expired",
+                                                   "rejected", "cancelled") if ends.get(o))
     if unauthorized is not None:
         click.echo(f"API:      TOKEN REJECTED (HTTP 401) since {iso(unauthorized)}")
     else:

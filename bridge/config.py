@@ -182,24 +182,23 @@ def _token(env: Mapping[str, str]) -> Secret | None:
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+    return _setting(env, name, default, duration=False)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     """A duration setting: a Prometheus duration (90s, 5m) or a bare number of seconds."""
+    return _setting(env, name, default, duration=True)
+
+
+def _setting(env: Mapping[str, str], name: str, default: float, *, duration: bool) -> float:
     text = env.get(name, "").strip()
     if not text:
         return default
     try:
         return float(text)
     except ValueError:
-        pass
+        if not duration:
+            raise ConfigError(f"{name} must be a number, got {text!r}") from None
     try:
         return parse_duration(text)
     except ValueError as exc:

@@ -207,7 +207,7 @@ def _parse_alert_list(doc: dict[str, Any], source: str) -> Notification:
     return Notification(
         source=source,
         receiver=_unquote_meta(_opt_str(doc, "receiver", "receiver") or ""),
-        group_key=_group_key(doc.get("groupKey")),
+        group_key=_id_text(doc.get("groupKey"), "groupKey", "a string"),
         status=_status(doc, "status"),
         alerts=tuple(_parse_alert(raw, f"alerts[{i}]") for i, raw in enumerate(raw_alerts)),
         truncated_alerts=_truncated(doc.get("truncatedAlerts")),
@@ -302,7 +302,7 @@ def _parse_legacy(doc: dict[str, Any]) -> Notification:
     return Notification(
         source="grafana-legacy",
         receiver="",
-        group_key=f"grafana-legacy:{_rule_id(doc.get('ruleId'))}",
+        group_key=f"grafana-legacy:{_id_text(doc.get('ruleId'), 'ruleId', 'an integer')}",
         status=status,
         alerts=alerts,
         truncated_alerts=0,
@@ -377,15 +377,16 @@ def _timestamp(value: object, where: str) -> datetime | None:
     return None if utc == _ZERO_TIME else utc
 
 
-def _group_key(value: object) -> str:
+def _id_text(value: object, where: str, expected: str) -> str:
+    """An identifier sent as a string or, by older senders, as an integer (Alertmanager v3's
+    uint64 groupKey, A.2; legacy Grafana's ruleId)."""
     if value is None:
         return ""
     if isinstance(value, str):
         return _clean(value)
-    # version "3" sent the group key as a uint64 (A.2).
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise PayloadError(_wrong_type("groupKey", "a string", value), "groupKey")
+    raise PayloadError(_wrong_type(where, expected, value), where)
 
 
 def _truncated(value: object) -> int:
@@ -396,16 +397,6 @@ def _truncated(value: object) -> int:
     raise PayloadError(
         _wrong_type("truncatedAlerts", "a non-negative integer", value), "truncatedAlerts"
     )
-
-
-def _rule_id(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return _clean(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise PayloadError(_wrong_type("ruleId", "an integer", value), "ruleId")
 
 
 def _clean(text: str) -> str:

@@ -143,6 +143,7 @@ class Store(Protocol):
                retry_at: float | None = None, release_until: float | None = None) -> None: ...
     def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
     def queue_depth(self) -> dict[str, int]: ...
+    def outcome_counts(self, since: float) -> dict[str, int]: ...
     def resume(self, now: float) -> list[str]: ...
     def prune(self, before: float, batch: int = 500) -> int: ...
     def get_flag(self, key: str) -> float | None: ...
@@ -188,6 +189,9 @@ CREATE INDEX IF NOT EXISTS operations_open ON operations (state, next_attempt)
     WHERE state IN ('queued', 'sending', 'pending_approval');
 CREATE INDEX IF NOT EXISTS operations_key ON operations (device, operation, created);
 CREATE INDEX IF NOT EXISTS operations_created ON operations (created);
+CREATE INDEX IF NOT EXISTS operations_updated ON operations (updated);
+CREATE INDEX IF NOT EXISTS operations_held_for_age ON operations (fingerprint)
+    WHERE state = 'queued' AND hold = 'min_age';
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value REAL NOT NULL
@@ -570,6 +574,14 @@ class SqliteStore:
             " WHERE device = ? AND operation = ? AND until = ?",
             (until, op.device, op.operation, op.claim_until),
         )
+
+    def outcome_counts(self, since: float) -> dict[str, int]:
+        """How many operations ended with each outcome since then."""
+        rows = self._read(
+            "SELECT outcome, count(*) FROM audit WHERE event = ? AND ts >= ? GROUP BY outcome",
+            (OUTCOME, since),
+        )
+        return dict(rows)
 
     def queue_depth(self) -> dict[str, int]:
         rows = self._read(
