@@ -281,7 +281,11 @@ def test_calls_are_spaced_by_the_rate_limit(make_bridge: Callable[..., Bridge],
     bridge.outcomes(6)
     starts = sorted(c["time"] for c in fake.calls())
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert min(gaps) >= 0.18, gaps  # 1/5 s, less the clock's resolution
+    # The bridge spaces the claims; the fake sees each call a little later, by a delay that
+    # varies with the machine's load. So one gap may shrink by that jitter, but the six calls
+    # cannot fit in less than five slots, and no two can arrive together.
+    assert starts[-1] - starts[0] >= 5 * 0.2 - 0.05, gaps
+    assert min(gaps) >= 0.1, gaps
 
 
 def test_an_unwritable_store_answers_503_so_the_sender_retries(
