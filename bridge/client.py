@@ -119,7 +119,7 @@ class Secret:
     __hash__ = None  # type: ignore[assignment]
 
 
-def check_sendable(token: Secret) -> None:
+def _check_sendable(token: Secret) -> None:
     """Refuse a token an Authorization header cannot carry; the message never shows it."""
     if not token:
         raise ValueError("the token is empty")
@@ -156,7 +156,7 @@ class TokenSource:
         if token is not None:
             if not isinstance(token, Secret):
                 raise TypeError("token must be a Secret, so that it never shows in logs")
-            check_sendable(token)
+            _check_sendable(token)
             self._token = token
         else:
             self._token, self._stamp, self._version = self._read()
@@ -225,7 +225,7 @@ class TokenSource:
             raise ValueError("the file is not UTF-8 text") from None
         if not token:
             raise ValueError("the file is empty")
-        check_sendable(token)
+        _check_sendable(token)
         return token, _stamp_of(info), info.st_mtime
 
     def __bool__(self) -> bool:
