@@ -286,7 +286,8 @@ def create_app(
             return jsonify(
                 status="not ready",
                 error=f"the device API has rejected the token (HTTP 401) since "
-                      f"{iso(unauthorized)}: fix BRIDGE_API_TOKEN and restart",
+                      f"{iso(unauthorized)}: write a valid one to BRIDGE_API_TOKEN_FILE, or "
+                      "fix BRIDGE_API_TOKEN and restart",
             ), 503
         sending = "paused" if store.get_flag(PAUSED) is not None else \
             "breaker_open" if store.get_flag(BREAKER_OPEN) is not None else "running"

@@ -533,7 +533,9 @@ def fake_api(bind: str, token: str, devices: str | None, any_device: bool) -> No
     """Serve a fake device API that follows the contract, for demos and tests.
 
     It checks the token and the body like the real API, records every call
-    (GET /_fake/calls) and can be told to fail or be slow (POST /_fake/behaviour).
+    (GET /_fake/calls) and can be told to fail, be slow or hold calls until
+    POST /_fake/gate (POST /_fake/behaviour), or to accept another token from
+    now on (PUT /_fake/token {"token": "..."}); POST /_fake/reset undoes it all.
 
     \b
     Example:

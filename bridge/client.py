@@ -6,8 +6,12 @@ from __future__ import annotations
 import hmac
 import http.client
 import json
+import logging
+import os
 import ssl
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,6 +30,8 @@ from urllib3.exceptions import ConnectTimeoutError as Urllib3ConnectTimeoutError
 from urllib3.exceptions import NameResolutionError as Urllib3NameResolutionError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
+log = logging.getLogger(__name__)
+
 OPERATION_PATH = "inventory_device_name_operation"
 
 #: Kinds a caller may try again later: the operation was refused before it started.
@@ -37,6 +43,9 @@ BODY_EXCERPT_CHARS = 200
 # An answer body is only ever quoted or scanned for execution_id: reading more is pointless and
 # would let a broken server fill memory.
 _MAX_BODY_BYTES = 1 << 20
+
+# Far more than any bearer token; a larger file is a wrong path, not a token.
+_MAX_TOKEN_FILE_BYTES = 64 * 1024
 
 # Status -> (kind, what the contract says it means). 5xx and everything else are handled apart.
 _STATUS_KINDS: dict[int, tuple[str, str]] = {
@@ -110,6 +119,133 @@ class Secret:
     __hash__ = None  # type: ignore[assignment]
 
 
+def _check_sendable(token: Secret) -> None:
+    """Refuse a token an Authorization header cannot carry; the message never shows it."""
+    if not token:
+        raise ValueError("the token is empty")
+    # Checked ahead because requests would otherwise fail on each call, with the header value
+    # (the token) in its error message.
+    if not all("\x21" <= ch <= "\x7e" for ch in token.reveal()):
+        raise ValueError(
+            "the token must be visible ASCII characters only (no spaces, no trailing newline)"
+        )
+
+
+class TokenSource:
+    """The device API token for each call: a fixed one, or the content of a file, read again
+    whenever the file changes.
+
+    Docker and Kubernetes rotate a mounted secret by replacing the file (Kubernetes swaps a
+    `..data` symlink): get() stats the path, following links, and reads it again when its
+    inode, size or times differ, so the next call sends the new token without a restart. A
+    replacement that cannot be used (unreadable, empty, not a token) keeps the previous token,
+    with a warning that never quotes the content. Thread-safe; repr shows the path, never the
+    token.
+    """
+
+    def __init__(self, token: Secret | None = None, *, path: str | None = None) -> None:
+        if (token is None) == (path is None):
+            raise TypeError("give either a token or a path")
+        self.path = path
+        self._lock = threading.Lock()
+        # The tokens held lately: error texts are scrubbed of them, as an answer to a call
+        # that started before a rotation may echo the one it was sent with.
+        self._recent: deque[Secret] = deque(maxlen=4)
+        self._stamp: tuple[int, ...] | None = None
+        self._version: float | None = None
+        if token is not None:
+            if not isinstance(token, Secret):
+                raise TypeError("token must be a Secret, so that it never shows in logs")
+            _check_sendable(token)
+            self._token = token
+        else:
+            self._token, self._stamp, self._version = self._read()
+        self._recent.append(self._token)
+
+    @classmethod
+    def from_file(cls, path: str) -> TokenSource:
+        """The token held in `path`; ValueError (saying why, never what) if it is unusable."""
+        return cls(path=path)
+
+    def get(self) -> Secret:
+        """The token to send now: the file's current one if it changed since the last look."""
+        if self.path is None or _stamp(self.path) == self._stamp:
+            return self._token
+        with self._lock:
+            stamp = _stamp(self.path)
+            if stamp != self._stamp:
+                self._reload(stamp)
+            return self._token
+
+    @property
+    def version(self) -> float | None:
+        """For a file, the modification time of the file the current token came from: it tells
+        every process reading the file whether the token was replaced since a given moment."""
+        return self._version
+
+    def recent(self) -> tuple[Secret, ...]:
+        return tuple(self._recent)
+
+    def _reload(self, stamp: tuple[int, ...] | None) -> None:
+        # Lock held. The stamp is set last: get() answers without the lock once it sees the
+        # new stamp, and must then find the new token.
+        try:
+            token, read_stamp, version = self._read()
+        except ValueError as exc:
+            # Remembered all the same, so a broken file is reported once, not on every call,
+            # and read again when it changes again.
+            self._stamp = stamp
+            log.warning("token file %s changed, but %s: still sending the previous token",
+                        self.path, exc)
+            return
+        # The version follows the file even when the token is the same, so that every process
+        # that has looked at the file since it last changed tells the same version.
+        self._version = version
+        if token != self._token:
+            self._token = token
+            self._recent.append(token)
+            log.info("token file %s changed: the device API token is replaced from this call on",
+                     self.path)
+        self._stamp = read_stamp
+
+    def _read(self) -> tuple[Secret, tuple[int, ...], float]:
+        assert self.path is not None
+        try:
+            with open(self.path, "rb") as file:
+                info = os.fstat(file.fileno())
+                raw = file.read(_MAX_TOKEN_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ValueError(f"the file cannot be read: {exc.strerror or type(exc).__name__}") \
+                from None
+        if len(raw) > _MAX_TOKEN_FILE_BYTES:
+            raise ValueError(f"the file is larger than {_MAX_TOKEN_FILE_BYTES} bytes")
+        try:
+            token = Secret(raw.decode("utf-8").strip())
+        except UnicodeDecodeError:
+            raise ValueError("the file is not UTF-8 text") from None
+        if not token:
+            raise ValueError("the file is empty")
+        _check_sendable(token)
+        return token, _stamp_of(info), info.st_mtime
+
+    def __bool__(self) -> bool:
+        return True  # a source always holds a usable token
+
+    def __repr__(self) -> str:
+        return f"TokenSource(path={self.path!r})" if self.path else "TokenSource(***)"
+
+
+def _stamp(path: str) -> tuple[int, ...] | None:
+    try:
+        return _stamp_of(os.stat(path))  # follows symlinks: a swapped ..data shows
+    except OSError:
+        return None
+
+
+def _stamp_of(info: os.stat_result) -> tuple[int, ...]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class CallResult:
     """What one operate() call did.
@@ -165,13 +301,17 @@ class DeviceClient:
     A session passed in must not retry requests (urllib3 Retry on reads or statuses): a retried
     PUT could start an operation twice.
 
+    The token is asked of `token` (a TokenSource, or a fixed Secret) for every call. A 401 for a
+    token that the source has replaced meanwhile (a rotated secret file) is tried once more with
+    the new one: a 401 means the API refused before starting anything.
+
     read_timeout bounds each wait for data, not the whole answer.
     """
 
     def __init__(
         self,
         base_url: str,
-        token: Secret,
+        token: Secret | TokenSource,
         *,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
@@ -187,22 +327,12 @@ class DeviceClient:
             raise ValueError("base_url must not contain credentials: the token authenticates")
         if parts.query or parts.fragment:
             raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
-        if not isinstance(token, Secret):
-            raise TypeError("token must be a Secret, so that it never shows in logs")
-        if not token:
-            raise ValueError("token is empty")
-        # Checked here because requests would otherwise fail on each call, with the header value
-        # (the token) in its error message.
-        if not all("\x21" <= ch <= "\x7e" for ch in token.reveal()):
-            raise ValueError(
-                "token must be visible ASCII characters only (no spaces, no trailing newline)"
-            )
+        tokens = token if isinstance(token, TokenSource) else TokenSource(token)
         if connect_timeout <= 0 or read_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self._base_url = base_url.rstrip("/")
         self._netloc = parts.netloc
-        self._token = token
-        self._auth = _BearerAuth(token)
+        self._tokens = tokens
         self._timeout = (connect_timeout, read_timeout)
         self._verify = verify
         self._headers = {"Accept": "application/json", "User-Agent": user_agent}
@@ -213,6 +343,10 @@ class DeviceClient:
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    @property
+    def tokens(self) -> TokenSource:
+        return self._tokens
 
     def url_for(self, device: str) -> str:
         """The operation URL for a device; its name is always exactly one path segment."""
@@ -233,6 +367,17 @@ class DeviceClient:
             url = self.url_for(device)
         except (TypeError, ValueError) as exc:
             return self._result(start, "failed", "invalid_request", False, error=str(exc))
+        token = self._tokens.get()
+        result = self._call(start, url, operation, token)
+        if result.kind == "unauthorized":
+            renewed = self._tokens.get()
+            if renewed != token:
+                log.warning("the device API refused the token, and the token file changed "
+                            "meanwhile: trying once more with the new token")
+                result = self._call(start, url, operation, renewed)
+        return result
+
+    def _call(self, start: float, url: str, operation: str, token: Secret) -> CallResult:
         try:
             # stream=True: the status line is known before the body is read, so a body that
             # breaks off does not hide a 200 (the operation was initiated).
@@ -241,7 +386,7 @@ class DeviceClient:
                 url,
                 json={"operation": operation},
                 headers=self._headers,
-                auth=self._auth,
+                auth=_BearerAuth(token),
                 timeout=self._timeout,
                 verify=self._verify,
                 allow_redirects=False,  # a redirected PUT may turn into a GET, or go elsewhere
@@ -364,7 +509,9 @@ class DeviceClient:
     def _scrub(self, text: str) -> str:
         # Belt and braces: no path is known to put the token in a message, but a server may echo
         # it, and exceptions carry the request with its headers.
-        return text.replace(self._token.reveal(), "***")
+        for token in self._tokens.recent():
+            text = text.replace(token.reveal(), "***")
+        return text
 
     def _excerpt(self, body: str) -> str:
         # Scrub before cutting, so a token split by the cut cannot survive in part.

@@ -6,10 +6,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from bridge.auth import InboundAuth, admin_from_env, is_loopback
-from bridge.client import Secret
+from bridge.client import Secret, TokenSource
 from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
 from bridge.rules import parse_duration
@@ -31,7 +30,8 @@ class Settings:
     workers: int = 2
     state_path: str = "bridge-state.db"
     api_url: str = DEFAULT_API_URL
-    api_token: Secret | None = field(default=None, repr=True)
+    # A TokenSource for BRIDGE_API_TOKEN_FILE: the file is read again whenever it changes.
+    api_token: Secret | TokenSource | None = field(default=None, repr=True)
     dry_run_requested: bool = False
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
@@ -164,7 +164,7 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {value!r}")
 
 
-def _token(env: Mapping[str, str]) -> Secret | None:
+def _token(env: Mapping[str, str]) -> Secret | TokenSource | None:
     if env.get("BRIDGE_API_TOKEN") and env.get("BRIDGE_API_TOKEN_FILE"):
         raise ConfigError("set BRIDGE_API_TOKEN or BRIDGE_API_TOKEN_FILE, not both")
     if env.get("BRIDGE_API_TOKEN"):
@@ -173,12 +173,9 @@ def _token(env: Mapping[str, str]) -> Secret | None:
     if not path:
         return None
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"BRIDGE_API_TOKEN_FILE {path}: {exc.strerror or exc}") from None
-    if not value:
-        raise ConfigError(f"BRIDGE_API_TOKEN_FILE {path}: file is empty")
-    return Secret(value)
+        return TokenSource.from_file(path)
+    except ValueError as exc:
+        raise ConfigError(f"BRIDGE_API_TOKEN_FILE {path}: {exc}") from None
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Store flag set (to the time) while the device API rejects the token; /-/ready fails on it.
 API_UNAUTHORIZED = "api_unauthorized_since"
+#: With a token file: the version (TokenSource.version) of the file whose token was rejected.
+API_UNAUTHORIZED_VERSION = "api_unauthorized_token_version"
 
 # Operations that may be sent again after an ambiguous attempt (a timeout or a dropped
 # connection after the request left, or a gateway timeout): the device may have started the
@@ -159,6 +161,7 @@ class Dispatcher:
                             "expired" if op.state == "expired" else "lost in flight")
                 if self.metrics is not None:
                     self.metrics.outcome(op.operation, op.state)
+            self._forget_a_replaced_token()
         claim = self.store.claim(
             now, concurrency=self.policy.concurrency, spacing=1.0 / self.policy.rate_limit,
             lease=self.policy.lease,
@@ -198,11 +201,30 @@ class Dispatcher:
 
     def _note_auth(self, result: CallResult) -> None:
         if result.kind == "unauthorized":
+            # The client looked at the token file after the 401, so this is the version that
+            # held the rejected token. Written before the flag, which /-/ready reads.
+            self.store.set_flag(API_UNAUTHORIZED_VERSION, self.client.tokens.version)
             if self.store.get_flag(API_UNAUTHORIZED) is None:
                 self.store.set_flag(API_UNAUTHORIZED, self.clock())
             log.error(
                 "THE DEVICE API REJECTED THE TOKEN (HTTP 401): every further call will fail "
-                "until BRIDGE_API_TOKEN / BRIDGE_API_TOKEN_FILE is fixed and the bridge restarted"
+                "until the token is replaced: write the new one to BRIDGE_API_TOKEN_FILE (used "
+                "from the next call on), or fix BRIDGE_API_TOKEN and restart"
             )
         elif result.outcome == "succeeded" and self.store.get_flag(API_UNAUTHORIZED):
             self.store.set_flag(API_UNAUTHORIZED, None)
+
+    def _forget_a_replaced_token(self) -> None:
+        """Clear the 401 flag once the token file no longer holds the rejected token, as a
+        restart with a new token does: a readiness probe that kept failing would keep away
+        the webhooks whose calls show that the new token works."""
+        tokens = self.client.tokens
+        if tokens.path is None or self.store.get_flag(API_UNAUTHORIZED) is None:
+            return
+        rejected = self.store.get_flag(API_UNAUTHORIZED_VERSION)
+        tokens.get()  # reads the file again if it changed
+        if rejected is not None and tokens.version != rejected:
+            self.store.set_flag(API_UNAUTHORIZED, None)
+            log.warning("the token file %s was replaced since the device API rejected its "
+                        "token: ready again; the next call will tell whether the new one works",
+                        tokens.path)

@@ -1,5 +1,6 @@
 """A fake of the device operation API for tests and demos: answers as the contract says, records
-every call it receives, and can be told to fail or to answer slowly."""
+every call it receives, and can be told to fail, to answer slowly, to hold calls until released,
+or to accept another token."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 from flask import Flask, Response, jsonify, request
@@ -58,36 +59,41 @@ _ERROR_MESSAGES = {
 @dataclass(frozen=True)
 class Behaviour:
     """An instruction queued by a test: answer `status` (with `body`, or a JSON error) instead of
-    processing the call, and/or wait `delay` seconds first; only for `device` if set; only for the
-    next `times` matching calls if set, else until reset."""
+    processing the call, and/or wait `delay` seconds first, and/or `hold` the call until the gate
+    opens (POST /_fake/gate); only for `device` if set; only for the next `times` matching calls
+    if set, else until reset."""
 
     status: int | None = None
     delay: float = 0.0
     device: str | None = None
     times: int | None = None
     body: str | None = None
+    hold: bool = False
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Behaviour:
         """Validate a behaviour as posted to /_fake/behaviour; ValueError says what is wrong."""
-        unknown = set(spec) - {"status", "delay", "device", "times", "body"}
+        unknown = set(spec) - {"status", "delay", "device", "times", "body", "hold"}
         if unknown:
             raise ValueError(f"unknown behaviour keys: {', '.join(sorted(unknown))}")
         status, delay = spec.get("status"), spec.get("delay", 0.0)
         device, times, body = spec.get("device"), spec.get("times"), spec.get("body")
+        hold = spec.get("hold", False)
         if status is not None and (not _is_int(status) or not 200 <= status <= 599):
             raise ValueError("status must be an integer from 200 to 599")
         if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay < 1e6:
             raise ValueError("delay must be a number of seconds >= 0")
-        if status is None and not delay:
-            raise ValueError("a behaviour needs a status, a delay, or both")
+        if not isinstance(hold, bool):
+            raise ValueError("hold must be true or false")
+        if status is None and not delay and not hold:
+            raise ValueError("a behaviour needs a status, a delay or a hold")
         if device is not None and not isinstance(device, str):
             raise ValueError("device must be a string")
         if times is not None and (not _is_int(times) or times < 1):
             raise ValueError("times must be an integer >= 1")
         if body is not None and (not isinstance(body, str) or status is None):
             raise ValueError("body must be a string, and comes with a status")
-        return cls(status, float(delay), device, times, body)
+        return cls(status, float(delay), device, times, body, hold)
 
     def matches(self, device: str) -> bool:
         return self.device is None or self.device == device
@@ -97,15 +103,27 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class Arrival(NamedTuple):
+    """A call as recorded, the behaviour it takes, and the events that end its waiting: `released`
+    at a reset or shutdown, `gate` when the gate opens (and also at a reset or shutdown)."""
+
+    record: dict[str, Any]
+    behaviour: Behaviour | None
+    released: threading.Event
+    gate: threading.Event
+
+
 class FakeApiState:
     """Everything the fake remembers; one lock guards it, as the server answers in threads."""
 
     def __init__(self, token: str, devices: Iterable[str], accept_any_device: bool) -> None:
         self.token = token
         self.accept_any_device = accept_any_device
+        self._initial_token = token
         self._initial_devices = frozenset(devices)
         self._lock = threading.Lock()
         self._released = threading.Event()
+        self._gate = threading.Event()
         self._clear()
 
     def _clear(self) -> None:
@@ -113,6 +131,7 @@ class FakeApiState:
         self._behaviours: list[tuple[Behaviour, int | None]] = []  # (behaviour, calls left)
         self._devices = set(self._initial_devices)
         self._next_operation_id = 1
+        self.token = self._initial_token
 
     def reset(self) -> None:
         """Back to the state at creation; delayed calls in flight stop waiting."""
@@ -121,12 +140,24 @@ class FakeApiState:
             self._wake_delayed_calls()
 
     def release(self) -> None:
-        """Wake every delayed call (at shutdown), so no handler thread outlives the server."""
-        self._released.set()
+        """Wake every delayed or held call (at shutdown), so no handler thread outlives the
+        server."""
+        with self._lock:
+            self._released.set()
+            self._gate.set()
 
-    def arrive(
-        self, record: dict[str, Any], *, operation: bool
-    ) -> tuple[dict[str, Any], Behaviour | None, threading.Event]:
+    def open_gate(self) -> None:
+        """Let every held call go on; calls held from now on wait for the next opening."""
+        with self._lock:
+            self._gate.set()
+            self._gate = threading.Event()
+
+    def set_token(self, token: str) -> None:
+        """Accept `token` from now on (and no longer the old one), as an API that rotated it."""
+        with self._lock:
+            self.token = token
+
+    def arrive(self, record: dict[str, Any], *, operation: bool) -> Arrival:
         """Record a call; for an operation call, take the first queued behaviour matching it."""
         with self._lock:
             record = {
@@ -147,7 +178,8 @@ class FakeApiState:
                         else:
                             self._behaviours[index] = (candidate, left - 1)
                     break
-            return record, behaviour, self._released
+            # Taken under the lock, so a gate opened once the call is recorded lets it through.
+            return Arrival(record, behaviour, self._released, self._gate)
 
     def finish(self, record: dict[str, Any], status: int, response: Any) -> None:
         with self._lock:
@@ -196,9 +228,11 @@ class FakeApiState:
             self._wake_delayed_calls()
 
     def _wake_delayed_calls(self) -> None:
-        # Lock held. Calls arriving from now on wait on a fresh event.
+        # Lock held. Calls arriving from now on wait on fresh events.
         self._released.set()
         self._released = threading.Event()
+        self._gate.set()
+        self._gate = threading.Event()
 
     def devices(self) -> list[str]:
         with self._lock:
@@ -225,7 +259,9 @@ def create_fake_api(
 
     PUT /api/v1/inventory_device_name_operation/<name>/ answers as the contract says. Control:
     GET|DELETE /_fake/calls; GET|POST|DELETE /_fake/behaviour (POST {"status", "delay",
-    "device", "times", "body"}); GET|PUT /_fake/devices ({"devices": [...]}); POST /_fake/reset.
+    "device", "times", "body", "hold"}); POST /_fake/gate (held calls go on); PUT /_fake/token
+    ({"token": "..."}: the token accepted from now on); GET|PUT /_fake/devices
+    ({"devices": [...]}); POST /_fake/reset (also restores the starting token).
     """
     state = FakeApiState(token, devices or (), accept_any_device)
     app = Flask(__name__)
@@ -276,6 +312,20 @@ def create_fake_api(
         state.clear_behaviours()
         return jsonify(behaviours=[])
 
+    @app.post(f"{CONTROL_PREFIX}/gate")
+    def post_gate() -> Response:
+        state.open_gate()
+        return jsonify(gate="opened")
+
+    @app.put(f"{CONTROL_PREFIX}/token")
+    def put_token() -> Response | tuple[Response, int]:
+        spec = request.get_json(silent=True)
+        token = spec.get("token") if isinstance(spec, dict) else None
+        if not isinstance(token, str) or not token:
+            return jsonify(error='the body must be {"token": "<a non-empty string>"}'), 400
+        state.set_token(token)
+        return jsonify(token="changed")  # not echoed: the fake keeps tokens out of answers too
+
     @app.post(f"{CONTROL_PREFIX}/reset")
     def post_reset() -> Response:
         state.reset()
@@ -319,7 +369,7 @@ def _operation_call(state: FakeApiState, raw_path: str) -> Response:
         parsed = json.loads(body)
     except ValueError:
         parsed = None
-    record, behaviour, released = state.arrive(
+    arrival = state.arrive(
         {
             "method": request.method,
             "raw_path": raw_path,
@@ -332,17 +382,20 @@ def _operation_call(state: FakeApiState, raw_path: str) -> Response:
         },
         operation=is_operation_path and request.method == "PUT",
     )
+    record, behaviour = arrival.record, arrival.behaviour
     payload: str | dict[str, Any]
     if not is_operation_path:
         status, payload = 404, {"error": "unknown path"}
     elif request.method != "PUT":
         status, payload = 405, {"error": f"method {request.method} not allowed: use PUT"}
-    elif behaviour is not None and behaviour.delay and released.wait(behaviour.delay):
-        status, payload = 503, {"error": "the fake API was reset while this call was delayed"}
+    elif behaviour is not None and _interrupted(behaviour, arrival):
+        status = 503
+        payload = {"error": "the fake API was reset while this call was delayed or held"}
     elif behaviour is not None and behaviour.status is not None:
         status = behaviour.status
         payload = behaviour.body if behaviour.body is not None else _error_body(status)
     else:
+        # The token is read only now, so a held call meets the token of the moment it goes on.
         status, payload = _process(state, record["device"], record["authorization"], parsed)
     state.finish(record, status, payload)
     if isinstance(payload, str):
@@ -355,6 +408,16 @@ def _operation_call(state: FakeApiState, raw_path: str) -> Response:
     elif status == 405:
         response.headers["Allow"] = "PUT"
     return response
+
+
+def _interrupted(behaviour: Behaviour, arrival: Arrival) -> bool:
+    """Hold the call at the gate and/or delay it, as the behaviour says; True when a reset or
+    the shutdown ended the wait instead."""
+    if behaviour.hold:
+        arrival.gate.wait()
+        if arrival.released.is_set():
+            return True
+    return bool(behaviour.delay) and arrival.released.wait(behaviour.delay)
 
 
 def _process(
@@ -415,8 +478,16 @@ class FakeApiServer:
     def set_devices(self, devices: Iterable[str]) -> None:
         self.state.set_devices(devices)
 
+    def open_gate(self) -> None:
+        """Let the calls held by a `hold` behaviour go on, as POST /_fake/gate does."""
+        self.state.open_gate()
+
+    def set_token(self, token: str) -> None:
+        """Accept another token from now on, as PUT /_fake/token does."""
+        self.state.set_token(token)
+
     def reset(self) -> None:
-        """Forget calls and behaviours, restore the inventory, wake delayed calls."""
+        """Forget calls and behaviours, restore the inventory and token, wake waiting calls."""
         self.state.reset()
 
     def shutdown(self) -> None:

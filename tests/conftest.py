@@ -11,7 +11,7 @@ import requests
 
 from bridge.app import create_app
 from bridge.audit import AuditQuery, AuditRecord
-from bridge.client import Secret
+from bridge.client import Secret, TokenSource
 from bridge.config import Settings
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thread
 from bridge.rules import parse_rules
@@ -68,6 +68,13 @@ class Fake:
     def behave(self, **behaviour: Any) -> None:
         requests.post(f"{self.control}/behaviour", json=behaviour, timeout=5).raise_for_status()
 
+    def set_token(self, token: str) -> None:
+        """The API rotates its token: only `token` is accepted from now on."""
+        requests.put(f"{self.control}/token", json={"token": token}, timeout=5).raise_for_status()
+
+    def open_gate(self) -> None:
+        """Let the calls held by a `hold` behaviour go on."""
+        requests.post(f"{self.control}/gate", timeout=5).raise_for_status()
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +132,8 @@ def make_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge]]:
     """Start a bridge on `rules` (YAML text), talking to the fake API unless told otherwise."""
     started: list[Bridge] = []
 
-    def make(rules: str = RULES, *, token: str | None = TOKEN, dry_run: bool = False,
+    def make(rules: str = RULES, *, token: str | TokenSource | None = TOKEN,
+             dry_run: bool = False,
              clock: Callable[[], float] | None = None, state: Path | None = None,
              start_dispatcher: bool = True, api_url: str | None = None,
              **overrides: Any) -> Bridge:
@@ -133,7 +141,8 @@ def make_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge]]:
         rules_path.write_text(rules)
         settings = Settings(
             rules_path=str(rules_path), state_path=str(state or tmp_path / "state.db"),
-            api_url=api_url or fake.url, api_token=Secret(token) if token else None,
+            api_url=api_url or fake.url,
+            api_token=Secret(token) if isinstance(token, str) and token else token or None,
             dry_run_requested=dry_run, **{"read_timeout": 2.0, **overrides},
         )
         kwargs: dict[str, Any] = {"rules": parse_rules(rules, str(rules_path))}

@@ -47,6 +47,24 @@ def payload_json(name: str) -> Any:
     return json.loads(payload(name))
 
 
+def device_down(*devices: str) -> bytes:
+    """An Alertmanager webhook body: one firing DeviceDown alert per device label."""
+    return json.dumps({
+        "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
+        "alerts": [{"status": "firing", "labels": {"alertname": "DeviceDown", "device": d},
+                    "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z"} for d in devices],
+    }).encode()
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Give `path` new content at once (write aside, then rename over it), as Docker and
+    Kubernetes replace a mounted secret: a reader sees the old file or the new, never half."""
+    new = path.with_name(f".{path.name}.new")
+    new.write_text(text)
+    os.replace(new, path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,11 +3,14 @@ failures before and after sending, hostile device names, and the token kept out 
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -15,9 +18,10 @@ import pytest
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError
 
-from bridge.client import CallResult, DeviceClient, Secret
+from bridge.client import CallResult, DeviceClient, Secret, TokenSource
 from bridge.fakeapi import FakeApiServer
 from tests.conftest import TOKEN
+from tests.helpers import replace_file, wait_until
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
 
@@ -607,6 +611,148 @@ def test_the_token_must_be_a_secret() -> None:
 def test_bad_base_urls_are_refused(base_url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DeviceClient(base_url, Secret(TOKEN))
+
+
+# -- a token file that is rotated ---------------------------------------------------------------
+
+OLD = "tok-old-Rr5t-never-show-me"
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "api-token"
+    path.write_text(OLD + "\n")
+    return path
+
+
+def sent_tokens(fake_api: FakeApiServer) -> list[tuple[str | None, int | None]]:
+    return [(c["authorization"], c["status"]) for c in fake_api.calls()]
+
+
+def test_a_replaced_token_file_is_sent_from_the_next_call(
+    fake_api: FakeApiServer, token_file: Path
+) -> None:
+    with DeviceClient(fake_api.url, TokenSource.from_file(str(token_file))) as rotating:
+        assert rotating.operate("office-router-01", "sync").kind == "unauthorized"
+        replace_file(token_file, TOKEN + "\n")
+        assert rotating.operate("office-router-01", "sync").kind == "ok"
+
+    assert sent_tokens(fake_api) == [(f"Bearer {OLD}", 401), (f"Bearer {TOKEN}", 200)]
+
+
+def test_a_kubernetes_secret_swap_is_seen(fake_api: FakeApiServer, tmp_path: Path) -> None:
+    # The kubelet's layout: token -> ..data/token, ..data -> ..<timestamp>/; an update writes
+    # a new timestamped directory and renames a new ..data link over the old one.
+    mount = tmp_path / "secret"
+    (mount / "..2026_01").mkdir(parents=True)
+    (mount / "..2026_01" / "token").write_text(OLD)
+    (mount / "..data").symlink_to("..2026_01")
+    (mount / "token").symlink_to("..data/token")
+    source = TokenSource.from_file(str(mount / "token"))
+    with DeviceClient(fake_api.url, source) as rotating:
+        assert rotating.operate("office-router-01", "sync").kind == "unauthorized"
+        (mount / "..2026_02").mkdir()
+        (mount / "..2026_02" / "token").write_text(TOKEN)
+        (mount / "..data_tmp").symlink_to("..2026_02")
+        os.replace(mount / "..data_tmp", mount / "..data")
+        assert rotating.operate("office-router-01", "sync").kind == "ok"
+
+
+def call_held_while(fake_api: FakeApiServer, client: DeviceClient, change: Any) -> CallResult:
+    """Make one call that the fake holds at its gate while `change()` runs, then let it go."""
+    fake_api.add_behaviour(hold=True, times=1)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(client.operate, "office-router-01", "sync")
+        wait_until(fake_api.calls, what="the call to reach the fake")
+        change()
+        fake_api.open_gate()
+        return future.result(timeout=10)
+
+
+def test_a_401_for_a_token_replaced_during_the_call_is_retried_once_with_the_new_one(
+    fake_api: FakeApiServer, token_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with DeviceClient(fake_api.url, TokenSource.from_file(str(token_file))) as rotating:
+        answer = call_held_while(
+            fake_api, rotating, lambda: replace_file(token_file, TOKEN + "\n"))
+
+    assert (answer.outcome, answer.kind, answer.status_code) == ("succeeded", "ok", 200)
+    assert sent_tokens(fake_api) == [(f"Bearer {OLD}", 401), (f"Bearer {TOKEN}", 200)]
+    assert "token file changed meanwhile: trying once more" in caplog.text
+    assert OLD not in caplog.text and TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("rewrite", [None, OLD + "\n", f"  {OLD}\n\n"], ids=repr)
+def test_a_401_for_the_token_still_in_the_file_is_final(
+    fake_api: FakeApiServer, token_file: Path, rewrite: str | None
+) -> None:
+    # The file unchanged, or rewritten with the same token: sending it again cannot help.
+    with DeviceClient(fake_api.url, TokenSource.from_file(str(token_file))) as rotating:
+        answer = call_held_while(
+            fake_api, rotating, lambda: rewrite and replace_file(token_file, rewrite))
+
+    assert (answer.outcome, answer.kind) == ("failed", "unauthorized")
+    assert sent_tokens(fake_api) == [(f"Bearer {OLD}", 401)]
+
+
+def test_the_retry_after_a_401_is_made_only_once(
+    fake_api: FakeApiServer, token_file: Path
+) -> None:
+    with DeviceClient(fake_api.url, TokenSource.from_file(str(token_file))) as rotating:
+        answer = call_held_while(
+            fake_api, rotating, lambda: replace_file(token_file, "tok-also-wrong"))
+
+    assert (answer.outcome, answer.kind) == ("failed", "unauthorized")
+    assert sent_tokens(fake_api) == [(f"Bearer {OLD}", 401), ("Bearer tok-also-wrong", 401)]
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    ("", "the file is empty"),
+    ("\n  \n", "the file is empty"),
+    ("tok en", "the token must be visible ASCII characters only (no spaces, no trailing"
+               " newline)"),
+    (b"\xff\xfe", "the file is not UTF-8 text"),
+    (None, "the file cannot be read: No such file or directory"),
+], ids=repr)
+def test_a_replacement_that_cannot_be_used_keeps_the_previous_token(
+    fake_api: FakeApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    content: str | bytes | None, why: str,
+) -> None:
+    path = tmp_path / "api-token"
+    path.write_text(TOKEN)
+    with DeviceClient(fake_api.url, TokenSource.from_file(str(path))) as rotating:
+        if content is None:
+            path.unlink()
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            replace_file(path, content)
+        with caplog.at_level(logging.WARNING, logger="bridge.client"):
+            answers = [rotating.operate("office-router-01", "sync") for _ in range(2)]
+        assert [a.kind for a in answers] == ["ok", "ok"]
+        # Said once, not on every call, and never with the content.
+        assert [r.getMessage() for r in caplog.records] == [
+            f"token file {path} changed, but {why}: still sending the previous token"]
+        replace_file(path, "tok-next-one")
+        assert rotating.operate("office-router-01", "sync").kind == "unauthorized"
+
+    assert fake_api.calls()[-1]["authorization"] == "Bearer tok-next-one"
+    assert TOKEN not in caplog.text
+
+
+def test_a_token_source_never_shows_its_token(fake_api: FakeApiServer, token_file: Path) -> None:
+    source = TokenSource.from_file(str(token_file))
+    assert repr(source) == f"TokenSource(path={str(token_file)!r})"
+    assert repr(TokenSource(Secret(TOKEN))) == "TokenSource(***)"
+    with DeviceClient(fake_api.url, source) as rotating:
+        assert OLD not in repr(vars(rotating)) and OLD not in repr(vars(source))
+        rotating.operate("office-router-01", "sync")
+        replace_file(token_file, TOKEN)
+        # A server that still echoes the token of before the rotation.
+        fake_api.add_behaviour(status=500, body=f"{OLD} then {TOKEN}", times=1)
+        answer = rotating.operate("office-router-01", "sync")
+
+    assert answer.error == "HTTP 500: server error: *** then ***"
 
 
 # -- sharing -----------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from bridge.client import TokenSource
 from bridge.config import DEFAULT_API_URL, Settings
 from bridge.errors import ConfigError
+from tests.helpers import replace_file
 
 
 def test_defaults_are_the_safe_ones() -> None:
@@ -42,12 +44,31 @@ def test_token_file(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("s3cret-from-file\n")
     s = Settings.from_env({"BRIDGE_API_TOKEN_FILE": str(path)})
-    assert s.api_token is not None and s.api_token.reveal() == "s3cret-from-file"
+    assert isinstance(s.api_token, TokenSource)
+    assert s.api_token.get().reveal() == "s3cret-from-file"
+    assert "s3cret" not in repr(s) and s.dry_run is False
+    replace_file(path, "s3cret-rotated\n")  # read again at the next call, not only at start
+    assert s.api_token.get().reveal() == "s3cret-rotated"
     assert "s3cret" not in repr(s)
     with pytest.raises(ConfigError, match="not both"):
         Settings.from_env({"BRIDGE_API_TOKEN_FILE": str(path), "BRIDGE_API_TOKEN": "x"})
     with pytest.raises(ConfigError, match="No such file"):
         Settings.from_env({"BRIDGE_API_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("\n", "BRIDGE_API_TOKEN_FILE .*: the file is empty"),
+    ("s3cret with space", "BRIDGE_API_TOKEN_FILE .*: the token must be visible ASCII"),
+    ("s3cret" * 11_000, "BRIDGE_API_TOKEN_FILE .*: the file is larger than 65536 bytes"),
+])
+def test_a_token_file_that_cannot_be_used_stops_the_start(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "token"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as raised:
+        Settings.from_env({"BRIDGE_API_TOKEN_FILE": str(path)})
+    assert "s3cret" not in str(raised.value)
 
 
 @pytest.mark.parametrize("bind", ["9095", "host:", ":80", "h:99999", "h:x"])

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from bridge.client import CallResult
+from bridge.client import CallResult, TokenSource
 from bridge.dispatch import DispatchPolicy, next_step
 from bridge.store import Operation, SqliteStore
-from tests.conftest import Bridge, Fake
-from tests.helpers import free_port, make_disk_full, payload, wait_until
+from tests.conftest import TOKEN, Bridge, Fake
+from tests.helpers import (
+    BridgeProcess,
+    device_down,
+    free_port,
+    make_disk_full,
+    outcomes,
+    payload,
+    replace_file,
+    wait_until,
+)
 
 RESOLVED = payload("alertmanager_resolved.json")  # one reconf on "frontend"
 MULTI = payload("alertmanager_firing_multi.json")  # sync on MegaTron, OptimusPrime, StarScream
@@ -208,6 +218,113 @@ def test_a_401_fails_readiness_until_a_call_succeeds(bridge: Bridge, fake: Fake)
     bridge.post("/webhook", MULTI)
     bridge.outcomes(4)
     assert requests.get(bridge.url + "/-/ready", timeout=5).status_code == 200
+
+
+SYNC_DOWN = """\
+rules:
+  - name: sync-down
+    match: ['alertname = "DeviceDown"']
+    device: "{{ labels.device }}"
+    operation: sync
+"""
+NEW_TOKEN = "tok-rotated-4Kp8-never-show-me"
+
+
+def token_file_bridge(start: Callable[..., BridgeProcess], token_file: Path) -> BridgeProcess:
+    """`serve` under gunicorn reading the API token from a file that starts with TOKEN."""
+    token_file.write_text(TOKEN + "\n")
+    return start(SYNC_DOWN, workers=2, env={"BRIDGE_API_TOKEN": "",
+                                            "BRIDGE_API_TOKEN_FILE": str(token_file)})
+
+
+def ready(url: str) -> requests.Response:
+    return requests.get(url + "/-/ready", timeout=5)
+
+
+def test_a_rotated_token_file_is_used_without_a_restart(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "api-token"
+    bridge = token_file_bridge(gunicorn_bridge, token_file)
+    requests.post(bridge.url + "/webhook", data=device_down("r1"), timeout=30)
+    assert outcomes(bridge, 1)[-1].outcome == "succeeded"
+    fake.set_token(NEW_TOKEN)  # the API rotates the token: the one in the file is now refused
+    requests.post(bridge.url + "/webhook", data=device_down("r2"), timeout=30)
+    refused = outcomes(bridge, 2)[-1]
+    assert (refused.device, refused.outcome, refused.reason) == ("r2", "failed", "unauthorized")
+    # The flag is raised just after the outcome is recorded.
+    wait_until(lambda: ready(bridge.url).status_code == 503, what="not ready after the 401")
+
+    replace_file(token_file, NEW_TOKEN + "\n")
+    # Ready again before any call: the token refused is no longer the one in the file, as after
+    # a restart; else a readiness probe would keep away the webhooks that prove the new one.
+    wait_until(lambda: ready(bridge.url).status_code == 200, what="ready once it is replaced")
+    requests.post(bridge.url + "/webhook", data=device_down("frontend"), timeout=30)
+    last = outcomes(bridge, 3)[-1]
+    assert (last.device, last.outcome) == ("frontend", "succeeded")
+    assert ready(bridge.url).status_code == 200
+    assert [(c["device"], c["authorization"], c["status"]) for c in fake.calls()] == [
+        ("r1", f"Bearer {TOKEN}", 200), ("r2", f"Bearer {TOKEN}", 401),
+        ("frontend", f"Bearer {NEW_TOKEN}", 200)]
+    assert bridge.stop() == 0
+    assert TOKEN not in bridge.log() and NEW_TOKEN not in bridge.log()
+
+
+def test_a_401_after_the_token_file_changed_in_flight_is_retried_once_with_the_new_token(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "api-token"
+    bridge = token_file_bridge(gunicorn_bridge, token_file)
+    fake.set_token(NEW_TOKEN)
+    fake.behave(hold=True, times=1)
+    requests.post(bridge.url + "/webhook", data=device_down("r1"), timeout=30)
+    wait_until(lambda: fake.calls(), what="the call to be held by the fake")
+    replace_file(token_file, NEW_TOKEN + "\n")  # while the call with the old token is in flight
+    fake.open_gate()
+    (outcome,) = outcomes(bridge, 1)
+    assert (outcome.outcome, outcome.attempt) == ("succeeded", 1)
+    assert [(c["authorization"], c["status"]) for c in fake.calls()] == [
+        (f"Bearer {TOKEN}", 401), (f"Bearer {NEW_TOKEN}", 200)]
+    assert ready(bridge.url).status_code == 200
+    assert bridge.stop() == 0
+    assert "token file changed" in bridge.log() and NEW_TOKEN not in bridge.log()
+
+
+def test_only_a_usable_replacement_of_a_rejected_token_file_makes_the_bridge_ready(
+    make_bridge: Callable[..., Bridge], fake: Fake, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "api-token"
+    token_file.write_text(TOKEN)
+    clock = Clock(1_700_000_000.0)
+    bridge = make_bridge(SYNC_DOWN, token=TokenSource.from_file(str(token_file)), clock=clock,
+                         start_dispatcher=False)
+    fake.set_token(NEW_TOKEN)
+    bridge.post("/webhook", device_down("r1"))
+    bridge.dispatcher.step()  # the call, refused
+    assert ready(bridge.url).status_code == 503
+    for written, content, status in (("empty", "\n", 503), ("new token", NEW_TOKEN, 200)):
+        replace_file(token_file, content)
+        clock.now += 2
+        bridge.dispatcher.step()  # nothing to send; looks at the token file
+        assert ready(bridge.url).status_code == status, f"with the file {written}"
+    bridge.post("/webhook", device_down("r2"))
+    bridge.dispatcher.step()
+    assert [(c["authorization"], c["status"]) for c in fake.calls()] == [
+        (f"Bearer {TOKEN}", 401), (f"Bearer {NEW_TOKEN}", 200)]
+    assert ready(bridge.url).status_code == 200
+
+
+def test_a_fixed_token_rejected_keeps_the_bridge_not_ready_until_a_call_succeeds(
+    make_bridge: Callable[..., Bridge], fake: Fake
+) -> None:
+    clock = Clock(1_700_000_000.0)
+    bridge = make_bridge(SYNC_DOWN, clock=clock, start_dispatcher=False)
+    fake.behave(status=401, times=1)
+    bridge.post("/webhook", device_down("r1"))
+    bridge.dispatcher.step()
+    clock.now += 2
+    bridge.dispatcher.step()  # a sweep: with a fixed token there is no file to look at
+    assert ready(bridge.url).status_code == 503
 
 
 def test_failed_operations_leave_a_short_cooldown(make_bridge: Callable[..., Bridge],

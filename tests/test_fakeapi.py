@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from http.client import HTTPConnection
 from typing import Any
@@ -15,6 +16,7 @@ import requests
 
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, serve_fake_api, start_fake_api_in_thread
 from tests.conftest import DEVICES, TOKEN
+from tests.helpers import wait_until
 
 INVENTORY = [*DEFAULT_DEVICES, *DEVICES]  # what the shared fake server starts with
 
@@ -294,7 +296,8 @@ def test_queued_behaviours_are_listed(fake_api: FakeApiServer, http: requests.Se
     )
 
     assert posted.json() == {
-        "behaviour": {"status": 503, "delay": 0.0, "device": "r1", "times": 3, "body": None},
+        "behaviour": {"status": 503, "delay": 0.0, "device": "r1", "times": 3, "body": None,
+                      "hold": False},
         "queued": 1,
     }
     assert http.get(f"{fake_api.control_url}/behaviour").json() == {
@@ -305,6 +308,7 @@ def test_queued_behaviours_are_listed(fake_api: FakeApiServer, http: requests.Se
                 "device": "r1",
                 "times": 3,
                 "body": None,
+                "hold": False,
                 "times_left": 3,
             }
         ]
@@ -314,7 +318,9 @@ def test_queued_behaviours_are_listed(fake_api: FakeApiServer, http: requests.Se
 @pytest.mark.parametrize(
     ("spec", "error"),
     [
-        ({}, "a behaviour needs a status, a delay, or both"),
+        ({}, "a behaviour needs a status, a delay or a hold"),
+        ({"hold": False}, "a behaviour needs a status, a delay or a hold"),
+        ({"hold": "yes"}, "hold must be true or false"),
         ({"status": 700}, "status must be an integer from 200 to 599"),
         ({"status": "503"}, "status must be an integer from 200 to 599"),
         ({"status": True}, "status must be an integer from 200 to 599"),
@@ -405,6 +411,7 @@ def test_reset_restores_everything(fake_api: FakeApiServer, http: requests.Sessi
     put_op(http, fake_api, "office-router-01", {"operation": "sync"})
     behave(http, fake_api, status=503)
     fake_api.set_devices(["r1"])
+    fake_api.set_token("another-token")
 
     assert http.post(f"{fake_api.control_url}/reset").json() == {"devices": sorted(INVENTORY)}
     assert fake_api.calls() == []
@@ -491,3 +498,71 @@ def test_serve_fake_api_logs_how_to_reach_it(caplog: pytest.LogCaptureFixture, m
     ]
     server.serve_forever.assert_called_once_with()
     server.server_close.assert_called_once_with()
+
+
+def held_call(server: FakeApiServer) -> tuple[ThreadPoolExecutor, Future[requests.Response]]:
+    """Send one call from a thread (with its own session) and wait until the fake has it."""
+
+    def call() -> requests.Response:
+        with requests.Session() as own:
+            return put_op(own, server, "office-router-01", {"operation": "sync"})
+
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(call)
+    wait_until(lambda: len(server.calls()) == 1, what="the call to reach the fake")
+    return pool, future
+
+
+def test_a_held_call_waits_for_the_gate(fake_api: FakeApiServer, http: requests.Session) -> None:
+    behave(http, fake_api, hold=True, times=1)
+    pool, future = held_call(fake_api)
+    with pool:
+        assert not future.done() and fake_api.calls()[0]["status"] is None
+        assert http.post(f"{fake_api.control_url}/gate").json() == {"gate": "opened"}
+        assert future.result(timeout=10).status_code == 200
+    # The gate closes again for later held calls, and one opened with nobody waiting is a no-op.
+    assert put_op(http, fake_api, "office-router-01", {"operation": "sync"}).status_code == 200
+
+
+def test_a_held_call_meets_the_token_of_the_moment_it_goes_on(
+    fake_api: FakeApiServer, http: requests.Session
+) -> None:
+    behave(http, fake_api, hold=True, times=1)
+    pool, future = held_call(fake_api)
+    with pool:
+        answer = http.put(f"{fake_api.control_url}/token", json={"token": "rotated-token"})
+        assert answer.json() == {"token": "changed"}
+        fake_api.open_gate()
+        assert future.result(timeout=10).status_code == 401
+    rotated = {"Authorization": "Bearer rotated-token"}
+    assert put_op(http, fake_api, "r1", {"operation": "sync"}, headers=rotated).status_code == 200
+
+
+def test_a_held_call_with_a_status_answers_it_once_released(
+    fake_api: FakeApiServer, http: requests.Session
+) -> None:
+    behave(http, fake_api, hold=True, status=401, times=1)
+    pool, future = held_call(fake_api)
+    with pool:
+        fake_api.open_gate()
+        assert future.result(timeout=10).status_code == 401
+
+
+def test_a_reset_ends_a_held_call_with_503(fake_api: FakeApiServer, http: requests.Session) -> None:
+    behave(http, fake_api, hold=True)
+    pool, future = held_call(fake_api)
+    with pool:
+        fake_api.reset()
+        answer = future.result(timeout=10)
+    assert (answer.status_code, answer.json()) == (
+        503, {"error": "the fake API was reset while this call was delayed or held"})
+
+
+@pytest.mark.parametrize("body", [{}, {"token": ""}, {"token": 7}, ["t"]])
+def test_a_token_must_be_a_non_empty_string(
+    fake_api: FakeApiServer, http: requests.Session, body: Any
+) -> None:
+    answer = http.put(f"{fake_api.control_url}/token", json=body)
+    assert (answer.status_code, answer.json()) == (
+        400, {"error": 'the body must be {"token": "<a non-empty string>"}'})
+    assert put_op(http, fake_api, "r1", {"operation": "sync"}).status_code == 200

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from tests.conftest import TOKEN, Bridge, Fake
-from tests.helpers import BridgeProcess, audit, outcomes, payload
+from tests.helpers import BridgeProcess, audit, device_down, outcomes, payload
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
 RULES = """\
@@ -31,19 +31,10 @@ HOSTILE = ["../admin", "a/b", "x?y", "%2e%2e", "#", "a\nb", "a\x00b", "x" * 10_0
            "r1/../../admin", "r 1", "\u202eevil", "r1?operation=factory", "r1#frag", "é"]
 
 
-def am(*devices: str) -> bytes:
-    return json.dumps({
-        "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
-        "alerts": [{"status": "firing", "labels": {"alertname": "DeviceDown", "device": d},
-                    "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
-                    "endsAt": "0001-01-01T00:00:00Z"} for d in devices],
-    }).encode()
-
-
 def test_hostile_device_names_are_refused_and_audited(make_bridge: Callable[..., Bridge],
                                                       fake: Fake) -> None:
     bridge = make_bridge(RULES)
-    answer = bridge.post("/webhook", am(*HOSTILE)).json()
+    answer = bridge.post("/webhook", device_down(*HOSTILE)).json()
     got = [(d["verdict"], d["reason"]) for a in answer["alerts"] for d in a["decisions"]]
     # the 10 kB name is stopped earlier, by the template's output cap
     assert [v for v, _ in got] == ["invalid_device"] * 7 + ["template_error"] + \
@@ -56,7 +47,7 @@ def test_hostile_device_names_are_refused_and_audited(make_bridge: Callable[...,
     assert len(refused) == len(HOSTILE) - 1
     assert [r.device for r in refused[5:7]] == ["a\\nb", "a\\x00b"]  # escaped, not raw
     assert max(len(r.device) for r in refused) <= 64 + len("...(10000 chars)")
-    bridge.post("/webhook", am("r1"))
+    bridge.post("/webhook", device_down("r1"))
     bridge.outcomes(1)
     assert [c["raw_path"] for c in fake.calls()] == [OP_PATH + "r1/"]
 
@@ -67,7 +58,7 @@ def test_even_a_permissive_pattern_never_changes_the_url(make_bridge: Callable[.
              "../admin"]
     requests.put(f"{fake.control}/devices", json={"devices": names}, timeout=5)
     bridge = make_bridge(RULES, device_pattern=".+", concurrency=8, rate_limit=1000.0)
-    answer = bridge.post("/webhook", am(*names, ".", "..", "a\nb")).json()
+    answer = bridge.post("/webhook", device_down(*names, ".", "..", "a\nb")).json()
     assert answer["summary"] == {"execute": len(names), "invalid_device": 3}
     bridge.outcomes(len(names))
     calls = fake.calls()
@@ -86,7 +77,7 @@ def test_too_large_bodies_get_413(make_bridge: Callable[..., Bridge]) -> None:
 
 def test_too_many_alerts_get_413(make_bridge: Callable[..., Bridge], fake: Fake) -> None:
     bridge = make_bridge(RULES, max_alerts=3)
-    r = bridge.post("/webhook", am("r1", "r2", "r3", "r4"))
+    r = bridge.post("/webhook", device_down("r1", "r2", "r3", "r4"))
     assert (r.status_code, r.json()) == (413, {"error": (
         "payload has 4 alerts, more than BRIDGE_MAX_ALERTS (3); set max_alerts in the"
         " sender's webhook config")})
