@@ -9,9 +9,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge import payloads
 from bridge.audit import AuditQuery, Delivery, iso
@@ -75,7 +76,14 @@ def create_app(
 
     device_regex = settings.device_regex
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body
+    # Werkzeug would answer a path with doubled slashes (/webhook//alertmanager) with a 308
+    # redirect and an HTML body, past every error handler: the sender of a mistyped URL
+    # would get no JSON error. Such a path is an unknown path (404), like any other.
+    app.url_map.merge_slashes = False
+    # One byte past the limit: werkzeug stops reading a body sent without Content-Length
+    # (chunked) at the limit, silently, so only reading one byte more shows it is too long.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body + 1
+    too_large = f"body is larger than BRIDGE_MAX_BODY ({settings.max_body} bytes)"
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep answers in reading order
     app.extensions["bridge"] = {
         "settings": settings, "rules": rules, "store": store, "dispatcher": dispatcher,
@@ -89,7 +97,12 @@ def create_app(
             request.path.startswith("/webhook") or request.path == "/api/explain"
         ):
             return None
-        body = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH, before any work
+        try:  # before any work
+            body = request.get_data(cache=True)
+        except RequestEntityTooLarge:  # a Content-Length past MAX_CONTENT_LENGTH
+            raise BridgeError(too_large, status=413) from None
+        if len(body) > settings.max_body:
+            raise BridgeError(too_large, status=413)
         if settings.auth.check(request.headers, body, clock()) is not None:
             return None
         # Say nothing about which check failed, to the sender or in the log.
@@ -130,12 +143,15 @@ def create_app(
             rules.version,
         )
         # Answer once the decisions are committed, never before: the API calls come after,
-        # from the dispatcher, so a slow device API cannot slow the sender down.
-        recorded = store.record(
+        # from the dispatcher, so a slow device API cannot slow the sender down. The answer
+        # is built before the commit, so that a failure to build it commits nothing.
+        recorded, answer = store.record(
             delivery,
             lambda state: decide(notification.alerts, rules, state, now,
                                  dry_run=settings.dry_run, device_pattern=device_regex),
             now, max_age=settings.max_age, approval_timeout=rules.approval_timeout,
+            answer=lambda recorded: (recorded, _webhook_answer(
+                g.request_id, notification, settings.dry_run, recorded)),
         )
         metrics.evaluated(notification.source, len(notification.alerts), recorded)
         if any(r.decision.reason.startswith(TRIPPED) for r in recorded):
@@ -143,32 +159,12 @@ def create_app(
                       "`alert-bridge resume` (request %s)", g.request_id)
         if dispatcher is not None and any(r.operation_id for r in recorded):
             dispatcher.wake()
-        summary = summarize(r.decision for r in recorded)
-        by_alert: dict[int, list[Recorded]] = {}
-        for r in recorded:
-            by_alert.setdefault(id(r.decision.alert), []).append(r)
         log.info(
             "webhook %s receiver=%r groupKey=%r alerts=%d %s", notification.source,
             notification.receiver, notification.group_key, len(notification.alerts),
-            " ".join(f"{k}={v}" for k, v in summary.items()),
+            " ".join(f"{k}={v}" for k, v in answer["summary"].items()),
         )
-        return jsonify(
-            request_id=g.request_id,
-            source=notification.source,
-            receiver=notification.receiver,
-            groupKey=notification.group_key,
-            dry_run=settings.dry_run,
-            summary=summary,
-            alerts=[
-                {
-                    "fingerprint": alert.fingerprint,
-                    "alertname": alert.alertname,
-                    "status": alert.status,
-                    "decisions": [_decision_json(r) for r in by_alert.get(id(alert), [])],
-                }
-                for alert in notification.alerts
-            ],
-        )
+        return jsonify(answer)
 
     @app.post("/webhook/alertmanager")
     def webhook_alertmanager() -> Response:
@@ -316,6 +312,31 @@ def create_app(
         return jsonify(error="internal error", request_id=g.get("request_id", "")), 500
 
     return app
+
+
+def _webhook_answer(request_id: str, notification: payloads.Notification, dry_run: bool,
+                    recorded: list[Recorded]) -> dict[str, Any]:
+    """The JSON answer to a webhook: its decisions, alert by alert."""
+    by_alert: dict[int, list[Recorded]] = {}
+    for r in recorded:
+        by_alert.setdefault(id(r.decision.alert), []).append(r)
+    return {
+        "request_id": request_id,
+        "source": notification.source,
+        "receiver": notification.receiver,
+        "groupKey": notification.group_key,
+        "dry_run": dry_run,
+        "summary": summarize(r.decision for r in recorded),
+        "alerts": [
+            {
+                "fingerprint": alert.fingerprint,
+                "alertname": alert.alertname,
+                "status": alert.status,
+                "decisions": [_decision_json(r) for r in by_alert.get(id(alert), [])],
+            }
+            for alert in notification.alerts
+        ],
+    }
 
 
 def _decision_json(r: Recorded) -> dict[str, object]:

@@ -206,8 +206,18 @@ class AuditQuery:
     oldest_first: bool = False
 
 
+# What datetime can show: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_FIRST_SHOWN, _LAST_SHOWN = -62_135_596_800.0, 253_402_300_799.0
+
+
 def iso(ts: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with milliseconds, the form every output uses."""
+    """Epoch seconds as RFC 3339 UTC with milliseconds, the form every output uses.
+
+    A time past what datetime can show is shown at the limit instead of failing whatever
+    reads it: a startsAt in the year 9999 is such a time in epoch seconds, and a state file
+    written before payload times were bounded can hold a cooldown until the year 10000.
+    """
+    ts = min(max(ts, _FIRST_SHOWN), _LAST_SHOWN)
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from bridge.client import Secret
 from bridge.errors import ConfigError
 
 GRAFANA_SIGNATURE_HEADER = "X-Grafana-Alerting-Signature"
+# A signed timestamp as Grafana sends it; 15 digits reach far past any clock in use.
+_UNIX_SECONDS = re.compile(r"[0-9]{1,15}")
 
 
 class Headers(Protocol):
@@ -90,7 +93,10 @@ class InboundAuth:
         signed = body
         if self.hmac_timestamp_header:
             stamp = _header(headers, self.hmac_timestamp_header)
-            if not stamp.isdigit() or abs(now - int(stamp)) > self.hmac_window:
+            # Unix seconds in ASCII digits: str.isdigit() also takes "²", which int() refuses,
+            # and int() refuses more than 4300 digits; either would fail the request, not
+            # refuse it.
+            if not _UNIX_SECONDS.fullmatch(stamp) or abs(now - int(stamp)) > self.hmac_window:
                 return False  # unsigned time, or a replay from outside the window
             signed = stamp.encode() + b":" + body
         expected = (

@@ -280,22 +280,42 @@ def _opens(a: _Ask) -> float:
 
 
 def _queue(a: _Ask) -> Decision:
-    """The operation is queued; approval and holds decide when it may be sent."""
+    """The operation is queued; approval and holds decide when it may be sent.
+
+    Every time decided here is now plus rule durations (each at most ~292 years, as in
+    Prometheus), never a time taken from the payload: `_matures` bounds startsAt by now.
+    """
     rule, now = a.rule, a.now
     not_before = max(now, _opens(a))
-    starts = a.alert.starts_at
-    mature = starts.timestamp() + rule.min_age if starts and rule.min_age else now
+    mature, note = _matures(a)
     until = max(not_before, mature) + rule.cooldown
     if rule.require_approval:
         return a.verdict(PENDING_APPROVAL, f"{rule.risk} operation: waits for alert-bridge "
-                                           "approve", until, max(not_before, mature))
+                                           f"approve{note}", until, max(not_before, mature))
     if mature > not_before and mature > now:
         return a.verdict(HELD_MIN_AGE, f"alert must fire for {_duration(rule.min_age)} first: "
-                                       f"not before {iso(mature)}", until, mature)
+                                       f"not before {iso(mature)}{note}", until, mature)
     if not_before > now:
         return a.verdict(HELD_FOR_WINDOW, f"held until the maintenance window opens at "
-                                          f"{iso(not_before)}", until, not_before)
+                                          f"{iso(not_before)}{note}", until, not_before)
     return a.verdict(EXECUTE, "rule matched", until, now)
+
+
+def _matures(a: _Ask) -> tuple[float, str]:
+    """When the alert will have fired for the rule's min_age, and a note for the reason when
+    that is not counted from its startsAt."""
+    starts, min_age = a.alert.starts_at, a.rule.min_age
+    if starts is None or not min_age:
+        return a.now, ""
+    started = starts.timestamp()
+    if started > a.now:
+        # A sender's clock running ahead, or a pushed alert, can date an alert in the future,
+        # up to the year 9999. It says nothing about how long the alert has fired, and
+        # counting from it would hold the operation, and claim the device's cooldown, until
+        # then. So it has fired for no time yet: min_age counts from now.
+        return a.now + min_age, (f" (its startsAt {iso(started)} is in the future: counted"
+                                 " from now)")
+    return started + min_age, ""
 
 
 def device_name_problem(name: str, pattern: re.Pattern[str] = ANY_NAME) -> str:

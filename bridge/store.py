@@ -133,7 +133,8 @@ class Store(Protocol):
     def ping(self) -> None: ...
     def active_cooldowns(self, now: float) -> dict[Key, float]: ...
     def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
-               *, max_age: float, approval_timeout: float) -> list[Recorded]: ...
+               *, max_age: float, approval_timeout: float,
+               answer: Callable[[list[Recorded]], T]) -> T: ...
     def read_state(self, judge: Callable[[State], T]) -> T: ...
     def pending(self) -> list[Operation]: ...
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
@@ -337,12 +338,15 @@ class SqliteStore:
         return {(device, op): until for device, op, until in rows}
 
     def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
-               *, max_age: float, approval_timeout: float) -> list[Recorded]:
+               *, max_age: float, approval_timeout: float,
+               answer: Callable[[list[Recorded]], T]) -> T:
         """Decide and commit in one write transaction: claims, queue, holds, audit.
 
         `judge` (decide.decide with the payload bound) reads the state through the write lock,
         so no other worker can claim the same cooldown or spend the same budget meanwhile:
-        whatever it decides is what is committed, all or nothing.
+        whatever it decides is what is committed, all or nothing. `answer` turns what was
+        recorded into the reply, before the commit: if it fails, nothing is committed, and
+        the sender's retry finds the state as it was.
         """
         recorded: list[Recorded] = []
         audit: list[tuple] = []
@@ -368,7 +372,7 @@ class SqliteStore:
             for fingerprint in resolved:
                 audit.extend(self._cancel_immature(conn, fingerprint, now))
             _append(conn, audit)
-        return recorded
+            return answer(recorded)
 
     def read_state(self, judge: Callable[[State], T]) -> T:
         """Run `judge` on the current state without writing anything (explain, tests)."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.auth import InboundAuth
 from bridge.client import Secret
@@ -70,6 +72,30 @@ def test_grafana_hmac_with_timestamp_and_replay_window() -> None:
     assert auth.check({**headers, "X-Grafana-Alerting-Timestamp": "1700000001"}, BODY,
                       1_700_000_000) is None
     assert auth.check({"X-Grafana-Alerting-Signature": SIG}, BODY, 1_700_000_000) is None
+
+
+# Header values as a WSGI server hands them over (latin-1): digits Python's int() refuses or
+# takes, an integer past its conversion limit, signs, spaces inside, an empty value.
+BAD_STAMPS = ["1" * 5000, "9" * 4301, "\u00b2", "\u00b9\u00b2\u00b3", "+1700000000", "-1",
+              "1700000000.0", "1_700_000_000", "1700 000000", "", "0x6553f100", "\u0661"]
+
+
+@pytest.mark.parametrize("stamp", BAD_STAMPS)
+def test_a_bad_hmac_timestamp_is_refused_not_an_error(stamp: str) -> None:
+    auth = InboundAuth(hmac_secrets=(Secret("test-hmac-secret"),),
+                       hmac_timestamp_header="X-Grafana-Alerting-Timestamp")
+    headers = {"X-Grafana-Alerting-Signature": SIG_AT_1700000000,
+               "X-Grafana-Alerting-Timestamp": stamp}
+    assert auth.check(headers, BODY, 1_700_000_000) is None
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(stamp=st.sampled_from(BAD_STAMPS) | st.text(st.characters(max_codepoint=255))
+       | st.integers(min_value=0, max_value=10**4000).map(str))
+def test_fuzz_hmac_timestamps_never_raise(stamp: str) -> None:
+    auth = InboundAuth(hmac_secrets=(Secret("s"),), hmac_timestamp_header="X-Ts")
+    assert auth.check({"X-Grafana-Alerting-Signature": "0" * 64, "X-Ts": stamp}, b"{}",
+                      1_700_000_000) is None
 
 
 def test_secrets_from_variables_and_files(tmp_path: Path) -> None:
@@ -144,3 +170,17 @@ def test_health_endpoints_need_no_credentials(guarded: Bridge) -> None:
     assert requests.get(guarded.url + "/-/healthy", timeout=5).status_code == 200
     ready = requests.get(guarded.url + "/-/ready", timeout=5).json()
     assert ready["auth"] == ["bearer", "basic", "grafana-hmac"]
+
+
+@pytest.mark.parametrize("stamp", ["1" * 5000, "\u00b2"])
+def test_a_bad_hmac_timestamp_gets_a_401_over_http(make_bridge: Callable[..., Bridge],
+                                                   stamp: str) -> None:
+    bridge = make_bridge(auth=InboundAuth(
+        hmac_secrets=(Secret("test-hmac-secret"),),
+        hmac_timestamp_header="X-Grafana-Alerting-Timestamp"))
+    headers = {"X-Grafana-Alerting-Signature": SIG_AT_1700000000,
+               "X-Grafana-Alerting-Timestamp": stamp}
+    r = bridge.post("/webhook/grafana", BODY, headers=headers)
+    assert (r.status_code, r.json()) == (401, {"error": "unauthorized"})
+    metrics = requests.get(bridge.url + "/metrics", timeout=5).text
+    assert 'alert_bridge_webhooks_total{code="401",source="grafana"} 1.0' in metrics

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge import decide as d
 from bridge.payloads import Alert
@@ -296,8 +301,6 @@ def test_maintenance_window_holds_or_skips() -> None:
 
 
 def test_min_age_holds_young_alerts() -> None:
-    from datetime import UTC, datetime
-
     young = Alert("firing", MappingProxyType({"alertname": "Flappy", "device": "r1"}),
                   MappingProxyType({}), datetime.fromtimestamp(NOON - 60, UTC), None, "f", "")
     out = d.decide([young], GUARDED, FakeState(), NOON, dry_run=False)
@@ -315,3 +318,70 @@ def test_shadow_rules_are_dry_runs() -> None:
 def test_destructive_operations_wait_for_approval() -> None:
     assert judge([alert(alertname="Owned", device="r1")]) == [
         ("pending_approval", "destructive operation: waits for alert-bridge approve")]
+
+
+def flappy(starts_at: datetime | None, alertname: str = "Flappy") -> Alert:
+    return Alert("firing", MappingProxyType({"alertname": alertname, "device": "r1"}),
+                 MappingProxyType({}), starts_at, None, "f", "")
+
+
+def test_an_alert_from_the_future_counts_its_min_age_from_now() -> None:
+    out = d.decide([flappy(datetime(2099, 1, 1, tzinfo=UTC))], GUARDED, FakeState(), NOON,
+                   dry_run=False)
+    assert (out[0].verdict, out[0].not_before, out[0].until) == (
+        "held_min_age", NOON + 300, NOON + 300 + 1800)
+    assert out[0].reason == (
+        "alert must fire for 5m first: not before 2027-01-15T12:05:00.000Z (its startsAt"
+        " 2099-01-01T00:00:00.000Z is in the future: counted from now)")
+    # One second ahead (a sender's clock a little fast) is the same thing, said the same way.
+    ahead = d.decide([flappy(datetime.fromtimestamp(NOON + 1, UTC))], GUARDED, FakeState(),
+                     NOON, dry_run=False)[0]
+    assert (ahead.not_before, ahead.reason.endswith("in the future: counted from now)")) == (
+        NOON + 300, True)
+    # Exactly now is not the future: it has fired for 0s of its 5m.
+    on_time = d.decide([flappy(datetime.fromtimestamp(NOON, UTC))], GUARDED, FakeState(),
+                       NOON, dry_run=False)[0]
+    assert on_time.reason == "alert must fire for 5m first: not before 2027-01-15T12:05:00.000Z"
+
+
+# The longest durations the rules accept, on every guard that adds one to a time.
+EXTREME = parse_rules("""\
+rules:
+  - name: patient
+    match: ['alertname = "Flappy"']
+    device: "{{ labels.device }}"
+    operation: sync
+    min_age: 292y
+    cooldown: 292y
+  - name: patient-at-night
+    match: ['alertname = "Flappy"']
+    device: "{{ labels.device }}"
+    operation: reconf
+    min_age: 292y
+    cooldown: 292y
+    window: {days: mon, start: "23:59", end: "00:00", timezone: Pacific/Kiritimati}
+  - name: patient-approved
+    match: ['alertname = "Flappy"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
+    min_age: 292y
+    cooldown: 292y
+""")
+YEAR_292 = 292 * 365 * 86400.0
+WEEK = 7 * 86400.0
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(starts=st.none() | st.sampled_from([
+    datetime.max.replace(tzinfo=UTC), datetime(9999, 12, 31, 23, tzinfo=UTC),
+    datetime(2099, 1, 1, tzinfo=UTC), datetime.min.replace(tzinfo=UTC, microsecond=1),
+]) | st.datetimes(timezones=st.just(UTC)))
+def test_every_time_derived_from_startsat_is_bounded(starts: datetime | None) -> None:
+    for rules in (GUARDED, EXTREME):
+        decisions = d.decide([flappy(starts)], rules, FakeState(), NOON, dry_run=False)
+        for x in decisions:
+            for t in (x.until, x.not_before):
+                assert t is None or NOON - 1 <= t <= NOON + 2 * YEAR_292 + WEEK, x
+        explained = d.explain([flappy(starts)], rules, FakeState(), NOON, dry_run=False)
+        json.dumps(d.explanation_json(explained))  # every time in it renders

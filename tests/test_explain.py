@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 from click.testing import CliRunner
 
@@ -154,3 +155,29 @@ def test_the_audit_over_http_pages_with_filters(make_bridge: Callable[..., Bridg
     assert [r["execution_id"].startswith("op_") for r in only["records"]] == [True]
     bad = requests.get(url, params={"since": "soon"}, headers=ok, timeout=5)
     assert bad.status_code == 400 and "since" not in bad.json() and "soon" in bad.json()["error"]
+
+
+@pytest.mark.parametrize("starts_at", ["9999-12-31T23:00:00Z", "9999-12-31T23:59:59Z"])
+def test_explain_an_alert_from_the_far_future(tmp_path: Path, starts_at: str) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES.replace("    operation: reboot\n",
+                                                       "    operation: reboot\n"
+                                                       "    min_age: 5m\n    cooldown: 2h\n"))
+    doc = json.loads(PAYLOAD)
+    doc["alerts"][0]["startsAt"] = starts_at
+    (tmp_path / "payload.json").write_text(json.dumps(doc))
+    result = CliRunner().invoke(main, ["explain", str(tmp_path / "payload.json"), "--rules",
+                                       str(tmp_path / "rules.yaml"), "--state",
+                                       str(tmp_path / "none.db"), "--live"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    line = next(x for x in result.output.splitlines() if "rule reboot-down: MATCH" in x)
+    assert line.startswith("  rule reboot-down: MATCH -> reboot on r1: held_min_age (alert must"
+                           " fire for 5m first: not before ")
+    assert line.endswith(f" (its startsAt {starts_at[:-1]}.000Z is in the future: counted"
+                         " from now))")
+    as_json = CliRunner().invoke(main, ["explain", str(tmp_path / "payload.json"), "--rules",
+                                        str(tmp_path / "rules.yaml"), "--state",
+                                        str(tmp_path / "none.db"), "--live", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    decided = json.loads(as_json.output)["alerts"][0]["rules"][0]
+    assert decided["until"] < "2100"  # now + 5m + 2h, not the year 10000

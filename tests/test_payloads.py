@@ -925,6 +925,10 @@ SCALARS = (
             "2021-08-19T11:52:22.012345678+02:00",
             "2021-02-29T11:52:22Z",
             "9999-12-31T23:59:59-23:59",
+            # the far future, which the bridge must bound wherever it derives a time from it
+            "9999-12-31T23:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2099-01-01T00:00:00Z",
         ]
     )
     | st.text(max_size=20)
@@ -1013,6 +1017,7 @@ ODD_VALUES: list[Any] = [
     {},
     {"a": 1},
     "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59.999999999Z",
 ]
 DELETE = object()
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -12,6 +15,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.audit import iso
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from tests.conftest import TOKEN, Bridge, Fake
@@ -71,8 +75,10 @@ def test_even_a_permissive_pattern_never_changes_the_url(make_bridge: Callable[.
 def test_too_large_bodies_get_413(make_bridge: Callable[..., Bridge]) -> None:
     bridge = make_bridge(RULES, max_body=4096)
     r = bridge.post("/webhook", b"{" + b" " * 5000 + b"}")
-    assert r.status_code == 413
-    assert "error" in r.json()
+    assert (r.status_code, r.json()) == (
+        413, {"error": "body is larger than BRIDGE_MAX_BODY (4096 bytes)"})
+    assert bridge.post("/webhook", b"{" + b" " * 4096).status_code == 413  # 4097 bytes
+    assert bridge.post("/webhook", b"{" + b" " * 4095).status_code == 400  # 4096: read, parsed
 
 
 def test_too_many_alerts_get_413(make_bridge: Callable[..., Bridge], fake: Fake) -> None:
@@ -131,18 +137,71 @@ def test_fuzz_arbitrary_json_never_causes_a_5xx(bridge: Bridge, doc: object) -> 
         assert r.status_code < 500, (path, body, r.text)
 
 
+# Every guard that turns a payload time into a time of its own: min_age (from startsAt), a
+# window, approval; each with a cooldown after it.
+TIMED_RULES = RULES + """\
+  - name: sync-when-old
+    match: ['alertname = "DeviceDown"']
+    device: "{{ labels.device }}"
+    operation: sync
+    min_age: 5m
+    cooldown: 2h
+  - name: reconf-at-night-when-old
+    match: ['alertname = "DeviceDown"']
+    device: "{{ labels.device }}"
+    operation: reconf
+    min_age: 1d
+    window: {days: mon, start: "03:00", end: "04:00", timezone: Europe/Madrid}
+  - name: wipe-when-old
+    match: ['alertname = "DeviceDown"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
+    min_age: 5m
+    status: any
+"""
+@pytest.fixture
+def timed_bridge(make_bridge: Callable[..., Bridge]) -> Bridge:
+    return make_bridge(TIMED_RULES, start_dispatcher=False)
+
+
+# Times from the far past to the end of datetime's range, a skewed clock's future, the zero
+# time, an offset that crosses the year 9999 in UTC, and no time at all.
+TIMES = st.sampled_from([
+    "2026-11-25T10:00:00Z", "0001-01-01T00:00:00Z", "0001-01-01T00:00:00.5Z", "bad", "",
+    "9999-12-31T23:00:00Z", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59.999999999Z",
+    "9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59+23:59", "2099-01-01T00:00:00Z",
+    "1970-01-01T00:00:00Z", "1969-12-31T23:59:59.999Z",
+]) | st.none()
+
+
 @FUZZ
 @given(alerts=st.lists(st.fixed_dictionaries({
     "status": st.sampled_from(["firing", "resolved", "other", ""]),
-    "labels": st.dictionaries(st.sampled_from(["alertname", "device", "site"]),
-                              st.sampled_from(["DeviceDown", "r1", "", "../x", "a\x00"])
-                              | st.text(max_size=8)),
-    "startsAt": st.sampled_from(["2026-11-25T10:00:00Z", "0001-01-01T00:00:00Z", "bad", ""]),
+    # Half of them match the rules, on devices not yet in cooldown, so that their times reach
+    # every guard.
+    "labels": st.fixed_dictionaries({"alertname": st.just("DeviceDown"),
+                                     "device": st.from_regex(r"[a-z][a-z0-9]{0,12}",
+                                                             fullmatch=True)})
+    | st.dictionaries(st.sampled_from(["alertname", "device", "site"]),
+                      st.sampled_from(["DeviceDown", "r1", "", "../x", "a\x00"])
+                      | st.text(max_size=8)),
+    "startsAt": TIMES,
+    "endsAt": TIMES,
 })))
-def test_fuzz_alert_shaped_payloads_never_cause_a_5xx(bridge: Bridge, alerts: list) -> None:
+def test_fuzz_alert_shaped_payloads_never_cause_a_5xx(timed_bridge: Bridge,
+                                                      alerts: list) -> None:
+    bridge = timed_bridge  # one for all examples: state builds up as in life
     body = json.dumps({"version": "4", "status": "firing", "alerts": alerts}).encode()
-    r = bridge.post("/webhook/alertmanager", body)
-    assert r.status_code < 500, r.text
+    for path in ("/webhook/alertmanager", "/api/explain"):
+        r = bridge.post(path, body)
+        assert r.status_code < 500, r.text
+    if r.status_code == 200:
+        # Nothing the payload says pushes a time past now + the longest min_age + cooldown.
+        latest = iso(time.time() + 8 * 86400)
+        times = [rule[k] for a in r.json()["alerts"] for rule in a["rules"]
+                 for k in ("until", "not_before") if k in rule]
+        assert all(t < latest for t in times), times
 
 
 def test_a_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
@@ -186,3 +245,39 @@ def test_no_secret_in_any_log_line_audit_record_or_answer(
                             ("answers", "\n".join(answers))):
             assert secret not in text, f"{secret} appears in the {where}"
     assert "refused: authentication failed" in bridge.log()
+
+
+def post_chunked(url: str, path: str, chunks: list[bytes]) -> tuple[int, dict[str, Any]]:
+    """POST with Transfer-Encoding: chunked and no Content-Length, as streaming clients do."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", path, body=iter(chunks), encode_chunked=True,
+                     headers={"Content-Type": "application/json",
+                              "Transfer-Encoding": "chunked"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def test_a_chunked_body_over_the_limit_gets_413_under_gunicorn(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    bridge = gunicorn_bridge(RULES, workers=1, env={"BRIDGE_MAX_BODY": "4096"})
+    big = am(*(f"r{i}" for i in range(40)))  # about 8 kB, valid JSON
+    assert len(big) > 4096
+    chunks = [big[i:i + 1000] for i in range(0, len(big), 1000)]
+    status, doc = post_chunked(bridge.url, "/webhook/alertmanager", chunks)
+    assert (status, doc) == (413, {"error": "body is larger than BRIDGE_MAX_BODY (4096 bytes)"})
+    # At the limit, and under it, a chunked body is read whole and judged.
+    exact = am("r1")
+    exact = exact[:-1] + b" " * (4096 - len(exact)) + b"}"
+    assert len(exact) == 4096
+    status, doc = post_chunked(bridge.url, "/webhook/alertmanager", [exact[:100], exact[100:]])
+    assert (status, doc["summary"]) == (200, {"execute": 1}), doc
+    status, doc = post_chunked(bridge.url, "/webhook/alertmanager", [am("r2")])
+    assert (status, doc["summary"]) == (200, {"execute": 1}), doc
+    assert len([r for r in audit(bridge) if r.event == "decision"]) == 2
+    status, doc = post_chunked(bridge.url, "/webhook//alertmanager", [am("r3")])
+    assert (status, set(doc)) == (404, {"error"})  # gunicorn passes the path on as it is

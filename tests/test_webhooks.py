@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from bridge.audit import iso
+from bridge.store import SqliteStore
 from tests.conftest import RULES, TOKEN, Bridge, Fake
-from tests.helpers import payload, payload_json
+from tests.helpers import ROOT, payload, payload_json
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
 
@@ -247,3 +252,125 @@ def test_health_and_readiness(bridge: Bridge) -> None:
     ready = requests.get(bridge.url + "/-/ready", timeout=5)
     assert ready.status_code == 200
     assert ready.json()["rules"] == 4
+
+
+# -- times from the payload, and what happens when a request fails half-way ------------------
+
+SHIPPED_RULES = (ROOT / "rules.yaml").read_text()
+NOW = 1_795_000_000.0  # 2026-11-19T09:46:40Z: a fixed clock, so every derived time is exact
+
+
+def group(*alerts: tuple[str, str, str]) -> bytes:
+    """An Alertmanager group of (alertname, device, startsAt) alerts, all firing, critical."""
+    return json.dumps({
+        "version": "4", "status": "firing", "receiver": "bridge", "groupKey": "{}:{}",
+        "alerts": [{"status": "firing", "labels": {"alertname": name, "device": device,
+                                                   "severity": "critical"},
+                    "annotations": {}, "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z"}
+                   for name, device, starts in alerts],
+    }).encode()
+
+
+def sql(bridge: Bridge, query: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(bridge.settings.state_path) as conn:
+        return conn.execute(query).fetchall()
+
+
+@pytest.mark.parametrize("starts_at", [
+    "9999-12-31T23:00:00Z", "9999-12-31T23:59:59.999999999Z", "2099-01-01T00:00:00Z",
+    "2026-11-19T09:46:41Z",
+])
+def test_an_alert_from_the_future_counts_its_min_age_from_now(
+    make_bridge: Callable[..., Bridge], starts_at: str
+) -> None:
+    bridge = make_bridge(SHIPPED_RULES, clock=lambda: NOW, start_dispatcher=False)
+    r = bridge.post("/webhook/alertmanager", group(
+        ("AccessPointUnreachable", "ap-7", starts_at), ("DeviceUnreachable", "r1", iso(NOW))))
+    assert r.status_code == 200, r.text
+    held, other = (a["decisions"][0] for a in r.json()["alerts"])
+    mature = NOW + 300  # the rule's min_age, 5m, from now
+    assert held == {
+        "rule": "reboot-stuck-access-points", "device": "ap-7", "operation": "reboot",
+        "verdict": "held_min_age",
+        "reason": f"alert must fire for 5m first: not before {iso(mature)} (its startsAt"
+                  f" {iso(parse_time(starts_at))} is in the future: counted from now)",
+        "until": iso(mature + 7200), "not_before": iso(mature), "operation_id": 1,
+    }
+    assert other["verdict"] == "execute"  # the rest of the group is judged as usual
+    # Every time stored for it is bounded by now + min_age + cooldown, and so is the next
+    # genuine alert's cooldown.
+    assert sql(bridge, "SELECT max(until) FROM cooldowns") == [(mature + 7200,)]
+    assert sql(bridge, "SELECT max(next_attempt), max(claim_until), max(expires_at)"
+                       " FROM operations") == [(mature, mature + 7200, mature + 600)]
+    genuine = bridge.post("/webhook/alertmanager", group(
+        ("AccessPointUnreachable", "ap-7", iso(NOW - 600)))).json()
+    assert [(d["verdict"], d["until"]) for d in genuine["alerts"][0]["decisions"]] == [
+        ("cooldown", iso(mature + 7200))]
+    explained = bridge.post("/api/explain", group(
+        ("AccessPointUnreachable", "ap-8", starts_at)))
+    assert explained.status_code == 200, explained.text
+    assert explained.json()["alerts"][0]["rules"][3]["not_before"] == iso(mature)
+
+
+def parse_time(text: str) -> float:
+    from bridge.payloads import parse
+
+    alert = parse(group(("x", "y", text))).alerts[0]
+    assert alert.starts_at is not None
+    return alert.starts_at.timestamp()
+
+
+def test_a_cooldown_stored_past_year_9999_is_answered_not_a_500(
+    make_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    # What a bridge before the fix left behind: a cooldown claimed until the year 10000.
+    state = tmp_path / "old.db"
+    SqliteStore(state).ping()
+    with sqlite3.connect(state) as conn:
+        conn.execute("INSERT INTO cooldowns VALUES ('ap-7', 'reboot', ?, 'x')",
+                     (253_402_300_800.0 + 3600,))
+    bridge = make_bridge(SHIPPED_RULES, clock=lambda: NOW, state=state, start_dispatcher=False)
+    body = group(("AccessPointUnreachable", "ap-7", iso(NOW - 600)),
+                 ("DeviceUnreachable", "r1", iso(NOW)))
+    r = bridge.post("/webhook/alertmanager", body)
+    assert r.status_code == 200, r.text
+    assert [d["verdict"] for a in r.json()["alerts"] for d in a["decisions"]] == [
+        "cooldown", "execute"]
+    assert r.json()["alerts"][0]["decisions"][0]["until"] == "9999-12-31T23:59:59.000Z"
+    assert bridge.post("/api/explain", body).status_code == 200
+
+
+def test_a_webhook_that_fails_after_deciding_commits_nothing(
+    make_bridge: Callable[..., Bridge], fake: Fake, mocker: Any
+) -> None:
+    bridge = make_bridge(start_dispatcher=False)
+    body = payload("alertmanager_firing_multi.json")
+    # A fault no payload can cause any more: building the answer fails after the decisions.
+    mocker.patch("bridge.app._decision_json", side_effect=RuntimeError("boom"))
+    r = bridge.post("/webhook/alertmanager", body)
+    assert (r.status_code, r.json()["error"]) == (500, "internal error")
+    assert bridge.audit() == []
+    assert sql(bridge, "SELECT count(*) FROM cooldowns") == [(0,)]
+    assert sql(bridge, "SELECT count(*) FROM operations") == [(0,)]
+    mocker.stopall()
+    again = bridge.post("/webhook/alertmanager", body)  # what Alertmanager's retry finds
+    assert again.json()["summary"] == {"execute": 3}
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+@pytest.mark.parametrize("path", [
+    "/webhook//alertmanager", "/webhook//", "/webhook/", "/webhook/alertmanager/",
+    "/webhook/alertmanager//", "/webhook/alertmanager/x", "/api//explain", "/-//ready",
+    "/%2e%2e/webhook", "/webhook/%2Falertmanager",
+])
+def test_odd_paths_answer_the_json_error(bridge: Bridge, method: str, path: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", bridge.server.port, timeout=10)
+    try:
+        conn.request(method, path, body=b"{}" if method == "POST" else None,
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        status, kind, doc = r.status, r.getheader("Content-Type"), json.loads(r.read())
+    finally:
+        conn.close()
+    assert (status, kind) == (404, "application/json"), doc
+    assert set(doc) == {"error"}
