@@ -25,6 +25,7 @@ import requests
 import yaml
 
 from bridge.audit import AuditRecord
+from tests import helpers
 from tests.helpers import BridgeProcess, audit, free_port, need, wait_until
 
 BINARY = "prometheus-alertmanager"
@@ -151,10 +152,11 @@ class Alertmanager:
 
 
 def alert(name: str, device: str, **labels: str) -> dict[str, Any]:
-    return {
-        "labels": {"alertname": name, "device": device, "severity": "critical", **labels},
-        "annotations": {"summary": f"{device} does not answer"},
-    }
+    """A critical alert as Alertmanager's API takes it: the labels and annotations of a
+    webhook alert, without the times, which Alertmanager sets itself."""
+    made = helpers.alert(name, device, severity="critical",
+                         annotations={"summary": f"{device} does not answer"}, **labels)
+    return {"labels": made["labels"], "annotations": made["annotations"]}
 
 
 # -- the bridge's audit --------------------------------------------------------------------

@@ -47,14 +47,53 @@ def payload_json(name: str) -> Any:
     return json.loads(payload(name))
 
 
-def device_down(*devices: str) -> bytes:
-    """An Alertmanager webhook body: one firing DeviceDown alert per device label."""
+#: When the alerts that `alert` builds started firing, unless a test says otherwise.
+STARTS_AT = "2026-11-25T10:00:00Z"
+#: Go's zero time: what Alertmanager sends as the endsAt of an alert still firing.
+NOT_ENDED = "0001-01-01T00:00:00Z"
+
+
+def alert(name: str, device: str | None = None, *, status: str = "firing",
+          starts_at: str = STARTS_AT, fingerprint: str | None = None,
+          annotations: dict[str, str] | None = None, **labels: str) -> dict[str, Any]:
+    """One alert as Alertmanager writes it in a webhook body: `alertname` first, then
+    `labels`, then `device` if given. Without a fingerprint the bridge computes one from the
+    labels, as it does for a sender that omits it."""
+    made: dict[str, Any] = {
+        "status": status,
+        "labels": {"alertname": name, **labels, **({} if device is None else {"device": device})},
+        "annotations": annotations or {}, "startsAt": starts_at,
+        # The bridge only parses a resolved alert's endsAt: its start will do.
+        "endsAt": NOT_ENDED if status == "firing" else starts_at,
+    }
+    if fingerprint is not None:
+        made["fingerprint"] = fingerprint
+    return made
+
+
+def webhook(*alerts: dict[str, Any], receiver: str = "bridge") -> bytes:
+    """An Alertmanager webhook body (version 4) carrying `alerts`; the group fires while one
+    of them does, as in Alertmanager."""
+    firing = any(a.get("status") == "firing" for a in alerts)
     return json.dumps({
-        "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
-        "alerts": [{"status": "firing", "labels": {"alertname": "DeviceDown", "device": d},
-                    "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
-                    "endsAt": "0001-01-01T00:00:00Z"} for d in devices],
+        "version": "4", "status": "firing" if firing else "resolved", "receiver": receiver,
+        "groupKey": "{}:{}", "alerts": list(alerts),
     }).encode()
+
+
+def device_down(*devices: str) -> bytes:
+    """A webhook body: one firing DeviceDown alert per device."""
+    return webhook(*(alert("DeviceDown", d) for d in devices))
+
+
+class Clock:
+    """A clock the test sets: give it as `clock=` and move it with `clock.now += seconds`."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def replace_file(path: Path, text: str) -> None:

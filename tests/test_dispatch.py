@@ -16,6 +16,7 @@ from bridge.store import Operation, SqliteStore
 from tests.conftest import TOKEN, Bridge, Fake
 from tests.helpers import (
     BridgeProcess,
+    Clock,
     device_down,
     free_port,
     make_disk_full,
@@ -340,14 +341,6 @@ def test_failed_operations_leave_a_short_cooldown(make_bridge: Callable[..., Bri
     ok = next(o for o in outcomes if o.device == "MegaTron")
     assert cooldowns[("OptimusPrime", "sync")] == pytest.approx(failed.ts + 60.0)
     assert cooldowns[("MegaTron", "sync")] == pytest.approx(ok.ts + 1800.0, abs=5)
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_operations_too_old_to_send_expire(make_bridge: Callable[..., Bridge],

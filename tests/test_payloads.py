@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from bridge.errors import PayloadError
 from bridge.payloads import SOURCES, Alert, Notification, detect, fingerprint, parse
+from tests.helpers import PAYLOADS
+from tests.helpers import payload as body
+from tests.helpers import payload_json as doc
 
-PAYLOAD_DIR = Path(__file__).parent / "payloads"
-PAYLOAD_FILES = sorted(PAYLOAD_DIR.glob("*.json"))
+PAYLOAD_FILES = sorted(PAYLOADS.glob("*.json"))
 
 # database=None: hypothesis must not write a .hypothesis/ directory into the tree.
 FUZZ = settings(
@@ -25,14 +27,6 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-
-
-def body(name: str) -> bytes:
-    return (PAYLOAD_DIR / name).read_bytes()
-
-
-def doc(name: str) -> Any:
-    return json.loads(body(name))
 
 
 def encode(value: Any) -> bytes:

@@ -19,7 +19,7 @@ from bridge.audit import iso
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from tests.conftest import TOKEN, Bridge, Fake
-from tests.helpers import BridgeProcess, audit, device_down, outcomes, payload
+from tests.helpers import BridgeProcess, audit, device_down, outcomes, payload, webhook
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
 RULES = """\
@@ -192,7 +192,7 @@ TIMES = st.sampled_from([
 def test_fuzz_alert_shaped_payloads_never_cause_a_5xx(timed_bridge: Bridge,
                                                       alerts: list) -> None:
     bridge = timed_bridge  # one for all examples: state builds up as in life
-    body = json.dumps({"version": "4", "status": "firing", "alerts": alerts}).encode()
+    body = webhook(*alerts)
     for path in ("/webhook/alertmanager", "/api/explain"):
         r = bridge.post(path, body)
         assert r.status_code < 500, r.text
@@ -265,19 +265,19 @@ def test_a_chunked_body_over_the_limit_gets_413_under_gunicorn(
     gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
 ) -> None:
     bridge = gunicorn_bridge(RULES, workers=1, env={"BRIDGE_MAX_BODY": "4096"})
-    big = am(*(f"r{i}" for i in range(40)))  # about 8 kB, valid JSON
+    big = device_down(*(f"r{i}" for i in range(40)))  # about 7 kB, valid JSON
     assert len(big) > 4096
     chunks = [big[i:i + 1000] for i in range(0, len(big), 1000)]
     status, doc = post_chunked(bridge.url, "/webhook/alertmanager", chunks)
     assert (status, doc) == (413, {"error": "body is larger than BRIDGE_MAX_BODY (4096 bytes)"})
     # At the limit, and under it, a chunked body is read whole and judged.
-    exact = am("r1")
+    exact = device_down("r1")
     exact = exact[:-1] + b" " * (4096 - len(exact)) + b"}"
     assert len(exact) == 4096
     status, doc = post_chunked(bridge.url, "/webhook/alertmanager", [exact[:100], exact[100:]])
     assert (status, doc["summary"]) == (200, {"execute": 1}), doc
-    status, doc = post_chunked(bridge.url, "/webhook/alertmanager", [am("r2")])
+    status, doc = post_chunked(bridge.url, "/webhook/alertmanager", [device_down("r2")])
     assert (status, doc["summary"]) == (200, {"execute": 1}), doc
     assert len([r for r in audit(bridge) if r.event == "decision"]) == 2
-    status, doc = post_chunked(bridge.url, "/webhook//alertmanager", [am("r3")])
+    status, doc = post_chunked(bridge.url, "/webhook//alertmanager", [device_down("r3")])
     assert (status, set(doc)) == (404, {"error"})  # gunicorn passes the path on as it is
