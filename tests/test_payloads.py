@@ -63,26 +63,26 @@ def parse_error(raw: bytes, source: str | None = None) -> PayloadError:
     return info.value
 
 
+def replaced(target: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Set each key of `changes` in `target`; a None value deletes the key instead."""
+    for key, value in changes.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+
 def am_with(**changes: Any) -> dict[str, Any]:
     """alertmanager_firing_multi.json with top-level keys replaced (None deletes)."""
     payload = doc("alertmanager_firing_multi.json")
-    for key, value in changes.items():
-        if value is None:
-            payload.pop(key, None)
-        else:
-            payload[key] = value
+    replaced(payload, changes)
     return payload
 
 
 def am_alert_with(index: int, **changes: Any) -> dict[str, Any]:
     """alertmanager_firing_multi.json with keys of alerts[index] replaced (None deletes)."""
     payload = doc("alertmanager_firing_multi.json")
-    alert = payload["alerts"][index]
-    for key, value in changes.items():
-        if value is None:
-            alert.pop(key, None)
-        else:
-            alert[key] = value
+    replaced(payload["alerts"][index], changes)
     return payload
 
 
