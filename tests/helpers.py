@@ -186,16 +186,28 @@ class ThreadServer:
         self._thread.join(5)
 
 
-class BridgeProcess:
-    """`python -m bridge serve` under real gunicorn, as an operator would start it."""
+def live_children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` and that have not exited, read from /proc (each
+    /proc/N/stat gives the state and the parent after the command's closing parenthesis)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue  # gone while we looked
+        if int(parent) == pid and state not in ("Z", "X"):
+            found.add(int(stat.parent.name))
+    return found
 
-    def __init__(self, workdir: Path, rules: Path, state: Path, env: dict[str, str],
-                 workers: int = 3, extra_args: tuple[str, ...] = ()) -> None:
-        self.workdir, self.rules, self.state = workdir, rules, state
-        self.env = {**os.environ, **env}
-        self.workers = workers
-        self.extra_args = extra_args
-        self.log_path = workdir / "bridge.log"
+
+class LocalService:
+    """A server process of the tests: a free loopback port, its output in `log_path`, ready
+    once its GET /-/ready answers 200."""
+
+    name = "service"
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -203,29 +215,53 @@ class BridgeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> BridgeProcess:
-        self.port = free_port()
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def spawn(self, argv: list[str], timeout: float, **popen: Any) -> None:
+        """Run `argv` (which listens on self.port) in its own session, so that a crash can
+        take all of it; return once it is ready, fail if it exits first."""
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "--rules", str(self.rules),
-             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-             "--state", str(self.state), *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
-            start_new_session=True,  # its own process group, so a crash can take all of it
-        )
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, **popen)
         log.close()
 
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"bridge exited {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
             return requests.get(self.url + "/-/ready", timeout=2).status_code == 200
 
-        wait_until(ready, timeout=30, what="bridge /-/ready")
+        wait_until(ready, timeout=timeout, what=f"{self.name} /-/ready")
+
+
+class BridgeProcess(LocalService):
+    """`python -m bridge serve` under real gunicorn, as an operator would start it."""
+
+    name = "bridge"
+
+    def __init__(self, workdir: Path, rules: Path, state: Path, env: dict[str, str],
+                 workers: int = 3, extra_args: tuple[str, ...] = ()) -> None:
+        super().__init__(workdir / "bridge.log")
+        self.workdir, self.rules, self.state = workdir, rules, state
+        self.env = {**os.environ, **env}
+        self.workers = workers
+        self.extra_args = extra_args
+
+    def start(self) -> BridgeProcess:
+        self.port = free_port()
+        self.spawn(
+            [sys.executable, "-m", "bridge", "serve", "--rules", str(self.rules),
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+             "--state", str(self.state), *self.extra_args],
+            timeout=30, env=self.env, cwd=self.workdir,
+        )
         return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def worker_pids(self) -> set[int]:
+        """gunicorn's workers alive now: the children of `serve`, which is the master."""
+        assert self.proc is not None
+        return live_children(self.proc.pid)
 
     def crash(self) -> None:
         """kill -9 the master and every worker at once, as a power cut or OOM kill would."""
