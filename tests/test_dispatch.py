@@ -124,12 +124,14 @@ def test_the_webhook_answers_before_a_slow_api_is_called(
     make_bridge: Callable[..., Bridge], fake: Fake
 ) -> None:
     bridge = make_bridge(read_timeout=5.0)
-    fake.behave(delay=2.0)
+    fake.behave(hold=True, times=1)
     answer = bridge.post("/webhook", RESOLVED).json()
     assert answer["summary"] == {"execute": 1}
-    # The answer came back while the call was, at most, still waiting on the slow API.
-    assert all(c["finished"] is None for c in fake.calls())
+    # The answer came back while the call was, at most, held by the fake.
     assert [r.event for r in bridge.audit()] == ["decision"]
+    (held,) = wait_until(fake.calls, what="the call to be held by the fake")
+    assert held["finished"] is None
+    fake.open_gate()
     (outcome,) = bridge.outcomes(1)
     assert outcome.outcome == "succeeded"
 
@@ -374,8 +376,13 @@ def test_concurrency_is_bounded_and_one_operation_per_device(
     make_bridge: Callable[..., Bridge], fake: Fake
 ) -> None:
     bridge = make_bridge(REBOOT_RULES, concurrency=2, rate_limit=1000.0)
-    fake.behave(delay=0.3)
+    fake.behave(hold=True, times=2)
     bridge.post("/webhook", MULTI)
+    # The first two calls stay in flight together until the gate opens: on two devices.
+    held = wait_until(lambda: (lambda c: c[:2] if len(c) >= 2 else None)(fake.calls()),
+                      what="two calls held by the fake")
+    assert {c["finished"] for c in held} == {None} and len({c["device"] for c in held}) == 2
+    fake.open_gate()
     bridge.outcomes(6)
     calls = fake.calls()
     assert len(calls) == 6
