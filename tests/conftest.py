@@ -88,7 +88,7 @@ def fake_api(fake_server: FakeApiServer) -> Iterator[FakeApiServer]:
     """The fake device API, as it was at its start: no calls, no behaviours, full inventory."""
     fake_server.reset()
     yield fake_server
-    fake_server.reset()  # also wakes calls still delayed by a behaviour
+    fake_server.reset()  # also wakes calls still delayed or held by a behaviour
 
 
 @pytest.fixture
