@@ -66,7 +66,9 @@ class Fake:
         return r.json()["calls"]
 
     def behave(self, **behaviour: Any) -> None:
-        requests.post(f"{self.control}/behaviour", json=behaviour, timeout=5).raise_for_status()
+        """Queue a behaviour (POST /_fake/behaviour), which the fake must accept with 201."""
+        r = requests.post(f"{self.control}/behaviour", json=behaviour, timeout=5)
+        assert r.status_code == 201, r.text
 
     def set_token(self, token: str) -> None:
         """The API rotates its token: only `token` is accepted from now on."""
