@@ -16,7 +16,7 @@ from bridge.config import Settings
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thread
 from bridge.rules import parse_rules
 from bridge.store import SqliteStore
-from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes
+from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes, wait_until
 
 # Distinctive, so that finding it anywhere it should not be is unambiguous.
 TOKEN = "tok-7Hq2-ZXv9-never-show-me"
@@ -64,6 +64,13 @@ class Fake:
         r = requests.get(f"{self.control}/calls", timeout=5)
         r.raise_for_status()
         return r.json()["calls"]
+
+    def arrived(self, n: int = 1) -> list[dict[str, Any]]:
+        """Wait until `n` calls have reached the fake (a held call counts once it is held);
+        the first `n` of them."""
+        got = wait_until(lambda: (lambda c: c if len(c) >= n else None)(self.calls()),
+                         what=f"{n} call(s) at the fake")
+        return got[:n]
 
     def behave(self, **behaviour: Any) -> None:
         """Queue a behaviour (POST /_fake/behaviour), which the fake must accept with 201."""

@@ -263,6 +263,11 @@ class BridgeProcess(LocalService):
         assert self.proc is not None
         return live_children(self.proc.pid)
 
+    def wait_for_workers(self, n: int) -> set[int]:
+        """Wait until exactly `n` workers are alive; their pids."""
+        return wait_until(lambda: (lambda w: w if len(w) == n else None)(self.worker_pids()),
+                          what=f"{n} gunicorn worker(s)")
+
     def crash(self) -> None:
         """kill -9 the master and every worker at once, as a power cut or OOM kill would."""
         assert self.proc is not None

@@ -129,7 +129,7 @@ def test_the_webhook_answers_before_a_slow_api_is_called(
     assert answer["summary"] == {"execute": 1}
     # The answer came back while the call was, at most, held by the fake.
     assert [r.event for r in bridge.audit()] == ["decision"]
-    (held,) = wait_until(fake.calls, what="the call to be held by the fake")
+    (held,) = fake.arrived(1)
     assert held["finished"] is None
     fake.open_gate()
     (outcome,) = bridge.outcomes(1)
@@ -281,7 +281,7 @@ def test_a_401_after_the_token_file_changed_in_flight_is_retried_once_with_the_n
     fake.set_token(NEW_TOKEN)
     fake.behave(hold=True, times=1)
     requests.post(bridge.url + "/webhook", data=device_down("r1"), timeout=30)
-    wait_until(lambda: fake.calls(), what="the call to be held by the fake")
+    fake.arrived(1)
     replace_file(token_file, NEW_TOKEN + "\n")  # while the call with the old token is in flight
     fake.open_gate()
     (outcome,) = outcomes(bridge, 1)
@@ -379,8 +379,7 @@ def test_concurrency_is_bounded_and_one_operation_per_device(
     fake.behave(hold=True, times=2)
     bridge.post("/webhook", MULTI)
     # The first two calls stay in flight together until the gate opens: on two devices.
-    held = wait_until(lambda: (lambda c: c[:2] if len(c) >= 2 else None)(fake.calls()),
-                      what="two calls held by the fake")
+    held = fake.arrived(2)
     assert {c["finished"] for c in held} == {None} and len({c["device"] for c in held}) == 2
     fake.open_gate()
     bridge.outcomes(6)

@@ -49,7 +49,7 @@ def test_twenty_simultaneous_duplicates_make_exactly_one_call(
 
 def test_several_workers_really_serve(gunicorn_bridge: Callable[..., BridgeProcess]) -> None:
     bridge = gunicorn_bridge(workers=3)
-    wait_until(lambda: len(bridge.worker_pids()) == 3, what="three gunicorn workers")
+    bridge.wait_for_workers(3)
 
 
 def test_a_restart_keeps_cooldowns(gunicorn_bridge: Callable[..., BridgeProcess],
@@ -71,8 +71,7 @@ def test_sighup_reaches_the_server_and_it_keeps_serving(
 ) -> None:
     bridge = gunicorn_bridge(workers=2)
     assert bridge.proc is not None
-    old = wait_until(lambda: (lambda w: w if len(w) == 2 else None)(bridge.worker_pids()),
-                     what="two gunicorn workers")
+    old = bridge.wait_for_workers(2)
     bridge.proc.send_signal(signal.SIGHUP)
     # gunicorn answers SIGHUP by replacing every worker.
     wait_until(lambda: (lambda w: len(w) == 2 and not w & old)(bridge.worker_pids()),
@@ -94,7 +93,7 @@ def test_kill_9_loses_nothing_and_sends_nothing_twice(
     answer = requests.post(first.url + "/webhook", timeout=30,
                            data=payload("alertmanager_firing_multi.json")).json()
     assert answer["summary"] == {"execute": 3}
-    wait_until(lambda: len(fake.calls()) == 1, what="the first call to be in flight")
+    fake.arrived(1)
     first.crash()
     second = gunicorn_bridge(workers=2, env=env, state=first.state)
     ended = outcomes(second, 3, timeout=60)
@@ -115,14 +114,12 @@ def test_sigterm_drains_calls_in_flight(gunicorn_bridge: Callable[..., BridgePro
     fake.behave(hold=True, times=1)
     requests.post(bridge.url + "/webhook", data=payload("alertmanager_resolved.json"),
                   timeout=30)
-    wait_until(lambda: len(fake.calls()) == 1, what="the call to be held by the fake")
-    workers = wait_until(lambda: (lambda w: w if len(w) == 2 else None)(bridge.worker_pids()),
-                         what="two gunicorn workers")
+    fake.arrived(1)
+    workers = bridge.wait_for_workers(2)
     assert bridge.proc is not None
     bridge.proc.send_signal(signal.SIGTERM)
     # The idle worker leaves at once; the one with the call waits for its answer.
-    wait_until(lambda: len(bridge.worker_pids()) == 1, what="the idle worker to exit")
-    assert bridge.worker_pids() < workers and bridge.proc.poll() is None
+    assert bridge.wait_for_workers(1) < workers and bridge.proc.poll() is None
     fake.open_gate()
     assert bridge.proc.wait(30) == 0
     assert [(r.event, r.outcome) for r in audit(bridge)] == [
