@@ -20,6 +20,7 @@ from bridge.audit import AuditQuery, format_rows, format_table, iso, to_json_lin
 from bridge.config import Settings, parse_bind
 from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
+from bridge.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,9 +30,15 @@ STATE_OPTION = click.option(
 )
 
 
+def say(line: str = "", err: bool = False) -> None:
+    """Print one line for a person. It may quote alerts or user input: escaped, it stays one
+    line and cannot drive the terminal (see bridge.text)."""
+    click.echo(printable(line), err=err)
+
+
 def fail(*lines: str) -> NoReturn:
     for line in lines:
-        click.echo(f"Error: {line}", err=True)
+        say(f"Error: {line}", err=True)
     sys.exit(1)
 
 
@@ -150,12 +157,12 @@ def check(path: str, strict: bool) -> None:
     rules = load_rules(path)
     warnings = lint(rules)
     for warning in warnings:
-        click.echo(f"Warning: {warning}", err=True)
+        say(f"Warning: {warning}", err=True)
     if warnings and strict:
         sys.exit(1)
     ops = sorted({r.operation for r in rules.rules})
     warned = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
-    click.echo(
+    say(
         f"{path}: OK{warned}, {len(rules.rules)} rule{'s' if len(rules.rules) != 1 else ''}"
         f" (version {rules.version}; operations: {', '.join(ops) or 'none'};"
         f" default cooldown {format_duration(rules.default_cooldown)})"
@@ -255,7 +262,7 @@ def verify(ctx: click.Context, state_path: str | None) -> None:
     report = store.verify_audit()
     if not report.ok:
         fail(f"{store.path}: {report.problem}")
-    click.echo(report.summary())
+    say(report.summary())
 
 
 def open_store(state_path: str | None) -> Any:
@@ -326,28 +333,29 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
                                "state": have_state, "alerts": explanation_json(results)},
                               indent=2))
         return
-    click.echo(f"{payload_path}: {notification.source} payload, {len(results)} alert(s);"
+    say(f"{payload_path}: {notification.source} payload, {len(results)} alert(s);"
                f" rules {settings.rules_path} (version {rules.version})")
     if not have_state:
-        click.echo(f"No state file at {settings.state_path}: no cooldown, budget use or"
+        say(f"No state file at {settings.state_path}: no cooldown, budget use or"
                    " breaker is assumed.")
     if dry_run:
-        click.echo(f"Dry run: {settings.dry_run_reason}. --live shows what a live bridge"
+        say(f"Dry run: {settings.dry_run_reason}. --live shows what a live bridge"
                    " would do.")
     for n, (alert, explained) in enumerate(results, 1):
         labels = ", ".join(f"{k}={v}" for k, v in alert.labels.items())
-        click.echo(f"\nAlert {n}: {alert.alertname or '-'} [{alert.fingerprint[:8]}]"
+        say()
+        say(f"Alert {n}: {alert.alertname or '-'} [{alert.fingerprint[:8]}]"
                    f" {alert.status}  {{{labels}}}")
         for r in explained:
             if not r.matched:
-                click.echo(f"  rule {r.rule.name}: no match: {r.why_not}")
+                say(f"  rule {r.rule.name}: no match: {r.why_not}")
                 continue
             d = r.decision
             assert d is not None
-            click.echo(f"  rule {r.rule.name}: MATCH -> {d.operation} on {d.device or '-'}:"
+            say(f"  rule {r.rule.name}: MATCH -> {d.operation} on {d.device or '-'}:"
                        f" {d.verdict} ({d.reason})")
             for g in r.guards:
-                click.echo(f"      {g.guard:<9}  {'ok' if g.passed else g.verdict:<16}"
+                say(f"      {g.guard:<9}  {'ok' if g.passed else g.verdict:<16}"
                            f"  {g.reason}")
 
 
@@ -370,7 +378,7 @@ def pending(state_path: str | None, as_json: bool) -> None:
             click.echo(json.dumps(op.to_json()))
         return
     if not ops:
-        click.echo("No operation is waiting for approval.")
+        say("No operation is waiting for approval.")
         return
     click.echo(format_rows(
         ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT"),
@@ -385,10 +393,10 @@ def _settle(state_path: str | None, operation_id: int, approve: bool, who: str |
     who = who or os.environ.get("USER") or "cli"
     op = store.settle(operation_id, approve, who, time.time(), max_age=settings.max_age)
     if approve:
-        click.echo(f"Approved operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+        say(f"Approved operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
                    " the bridge sends it now.")
     else:
-        click.echo(f"Rejected operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+        say(f"Rejected operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
                    " it will not be sent.")
 
 
@@ -437,7 +445,7 @@ def pause(state_path: str | None) -> None:
     store = open_store(state_path)
     if store.get_flag(PAUSED) is None:
         store.set_flag(PAUSED, time.time())
-    click.echo("Paused: no operation is sent until `alert-bridge resume`.")
+    say("Paused: no operation is sent until `alert-bridge resume`.")
 
 
 @main.command()
@@ -451,7 +459,7 @@ def resume(state_path: str | None) -> None:
         alert-bridge status && alert-bridge resume
     """
     was = open_store(state_path).resume(time.time())
-    click.echo(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
+    say(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
 
 
 @main.command()
@@ -479,44 +487,44 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
     try:
         ready = requests.get(url.rstrip("/") + "/-/ready", timeout=3).json()
     except (requests.RequestException, ValueError):
-        click.echo(f"Server:   not answering at {url}")
+        say(f"Server:   not answering at {url}")
     else:
         if ready.get("status") == "ready":
             mode = "DRY RUN (nothing is sent)" if ready.get("dry_run") else "live"
             auth = ", ".join(ready.get("auth", [])) or "none"
             if ready.get("insecure_no_auth"):
                 auth += " (INSECURE: --insecure-no-auth)"
-            click.echo(f"Server:   {url}: {mode}, {ready.get('rules')} rules (version"
+            say(f"Server:   {url}: {mode}, {ready.get('rules')} rules (version"
                        f" {ready.get('rules_version')}), webhook auth: {auth}")
         else:
-            click.echo(f"Server:   {url}: NOT READY: {ready.get('error', '')}")
+            say(f"Server:   {url}: NOT READY: {ready.get('error', '')}")
     paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
     if paused is not None:
-        click.echo(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
+        say(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
     elif breaker is not None:
-        click.echo(f"Sending:  STORM BREAKER OPEN since {iso(breaker)} (alert-bridge resume)")
+        say(f"Sending:  STORM BREAKER OPEN since {iso(breaker)} (alert-bridge resume)")
     else:
-        click.echo("Sending:  running")
+        say("Sending:  running")
     unauthorized = store.get_flag(API_UNAUTHORIZED)
     ends = store.outcome_counts(time.time() - 3600)
     health = ", ".join(f"{ends[o]} {o}" for o in ("succeeded", "failed", "unknown", "expired",
                                                    "rejected", "cancelled") if ends.get(o))
     if unauthorized is not None:
-        click.echo(f"API:      TOKEN REJECTED (HTTP 401) since {iso(unauthorized)}")
+        say(f"API:      TOKEN REJECTED (HTTP 401) since {iso(unauthorized)}")
     else:
-        click.echo(f"API:      last hour: {health or 'no operation ended'}")
+        say(f"API:      last hour: {health or 'no operation ended'}")
     ok_at, failed_at = store.get_flag(RELOAD_OK), store.get_flag(RELOAD_FAILED)
     if failed_at is not None and (ok_at is None or failed_at > ok_at):
-        click.echo(f"Rules:    the last reload, at {iso(failed_at)}, was REFUSED (invalid file;"
+        say(f"Rules:    the last reload, at {iso(failed_at)}, was REFUSED (invalid file;"
                    " see the log): the previous rules still run")
     elif ok_at is not None:
-        click.echo(f"Rules:    last reloaded at {iso(ok_at)}")
+        say(f"Rules:    last reloaded at {iso(ok_at)}")
     depth = store.queue_depth()
-    click.echo(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
+    say(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
                f"{depth['pending_approval']} pending approval")
     latest = store.audit(AuditQuery(limit=last)) if last else []
     if latest:
-        click.echo("Latest:")
+        say("Latest:")
         click.echo("\n".join("  " + line for line in format_table(latest).splitlines()))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import sqlite3
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -186,3 +189,35 @@ class BridgeProcess:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"bridge did not stop on signal {sig}:\n{self.log()}") from None
+
+
+#: Unicode categories that must never reach a terminal raw: controls (C0, DEL, C1), format
+#: characters (bidi overrides, zero-width, tags), surrogates, private use, unassigned, and the
+#: line and paragraph separators.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def raw_controls(text: str) -> list[str]:
+    """The characters of `text` (a command's output, split into lines by "\\n") that a
+    terminal would act on or hide: what none of the human outputs may contain."""
+    return [ch for ch in text if ch != "\n" and unicodedata.category(ch) in UNSAFE_CATEGORIES]
+
+
+@contextmanager
+def following(*args: str) -> Iterator[queue.Queue[str]]:
+    """`alert-bridge audit --follow ARGS` as a real process; its output lines as they come."""
+    proc = subprocess.Popen([sys.executable, "-m", "bridge", "audit", "--follow", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8")
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()],
+                              daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()

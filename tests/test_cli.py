@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from tests.conftest import Bridge
-from tests.helpers import ROOT, payload
+from tests.helpers import ROOT, following, payload
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z: in the past, so --since can exclude it
 
@@ -142,27 +140,11 @@ def test_audit_errors_are_one_line(runner: CliRunner, tmp_path: Path, audited: B
 def test_audit_follow_prints_new_records(make_bridge: Callable[..., Bridge]) -> None:
     bridge = make_bridge(dry_run=True)
     bridge.post("/webhook", payload("alertmanager_firing_single.json"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "audit", "--follow", "--json",
-         "--state", bridge.settings.state_path],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()],
-                              daemon=True)
-    reader.start()
-    try:
+    with following("--json", "--state", bridge.settings.state_path) as lines:
         assert json.loads(lines.get(timeout=20))["outcome"] == "no_match"
         bridge.post("/webhook", payload("alertmanager_firing_multi.json"))
         got = [json.loads(lines.get(timeout=20))["device"] for _ in range(3)]
         assert got == ["MegaTron", "OptimusPrime", "StarScream"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))  # type: ignore[attr-defined]

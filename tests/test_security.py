@@ -9,13 +9,15 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.cli import main
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from tests.conftest import TOKEN, Bridge, Fake
-from tests.helpers import BridgeProcess, audit, outcomes, payload
+from tests.helpers import BridgeProcess, audit, following, outcomes, payload, raw_controls
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
 RULES = """\
@@ -195,3 +197,88 @@ def test_no_secret_in_any_log_line_audit_record_or_answer(
                             ("answers", "\n".join(answers))):
             assert secret not in text, f"{secret} appears in the {where}"
     assert "refused: authentication failed" in bridge.log()
+
+
+# -- untrusted text on the operator's terminal ------------------------------------------------
+
+WIPE_OWNED = """\
+rules:
+  - name: wipe-owned
+    match: ['kind = "owned"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
+"""
+#: A forged audit row after a newline, then clear-screen, an OSC 52 clipboard write, a C1 CSI,
+#: a right-to-left override, a line separator, DEL and a Unicode tag character.
+FORGED_ROW = "2023-11-14 22:13:20  wipe-owned  r9  reboot  succeeded  200  forged"
+HOSTILE_TEXT = ("Owned\n" + FORGED_ROW + "\r\x1b[2J\x1b]52;c;cm0gLXJmIH4K\x07\x9b31m"
+                "\u202eevil\u2028next\u2029\x7f\U000e0041")
+
+
+def owned(n: int, **labels: str) -> bytes:
+    """One firing alert that wipe-owned sends to device d{n}, with these labels as well."""
+    return json.dumps({
+        "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
+        "alerts": [{"status": "firing", "labels": {"kind": "owned", "device": f"d{n}", **labels},
+                    "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z"}],
+    }).encode()
+
+
+def human_outputs(bridge: Bridge, payload_path: Path, **extra: list[str]) -> dict[str, Result]:
+    """What an operator reads about this bridge's state: every human-readable command."""
+    state, rules = bridge.settings.state_path, bridge.settings.rules_path
+    commands = {
+        "audit": ["audit", "--state", state, "--limit", "0"],
+        "audit --limit 1": ["audit", "--state", state, "--limit", "1"],
+        "pending": ["pending", "--state", state],
+        "status": ["status", "--state", state, "--url", bridge.url, "--last", "1"],
+        "explain": ["explain", str(payload_path), "--rules", rules, "--state", state],
+        "cooldowns": ["cooldowns", "--state", state],
+        **extra,
+    }
+    return {name: CliRunner().invoke(main, args) for name, args in commands.items()}
+
+
+def test_hostile_label_text_reaches_the_terminal_escaped(make_bridge: Callable[..., Bridge],
+                                                         tmp_path: Path) -> None:
+    bridge = make_bridge(WIPE_OWNED)
+    body = owned(1, alertname=HOSTILE_TEXT, site=HOSTILE_TEXT)
+    assert bridge.post("/webhook", body).json()["summary"] == {"pending_approval": 1}
+    (tmp_path / "hostile.json").write_bytes(body)
+    rules_with_hostile_name = tmp_path / "hostile-rules.yaml"
+    rules_with_hostile_name.write_text(WIPE_OWNED.replace("factory", '"fact\\e[2J\\x9bory"'))
+    state = bridge.settings.state_path
+    reject = CliRunner().invoke(main, ["reject", "1", "--state", state, "--as", HOSTILE_TEXT])
+    assert reject.exit_code == 0, reject.output
+    outputs = human_outputs(
+        bridge, tmp_path / "hostile.json",
+        since=["audit", "--state", state, "--since", HOSTILE_TEXT],
+        check=["check", str(rules_with_hostile_name)],
+    )
+    for name, result in outputs.items():
+        assert "Traceback" not in result.output, (name, result.output)
+        assert raw_controls(result.output) == [], (name, result.output)
+        assert not any(line.startswith(FORGED_ROW[:30]) for line in result.output.splitlines())
+    # one row per record: the decision and its rejection, each on one line
+    table = outputs["audit"].output.splitlines()
+    assert len(table) == 3 and [row.split()[5] for row in table[1:]] == [
+        "pending_approval", "rejected"]
+    assert "Owned\\n2023-11-14 22:13:20" in table[1] and "\\x1b[2J\\x1b]52;c;" in table[1]
+    assert "\\x9b31m\\u202eevil\\u2028next\\u2029\\x7f\\U000e0041" in table[1]
+    assert "rejected by Owned\\n" in table[2]
+    assert outputs["since"].output.startswith("Error: --since: invalid duration 'Owned\\n")
+    assert outputs["check"].exit_code == 1
+
+
+def test_audit_follow_escapes_hostile_text(make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge(WIPE_OWNED)
+    with following("--state", bridge.settings.state_path) as lines:
+        assert lines.get(timeout=20).startswith("TIME ")
+        bridge.post("/webhook", owned(1, alertname=HOSTILE_TEXT))
+        row = lines.get(timeout=20)
+        assert raw_controls(row.rstrip("\n")) == []
+        assert "pending_approval" in row and "Owned\\n2023" in row
+        bridge.post("/webhook", owned(2, alertname="Owned"))
+        assert "d2" in lines.get(timeout=20)  # the next record is the next line: nothing forged
