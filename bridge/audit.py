@@ -22,6 +22,7 @@ DECISION = "decision"
 APPROVAL = "approval"  # a person approved an operation that was pending approval
 ATTEMPT = "attempt"
 OUTCOME = "outcome"
+OPERATOR = "operator"  # a person changed the state by hand (a cooldown cleared)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from bridge.audit import AuditQuery, format_rows, format_table, iso, to_json_lin
 from bridge.config import Settings, parse_bind
 from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
-from bridge.text import printable
+from bridge.text import json_line, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -198,12 +198,7 @@ def audit(ctx: click.Context, state_path: str | None, device: str | None, rule: 
         alert-bridge audit verify
     """
     if ctx.invoked_subcommand is not None:
-        listing = [p.opts[0] for p in ctx.command.params if p.name and p.name != "state_path"
-                   and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
-        if listing:
-            fail(f"{', '.join(listing)}: only for listing records,"
-                 f" not for `alert-bridge audit {ctx.invoked_subcommand}`")
-        ctx.obj = state_path  # `audit --state PATH verify` works too
+        _to_subcommand(ctx, state_path, "records")
         return
     try:
         since_ts = time.time() - parse_duration(since) if since else None
@@ -263,6 +258,16 @@ def verify(ctx: click.Context, state_path: str | None) -> None:
     if not report.ok:
         fail(f"{store.path}: {report.problem}")
     say(report.summary())
+
+
+def _to_subcommand(ctx: click.Context, state_path: str | None, listed: str) -> None:
+    """A listing group invoked with a subcommand: refuse its listing options, pass --state."""
+    listing = [p.opts[0] for p in ctx.command.params if p.name and p.name != "state_path"
+               and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
+    if listing:
+        fail(f"{', '.join(listing)}: only for listing {listed},"
+             f" not for `alert-bridge {ctx.info_name} {ctx.invoked_subcommand}`")
+    ctx.obj = state_path  # `GROUP --state PATH SUBCOMMAND` works too
 
 
 def open_store(state_path: str | None) -> Any:
@@ -390,8 +395,7 @@ def pending(state_path: str | None, as_json: bool) -> None:
 def _settle(state_path: str | None, operation_id: int, approve: bool, who: str | None) -> None:
     settings = Settings.from_env(state_path=state_path)
     store = open_store(state_path)
-    who = who or os.environ.get("USER") or "cli"
-    op = store.settle(operation_id, approve, who, time.time(), max_age=settings.max_age)
+    op = store.settle(operation_id, approve, _person(who), time.time(), max_age=settings.max_age)
     if approve:
         say(f"Approved operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
                    " the bridge sends it now.")
@@ -400,10 +404,19 @@ def _settle(state_path: str | None, operation_id: int, approve: bool, who: str |
                    " it will not be sent.")
 
 
+def _person(who: str | None) -> str:
+    """The name an operator's action is audited under."""
+    return who or os.environ.get("USER") or "cli"
+
+
+AS_OPTION = click.option("--as", "who", default=None, metavar="NAME",
+                         help="Name recorded in the audit. [default $USER]")
+
+
 @main.command()
 @click.argument("operation_id", type=int, metavar="ID")
 @STATE_OPTION
-@click.option("--as", "who", default=None, help="Name recorded in the audit. [default $USER]")
+@AS_OPTION
 @user_errors
 def approve(operation_id: int, state_path: str | None, who: str | None) -> None:
     """Approve an operation pending approval: the bridge sends it.
@@ -418,7 +431,7 @@ def approve(operation_id: int, state_path: str | None, who: str | None) -> None:
 @main.command()
 @click.argument("operation_id", type=int, metavar="ID")
 @STATE_OPTION
-@click.option("--as", "who", default=None, help="Name recorded in the audit. [default $USER]")
+@AS_OPTION
 @user_errors
 def reject(operation_id: int, state_path: str | None, who: str | None) -> None:
     """Reject an operation pending approval: it is never sent.
@@ -460,6 +473,70 @@ def resume(state_path: str | None) -> None:
     """
     was = open_store(state_path).resume(time.time())
     say(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
+
+
+@main.group(invoke_without_command=True, subcommand_metavar="[clear DEVICE]")
+@STATE_OPTION
+@click.option("--device", default=None, help="Only the cooldowns of this device.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+@user_errors
+def cooldowns(ctx: click.Context, state_path: str | None, device: str | None,
+              as_json: bool) -> None:
+    """List the cooldowns in force: which operation no alert may send to which device, until
+    when, and the rule and operation that claimed it.
+
+    `alert-bridge cooldowns clear DEVICE` ends them, for a device fixed by hand that must be
+    remediable again now.
+
+    \b
+    Examples:
+        alert-bridge cooldowns --device office-router-01
+        alert-bridge cooldowns clear office-router-01 --operation reboot --as alice
+    """
+    if ctx.invoked_subcommand is not None:
+        _to_subcommand(ctx, state_path, "cooldowns")
+        return
+    now = time.time()
+    found = open_store(state_path).cooldowns(now, device)
+    if as_json:
+        for c in found:
+            click.echo(json_line(c.to_json()))
+        return
+    if not found:
+        say(f"No cooldown in force{f' on {device}' if device else ''}.")
+        return
+    click.echo(format_rows(
+        ("DEVICE", "OPERATION", "UNTIL", "LEFT", "RULE", "OPERATION ID"),
+        [(c.device, c.operation, iso(c.until)[:-5].replace("T", " "),
+          format_duration(max(1, round(c.until - now))), c.rule,
+          str(c.operation_id) if c.operation_id is not None else "-") for c in found],
+    ))
+
+
+@cooldowns.command()
+@click.argument("device")
+@click.option("--operation", default=None, help="Only this operation's cooldown. [default: all]")
+@STATE_OPTION
+@AS_OPTION
+@click.pass_context
+@user_errors
+def clear(ctx: click.Context, device: str, operation: str | None, state_path: str | None,
+          who: str | None) -> None:
+    """End the cooldowns in force on DEVICE, so that the next alert may act on it again.
+
+    For a device fixed by hand that must be remediable again now. Each cooldown cleared is
+    audited (outcome cooldown_cleared, with the name given by --as). Refused while an
+    operation for it is still queued, sending or pending approval.
+
+    \b
+    Example:
+        alert-bridge cooldowns clear office-router-01 --operation reboot --as alice
+    """
+    store = open_store(state_path or ctx.obj)
+    for c in store.clear_cooldowns(device, operation, _person(who), time.time()):
+        say(f"Cleared the cooldown of {c.operation} on {c.device} (rule {c.rule}); it ran"
+            f" until {iso(c.until)}.")
 
 
 @main.command()

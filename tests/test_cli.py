@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from bridge.cli import main
@@ -161,3 +163,87 @@ def test_python_dash_m_bridge_is_the_same_command() -> None:
     assert proc.returncode == 0
     for command in ("serve", "check", "audit", "fake-api"):
         assert command in proc.stdout
+
+
+def verdicts(answer: requests.Response) -> list[tuple[str, str]]:
+    return [(d["device"], d["verdict"]) for a in answer.json()["alerts"]
+            for d in a["decisions"]]
+
+
+def test_cooldowns_list_and_clear_by_hand(runner: CliRunner, bridge: Bridge) -> None:
+    state = bridge.settings.state_path
+    first = bridge.post("/webhook", payload("alertmanager_firing_multi.json"))
+    bridge.outcomes(3)
+    ids = {d["device"]: d["operation_id"] for a in first.json()["alerts"] for d in a["decisions"]}
+    listing = runner.invoke(main, ["cooldowns", "--state", state])
+    assert listing.exit_code == 0, listing.output
+    lines = listing.output.splitlines()
+    assert lines[0].split() == ["DEVICE", "OPERATION", "UNTIL", "LEFT", "RULE", "OPERATION", "ID"]
+    assert [(x.split()[0], x.split()[1], x.split()[-2], x.split()[-1]) for x in lines[1:]] == [
+        (device, "sync", "sync-high-load", str(ids[device]))
+        for device in ("MegaTron", "OptimusPrime", "StarScream")]
+    assert all(x.split()[4] in ("30m", "29m59s", "29m58s") for x in lines[1:])
+    docs = [json.loads(x) for x in runner.invoke(
+        main, ["cooldowns", "--state", state, "--device", "OptimusPrime", "--json"]).output
+        .splitlines()]
+    assert [(d["device"], d["operation"], d["rule"], d["operation_id"]) for d in docs] == [
+        ("OptimusPrime", "sync", "sync-high-load", ids["OptimusPrime"])]
+    assert docs[0]["until"].endswith("Z")
+
+    cleared = runner.invoke(main, ["cooldowns", "clear", "MegaTron", "--operation", "sync",
+                                   "--state", state, "--as", "alice"])
+    assert cleared.exit_code == 0, cleared.output
+    assert cleared.output.startswith(
+        "Cleared the cooldown of sync on MegaTron (rule sync-high-load); it ran until ")
+    left = runner.invoke(main, ["cooldowns", "--state", state]).output.splitlines()
+    assert [x.split()[0] for x in left[1:]] == ["OptimusPrime", "StarScream"]
+    record = bridge.audit(outcome="cooldown_cleared")
+    assert [(r.event, r.device, r.operation, r.rule, r.operation_id) for r in record] == [
+        ("operator", "MegaTron", "sync", "sync-high-load", ids["MegaTron"])]
+    assert record[0].reason.startswith("cleared by alice; it ran until ")
+    verified = runner.invoke(main, ["audit", "verify", "--state", state])
+    assert verified.exit_code == 0 and verified.output.startswith("OK: "), verified.output
+    again = bridge.post("/webhook", payload("alertmanager_firing_multi.json"))
+    assert verdicts(again) == [("MegaTron", "execute"), ("OptimusPrime", "cooldown"),
+                               ("StarScream", "cooldown")]
+
+
+def test_cooldowns_clear_refusals(runner: CliRunner, make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge(start_dispatcher=False)  # operations stay queued
+    state = bridge.settings.state_path
+    bridge.post("/webhook", payload("alertmanager_firing_multi.json"))
+    nothing = runner.invoke(main, ["cooldowns", "clear", "r1", "--state", state])
+    assert (nothing.exit_code, nothing.output) == (1, "Error: no cooldown in force on r1\n")
+    assert runner.invoke(main, ["cooldowns", "--state", state, "--device", "r1"]).output == (
+        "No cooldown in force on r1.\n")
+    other_op = runner.invoke(main, ["cooldowns", "clear", "MegaTron", "--operation", "reboot",
+                                    "--state", state])
+    assert other_op.output == "Error: no cooldown in force on MegaTron (reboot)\n"
+    busy = runner.invoke(main, ["cooldowns", "clear", "MegaTron", "--state", state])
+    assert (busy.exit_code, busy.output) == (1, (
+        "Error: sync on MegaTron: operation 1 is still queued; clearing its cooldown would let"
+        " an alert queue a second one. Wait for it to end (or reject it, if it is pending"
+        " approval)\n"))
+    assert len(runner.invoke(main, ["cooldowns", "--state", state]).output.splitlines()) == 4
+    mixed = runner.invoke(main, ["cooldowns", "--device", "MegaTron", "clear", "MegaTron",
+                                 "--state", state])
+    assert mixed.output == ("Error: --device: only for listing cooldowns, not for"
+                            " `alert-bridge cooldowns clear`\n")
+    assert bridge.audit(outcome="cooldown_cleared") == []
+
+
+def test_cooldowns_of_a_state_file_from_before_operation_ids(runner: CliRunner,
+                                                             tmp_path: Path) -> None:
+    state = tmp_path / "old.db"
+    conn = sqlite3.connect(state)
+    conn.execute("CREATE TABLE cooldowns (device TEXT NOT NULL, operation TEXT NOT NULL,"
+                 " until REAL NOT NULL, rule TEXT NOT NULL, PRIMARY KEY (device, operation))")
+    conn.execute("INSERT INTO cooldowns VALUES ('r1', 'reboot', 4102444800.0, 'old-rule')")
+    conn.commit()
+    conn.close()
+    listing = runner.invoke(main, ["cooldowns", "--state", str(state)])
+    assert listing.output.splitlines()[1].startswith("r1      reboot     2100-01-01 00:00:00")
+    assert listing.output.splitlines()[1].endswith("old-rule  -")
+    cleared = runner.invoke(main, ["cooldowns", "clear", "r1", "--state", str(state)])
+    assert cleared.exit_code == 0, cleared.output
+    assert runner.invoke(main, ["audit", "verify", "--state", str(state)]).exit_code == 0
