@@ -202,6 +202,8 @@ def test_no_secret_in_any_log_line_audit_record_or_answer(
 # -- untrusted text on the operator's terminal ------------------------------------------------
 
 WIPE_OWNED = """\
+breaker: {max: 100000, per: 5m}
+budgets: []
 rules:
   - name: wipe-owned
     match: ['kind = "owned"']
@@ -282,3 +284,39 @@ def test_audit_follow_escapes_hostile_text(make_bridge: Callable[..., Bridge]) -
         assert "pending_approval" in row and "Owned\\n2023" in row
         bridge.post("/webhook", owned(2, alertname="Owned"))
         assert "d2" in lines.get(timeout=20)  # the next record is the next line: nothing forged
+
+
+LABEL_TEXT = st.text(max_size=40) | st.sampled_from([
+    HOSTILE_TEXT, FORGED_ROW, "\n", "\r\n", "\x1b[2J", "\x1b]52;c;eA==\x07", "\x9b1m", "\x85",
+    "\u202e", "\u2066", "\u200b", "\ufeff", "\u2028", "\u2029", "\x00", "\x7f", "\U000e0041",
+    "\\x1b", "é\u00a0ü",
+])
+
+
+@pytest.fixture
+def owned_bridge(make_bridge: Callable[..., Bridge]) -> Bridge:
+    return make_bridge(WIPE_OWNED)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(alertname=LABEL_TEXT, site=LABEL_TEXT)
+def test_fuzz_any_label_text_is_one_escaped_line_per_record(
+    owned_bridge: Bridge, tmp_path: Path, alertname: str, site: str
+) -> None:
+    n = len(owned_bridge.audit()) + 1  # a new device each time: no cooldown in the way
+    hostile, plain = tmp_path / "hostile.json", tmp_path / "plain.json"
+    hostile.write_bytes(owned(n, alertname=alertname, site=site))
+    plain.write_bytes(owned(n, alertname="A", site="B"))
+    assert owned_bridge.post("/webhook", hostile.read_bytes()).status_code == 200
+    outputs = human_outputs(owned_bridge, hostile)
+    for name, result in outputs.items():
+        assert (name, result.exit_code, raw_controls(result.output)) == (name, 0, [])
+    lines = {name: result.output.splitlines() for name, result in outputs.items()}
+    assert len(lines["audit --limit 1"]) == 2
+    assert len(lines["audit"]) == 1 + n
+    assert len(lines["pending"]) == 1 + n
+    assert len(lines["cooldowns"]) == 1 + n
+    assert lines["status"][-3] == "Latest:"
+    reference = human_outputs(owned_bridge, plain)["explain"].output.splitlines()
+    assert len(lines["explain"]) == len(reference)
