@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from bridge.audit import AuditQuery, format_rows, format_table, iso, to_json_line
-from bridge.config import Settings, parse_bind
+from bridge.config import Settings, parse_bind, state_path_from_env
 from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
 from bridge.text import json_line, printable
@@ -274,7 +274,7 @@ def open_store(state_path: str | None) -> Any:
     """The state store of an existing bridge; never creates one by mistake."""
     from bridge.store import SqliteStore
 
-    path = Settings.from_env(state_path=state_path).state_path
+    path = state_path_from_env(given=state_path)
     if not os.path.exists(path):
         fail(f"{path}: no such state file (has the bridge run here? see --state)")
     return SqliteStore(path)
@@ -313,7 +313,7 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
     from bridge.decide import explain as explain_alerts
     from bridge.store import SqliteStore
 
-    settings = Settings.from_env(rules_path=rules_path, state_path=state_path)
+    settings = Settings.from_env(rules_path=rules_path, state_path=state_path, listening=False)
     rules = load_rules(settings.rules_path)
     try:
         body = Path(payload_path).read_bytes()
@@ -393,7 +393,7 @@ def pending(state_path: str | None, as_json: bool) -> None:
 
 
 def _settle(state_path: str | None, operation_id: int, approve: bool, who: str | None) -> None:
-    settings = Settings.from_env(state_path=state_path)
+    settings = Settings.from_env(state_path=state_path, listening=False)
     store = open_store(state_path)
     op = store.settle(operation_id, approve, _person(who), time.time(), max_age=settings.max_age)
     if approve:
@@ -558,7 +558,7 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
     from bridge.dispatch import API_UNAUTHORIZED
     from bridge.store import BREAKER_OPEN, PAUSED, RELOAD_FAILED, RELOAD_OK
 
-    settings = Settings.from_env(state_path=state_path)
+    settings = Settings.from_env(state_path=state_path, listening=False)
     store = open_store(state_path)
     url = url or "http://" + settings.bind.replace("0.0.0.0", "127.0.0.1")
     try:

@@ -14,6 +14,7 @@ import requests
 from click.testing import CliRunner
 
 from bridge.cli import main
+from bridge.store import SqliteStore
 from tests.conftest import Bridge
 from tests.helpers import ROOT, following, payload
 
@@ -247,3 +248,46 @@ def test_cooldowns_of_a_state_file_from_before_operation_ids(runner: CliRunner,
     cleared = runner.invoke(main, ["cooldowns", "clear", "r1", "--state", str(state)])
     assert cleared.exit_code == 0, cleared.output
     assert runner.invoke(main, ["audit", "verify", "--state", str(state)]).exit_code == 0
+
+
+@pytest.fixture
+def state_file(tmp_path: Path) -> str:
+    store = SqliteStore(tmp_path / "state.db")
+    store.ping()  # creates it, as a bridge that ran here would have
+    store.close()
+    return str(tmp_path / "state.db")
+
+
+OPEN_BIND = {"BRIDGE_BIND": "0.0.0.0:9095"}  # no webhook authentication: serve refuses it
+
+
+@pytest.mark.parametrize("args", [
+    ["pause"], ["resume"], ["audit"], ["pending"], ["cooldowns"], ["audit", "verify"],
+    ["status", "--url", "http://127.0.0.1:9"],
+])
+def test_operator_commands_ignore_the_listen_check(runner: CliRunner, state_file: str,
+                                                   args: list[str]) -> None:
+    result = runner.invoke(main, [*args, "--state", state_file], env=OPEN_BIND)
+    assert (result.exit_code, "refusing" in result.output) == (0, False), result.output
+
+
+@pytest.mark.parametrize("command", ["approve", "reject"])
+def test_approve_and_reject_ignore_the_listen_check(runner: CliRunner, state_file: str,
+                                                    command: str) -> None:
+    result = runner.invoke(main, [command, "1", "--state", state_file], env=OPEN_BIND)
+    assert (result.exit_code, result.output) == (1, "Error: no operation 1\n")
+
+
+def test_the_kill_switch_works_whatever_the_settings(runner: CliRunner, state_file: str,
+                                                     tmp_path: Path) -> None:
+    broken = {**OPEN_BIND, "BRIDGE_API_TOKEN_FILE": str(tmp_path / "missing"),
+              "BRIDGE_MAX_AGE": "soon", "BRIDGE_STATE": state_file}
+    paused = runner.invoke(main, ["pause"], env=broken)
+    assert (paused.exit_code, paused.output) == (
+        0, "Paused: no operation is sent until `alert-bridge resume`.\n")
+    resumed = runner.invoke(main, ["resume"], env=broken)
+    assert (resumed.exit_code, resumed.output) == (
+        0, "Resumed (was: paused); queued operations are sent.\n")
+    refused = runner.invoke(main, ["serve", "--state", state_file], env=OPEN_BIND)
+    assert refused.exit_code == 1
+    assert refused.output.startswith("Error: refusing to listen on 0.0.0.0:9095 without webhook")
