@@ -76,6 +76,9 @@ HASHED = COLUMNS[:-1]
 CONTENT = COLUMNS[1:-2]
 #: prev_hash of the first record ever written.
 GENESIS = "0" * 64
+#: The largest id of a record or an operation: ids are 64-bit signed integers in SQLite (and
+#: PostgreSQL's bigint); a larger number sent as an id or a bound is refused, not overflowed.
+MAX_ID = 2**63 - 1
 
 _INTEGER = frozenset({"id", "status_code", "operation_id", "attempt"})
 _REAL = frozenset({"ts"})

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from click.core import ParameterSource
 
-from bridge.audit import AuditQuery, format_rows, format_table, iso, to_json_line
+from bridge.audit import MAX_ID, AuditQuery, format_rows, format_table, iso, to_json_line
 from bridge.config import Settings, parse_bind, state_path_from_env
 from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
@@ -177,7 +177,7 @@ def check(path: str, strict: bool) -> None:
               help="Only this verdict or outcome (execute, cooldown, succeeded, failed, ...).")
 @click.option("--since", default=None, metavar="DURATION",
               help="Only records newer than this, e.g. 15m, 1h, 2d.")
-@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+@click.option("--limit", type=click.IntRange(0, MAX_ID), default=50, show_default=True,
               help="Show the newest N records (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for jq.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new records until Ctrl-C.")
@@ -409,12 +409,13 @@ def _person(who: str | None) -> str:
     return who or os.environ.get("USER") or "cli"
 
 
+OPERATION_ID = click.IntRange(1, MAX_ID)
 AS_OPTION = click.option("--as", "who", default=None, metavar="NAME",
                          help="Name recorded in the audit. [default $USER]")
 
 
 @main.command()
-@click.argument("operation_id", type=int, metavar="ID")
+@click.argument("operation_id", type=OPERATION_ID, metavar="ID")
 @STATE_OPTION
 @AS_OPTION
 @user_errors
@@ -429,7 +430,7 @@ def approve(operation_id: int, state_path: str | None, who: str | None) -> None:
 
 
 @main.command()
-@click.argument("operation_id", type=int, metavar="ID")
+@click.argument("operation_id", type=OPERATION_ID, metavar="ID")
 @STATE_OPTION
 @AS_OPTION
 @user_errors
@@ -543,7 +544,7 @@ def clear(ctx: click.Context, device: str, operation: str | None, state_path: st
 @STATE_OPTION
 @click.option("--url", default=None, metavar="URL",
               help="The running bridge to ask. [default http:// + BRIDGE_BIND]")
-@click.option("--last", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--last", type=click.IntRange(0, MAX_ID), default=5, show_default=True,
               help="How many of the latest decisions and outcomes to show.")
 @user_errors
 def status(state_path: str | None, url: str | None, last: int) -> None:

@@ -13,7 +13,9 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.auth import InboundAuth
 from bridge.cli import main
+from bridge.client import Secret
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from tests.conftest import TOKEN, Bridge, Fake
@@ -320,3 +322,79 @@ def test_fuzz_any_label_text_is_one_escaped_line_per_record(
     assert lines["status"][-3] == "Latest:"
     reference = human_outputs(owned_bridge, plain)["explain"].output.splitlines()
     assert len(lines["explain"]) == len(reference)
+
+
+# -- the edges of the operator's parameters ----------------------------------------------------
+
+TOO_BIG = str(2**63)  # one past SQLite's (and PostgreSQL bigint's) largest integer
+BIGGEST = str(2**63 - 1)
+AUDIT_PARAMETERS = [
+    ("limit", "-1", "limit: must be an integer from 1 to 1000, got '-1'"),
+    ("limit", "0", "limit: must be an integer from 1 to 1000, got '0'"),
+    ("limit", "1001", "limit: must be an integer from 1 to 1000, got '1001'"),
+    ("limit", TOO_BIG, f"limit: must be an integer from 1 to 1000, got '{TOO_BIG}'"),
+    ("limit", "ten", "limit: must be an integer from 1 to 1000, got 'ten'"),
+    ("after_id", "-1", f"after_id: must be an integer from 0 to {BIGGEST}, got '-1'"),
+    ("after_id", TOO_BIG, f"after_id: must be an integer from 0 to {BIGGEST}, got '{TOO_BIG}'"),
+    ("after_id", "1" * 5000, f"after_id: must be an integer from 0 to {BIGGEST}, got '111"),
+    ("since", "soon", "since: invalid duration 'soon'"),
+    ("since", "9" * 30 + "y", "since: invalid duration '999"),
+]
+
+
+@pytest.fixture
+def operator_api(make_bridge: Callable[..., Bridge]) -> Bridge:
+    bridge = make_bridge(WIPE_OWNED, admin_auth=InboundAuth(bearer_tokens=(Secret("ops"),)))
+    bridge.post("/webhook", owned(1))
+    return bridge
+
+
+@pytest.mark.parametrize(("parameter", "value", "error"), AUDIT_PARAMETERS)
+def test_audit_api_parameters_out_of_range_are_a_400_naming_them(
+    operator_api: Bridge, parameter: str, value: str, error: str
+) -> None:
+    r = requests.get(operator_api.url + "/api/audit", params={parameter: value}, timeout=5,
+                     headers={"Authorization": "Bearer ops"})
+    assert (r.status_code, r.json()["parameter"]) == (400, parameter), r.text
+    assert r.json()["error"].startswith(error)
+
+
+def test_audit_api_parameters_at_their_edges(operator_api: Bridge) -> None:
+    def get(**params: str) -> list[int]:
+        r = requests.get(operator_api.url + "/api/audit", params=params, timeout=5,
+                         headers={"Authorization": "Bearer ops"})
+        assert r.status_code == 200, r.text
+        return [record["id"] for record in r.json()["records"]]
+
+    assert get(limit="1") == [1]
+    assert get(limit="1000", after_id="0") == [1]
+    assert get(after_id=BIGGEST) == []
+    assert get(since="0") == [] and get(since="10y") == [1]
+
+
+@pytest.mark.parametrize(("operation_id", "status"), [
+    (TOO_BIG, 400), ("9" * 30, 400), (BIGGEST, 404), ("0", 400), ("1", 200)])
+def test_operation_ids_out_of_range_are_a_400(operator_api: Bridge, operation_id: str,
+                                              status: int) -> None:
+    r = requests.post(f"{operator_api.url}/api/operations/{operation_id}/reject", timeout=5,
+                      headers={"Authorization": "Bearer ops"})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json() == {"parameter": "operation_id", "error": (
+            f"operation_id: must be an integer from 1 to {BIGGEST}, got '{operation_id}'")}
+
+
+@pytest.mark.parametrize("args", [
+    ["approve", TOO_BIG], ["reject", TOO_BIG], ["approve", "99999999999999999999"],
+    ["approve", "0"], ["reject", "-1"], ["audit", "--limit", TOO_BIG],
+    ["audit", "--limit", "-1"], ["status", "--last", TOO_BIG, "--url", "http://127.0.0.1:9"],
+    ["audit", "--since", "9" * 30 + "y"],
+])
+def test_cli_numbers_out_of_range_are_an_error_line(operator_api: Bridge,
+                                                    args: list[str]) -> None:
+    result = CliRunner().invoke(main, [*args, "--state", operator_api.settings.state_path])
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert result.exit_code != 0
+    error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1, result.output
+    assert args[-1] in error[0] or args[1] in error[0], error
