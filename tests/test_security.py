@@ -30,18 +30,28 @@ rules:
     match: ['alertname = "DeviceDown"']
     device: "{{ labels.device }}"
     operation: reboot
+  - name: wipe-owned
+    match: ['kind = "owned"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
 """
 HOSTILE = ["../admin", "a/b", "x?y", "%2e%2e", "#", "a\nb", "a\x00b", "x" * 10_000, ".", "..",
            "r1/../../admin", "r 1", "\u202eevil", "r1?operation=factory", "r1#frag", "é"]
 
 
-def am(*devices: str) -> bytes:
+def firing(*labels: dict[str, str]) -> bytes:
+    """An Alertmanager payload of firing alerts with these label sets."""
     return json.dumps({
         "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
-        "alerts": [{"status": "firing", "labels": {"alertname": "DeviceDown", "device": d},
-                    "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
-                    "endsAt": "0001-01-01T00:00:00Z"} for d in devices],
+        "alerts": [{"status": "firing", "labels": x, "annotations": {},
+                    "startsAt": "2026-11-25T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z"}
+                   for x in labels],
     }).encode()
+
+
+def am(*devices: str) -> bytes:
+    return firing(*({"alertname": "DeviceDown", "device": d} for d in devices))
 
 
 def test_hostile_device_names_are_refused_and_audited(make_bridge: Callable[..., Bridge],
@@ -203,16 +213,6 @@ def test_no_secret_in_any_log_line_audit_record_or_answer(
 
 # -- untrusted text on the operator's terminal ------------------------------------------------
 
-WIPE_OWNED = """\
-breaker: {max: 100000, per: 5m}
-budgets: []
-rules:
-  - name: wipe-owned
-    match: ['kind = "owned"']
-    device: "{{ labels.device }}"
-    operation: factory
-    allow_destructive: true
-"""
 #: A forged audit row after a newline, then clear-screen, an OSC 52 clipboard write, a C1 CSI,
 #: a right-to-left override, a line separator, DEL and a Unicode tag character.
 FORGED_ROW = "2023-11-14 22:13:20  wipe-owned  r9  reboot  succeeded  200  forged"
@@ -222,12 +222,7 @@ HOSTILE_TEXT = ("Owned\n" + FORGED_ROW + "\r\x1b[2J\x1b]52;c;cm0gLXJmIH4K\x07\x9
 
 def owned(n: int, **labels: str) -> bytes:
     """One firing alert that wipe-owned sends to device d{n}, with these labels as well."""
-    return json.dumps({
-        "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
-        "alerts": [{"status": "firing", "labels": {"kind": "owned", "device": f"d{n}", **labels},
-                    "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
-                    "endsAt": "0001-01-01T00:00:00Z"}],
-    }).encode()
+    return firing({"kind": "owned", "device": f"d{n}", **labels})
 
 
 def human_outputs(bridge: Bridge, payload_path: Path, **extra: list[str]) -> dict[str, Result]:
@@ -247,12 +242,12 @@ def human_outputs(bridge: Bridge, payload_path: Path, **extra: list[str]) -> dic
 
 def test_hostile_label_text_reaches_the_terminal_escaped(make_bridge: Callable[..., Bridge],
                                                          tmp_path: Path) -> None:
-    bridge = make_bridge(WIPE_OWNED)
+    bridge = make_bridge(RULES)
     body = owned(1, alertname=HOSTILE_TEXT, site=HOSTILE_TEXT)
     assert bridge.post("/webhook", body).json()["summary"] == {"pending_approval": 1}
     (tmp_path / "hostile.json").write_bytes(body)
     rules_with_hostile_name = tmp_path / "hostile-rules.yaml"
-    rules_with_hostile_name.write_text(WIPE_OWNED.replace("factory", '"fact\\e[2J\\x9bory"'))
+    rules_with_hostile_name.write_text(RULES.replace("factory", '"fact\\e[2J\\x9bory"'))
     state = bridge.settings.state_path
     reject = CliRunner().invoke(main, ["reject", "1", "--state", state, "--as", HOSTILE_TEXT])
     assert reject.exit_code == 0, reject.output
@@ -277,7 +272,7 @@ def test_hostile_label_text_reaches_the_terminal_escaped(make_bridge: Callable[.
 
 
 def test_audit_follow_escapes_hostile_text(make_bridge: Callable[..., Bridge]) -> None:
-    bridge = make_bridge(WIPE_OWNED)
+    bridge = make_bridge(RULES)
     with following("--state", bridge.settings.state_path) as lines:
         assert lines.get(timeout=20).startswith("TIME ")
         bridge.post("/webhook", owned(1, alertname=HOSTILE_TEXT))
@@ -297,7 +292,7 @@ LABEL_TEXT = st.text(max_size=40) | st.sampled_from([
 
 @pytest.fixture
 def owned_bridge(make_bridge: Callable[..., Bridge]) -> Bridge:
-    return make_bridge(WIPE_OWNED)
+    return make_bridge(RULES)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True,
@@ -344,7 +339,7 @@ AUDIT_PARAMETERS = [
 
 @pytest.fixture
 def operator_api(make_bridge: Callable[..., Bridge]) -> Bridge:
-    bridge = make_bridge(WIPE_OWNED, admin_auth=InboundAuth(bearer_tokens=(Secret("ops"),)))
+    bridge = make_bridge(RULES, admin_auth=InboundAuth(bearer_tokens=(Secret("ops"),)))
     bridge.post("/webhook", owned(1))
     return bridge
 
