@@ -15,12 +15,12 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge import payloads
-from bridge.audit import AuditQuery, Delivery, iso
+from bridge.audit import MAX_ID, AuditQuery, Delivery, iso
 from bridge.client import DeviceClient
 from bridge.config import Settings
 from bridge.decide import TRIPPED, decide, explain, explanation_json, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
-from bridge.errors import BridgeError, PayloadError, RulesError
+from bridge.errors import BridgeError, ParameterError, PayloadError, RulesError
 from bridge.metrics import CONTENT_TYPE, ENDPOINT_SOURCES, Metrics
 from bridge.rules import RuleSet, load_rules, parse_duration
 from bridge.store import (
@@ -208,10 +208,10 @@ def create_app(
             args = request.args
             try:
                 since = clock() - parse_duration(args["since"]) if "since" in args else None
-                after_id = int(args.get("after_id", "0"))
-                limit = min(int(args.get("limit", "100")), 1000)
             except ValueError as exc:
-                raise BridgeError(f"bad query parameter: {exc}") from None
+                raise ParameterError("since", str(exc)) from None
+            after_id = _integer("after_id", args.get("after_id", "0"), 0, MAX_ID)
+            limit = _integer("limit", args.get("limit", "100"), 1, AUDIT_PAGE)
             query = AuditQuery(device=args.get("device"), rule=args.get("rule"),
                                outcome=args.get("outcome"), since=since, after_id=after_id,
                                limit=limit, oldest_first=True)
@@ -225,12 +225,15 @@ def create_app(
     def pending() -> tuple[Response, int] | Response:
         return admin(lambda: jsonify(operations=[op.to_json() for op in store.pending()]))
 
-    @app.post("/api/operations/<int:operation_id>/<any(approve, reject):verdict>")
-    def settle(operation_id: int, verdict: str) -> tuple[Response, int] | Response:
+    # The id is matched as text: Flask's int converter takes any length, and past MAX_ID the
+    # store would overflow (a 500); a number out of range is a 400 that says so.
+    @app.post("/api/operations/<operation_id>/<any(approve, reject):verdict>")
+    def settle(operation_id: str, verdict: str) -> tuple[Response, int] | Response:
         def act() -> Response:
             body = request.get_json(silent=True)
             who = str(body.get("by", "")) if isinstance(body, dict) else ""
-            op = store.settle(operation_id, verdict == "approve", f"{who or 'api'} (HTTP)",
+            op = store.settle(_integer("operation_id", operation_id, 1, MAX_ID),
+                              verdict == "approve", f"{who or 'api'} (HTTP)",
                               clock(), max_age=settings.max_age)
             if dispatcher is not None and verdict == "approve":
                 dispatcher.wake()
@@ -298,6 +301,8 @@ def create_app(
         body: dict[str, object] = {"error": exc.message}
         if isinstance(exc, PayloadError) and exc.where:
             body["where"] = exc.where
+        if isinstance(exc, ParameterError):
+            body["parameter"] = exc.parameter
         if exc.status >= 500:
             log.error("request %s: %s", g.get("request_id", "-"), exc.message)
         return jsonify(body), exc.status
@@ -337,6 +342,20 @@ def _webhook_answer(request_id: str, notification: payloads.Notification, dry_ru
             for alert in notification.alerts
         ],
     }
+
+
+#: The most audit records one GET /api/audit answers; page on with after_id.
+AUDIT_PAGE = 1000
+
+
+def _integer(name: str, text: str, low: int, high: int) -> int:
+    """A request parameter that must be a whole number from `low` to `high`."""
+    # isdigit bounds the work too: no int() on a 5,000-digit string, no sign or spaces.
+    if text.isascii() and text.isdigit() and len(text.lstrip("0")) <= len(str(high)) \
+            and low <= int(text) <= high:
+        return int(text)
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise ParameterError(name, f"must be an integer from {low} to {high}, got {shown!r}")
 
 
 def _decision_json(r: Recorded) -> dict[str, object]:

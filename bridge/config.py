@@ -67,13 +67,19 @@ class Settings:
         return ""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **flags: object) -> Settings:
-        """Build settings from the environment, then apply flags that were given (not None)."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, listening: bool = True,
+                 **flags: object) -> Settings:
+        """Build settings from the environment, then apply flags that were given (not None).
+
+        `listening=False` is for the commands that do not serve (pause, audit, approve, ...):
+        they skip the check that a wide bind has webhook authentication, which is about the
+        server and must not stand between an operator and the kill switch.
+        """
         env = os.environ if env is None else env
         settings = cls(
             rules_path=env.get("BRIDGE_RULES") or cls.rules_path,
             bind=env.get("BRIDGE_BIND") or cls.bind,
-            state_path=env.get("BRIDGE_STATE") or cls.state_path,
+            state_path=state_path_from_env(env),
             api_url=env.get("BRIDGE_API_URL") or DEFAULT_API_URL,
             api_token=_token(env),
             dry_run_requested=_flag(env, "BRIDGE_DRY_RUN"),
@@ -100,9 +106,12 @@ class Settings:
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
         settings.validate()
+        if listening:
+            settings.check_listen()
         return settings
 
-    def validate(self) -> None:
+    def check_listen(self) -> None:
+        """Refuse to serve webhooks beyond loopback to anyone: they can reboot devices."""
         host, _ = parse_bind(self.bind)
         if not (self.auth.configured or self.insecure_no_auth or is_loopback(host)):
             raise ConfigError(
@@ -111,6 +120,9 @@ class Settings:
                 " BRIDGE_WEBHOOK_BASIC_AUTH, BRIDGE_GRAFANA_HMAC_SECRETS), bind to loopback, or"
                 " pass --insecure-no-auth"
             )
+
+    def validate(self) -> None:
+        parse_bind(self.bind)
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not self.api_url.startswith(("http://", "https://")):
@@ -146,6 +158,16 @@ class Settings:
             # A call takes at most about connect + read timeout; past that its sender is gone.
             lease=self.connect_timeout + self.read_timeout + 5.0,
         )
+
+
+def state_path_from_env(env: Mapping[str, str] | None = None, given: str | None = None) -> str:
+    """The state file: `given` (--state), else BRIDGE_STATE, else ./bridge-state.db.
+
+    Read alone, without the other settings, by the commands that only open the state file:
+    a broken setting elsewhere must never keep an operator from pausing the bridge.
+    """
+    env = os.environ if env is None else env
+    return given or env.get("BRIDGE_STATE") or Settings.state_path
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -26,6 +26,7 @@ from bridge.audit import (
     DECISION,
     GENESIS,
     HASHED,
+    OPERATOR,
     OUTCOME,
     AuditQuery,
     AuditRecord,
@@ -55,6 +56,8 @@ REJECTED = "rejected"
 CANCELLED = "cancelled"
 #: Operations that never reached the device API: they count for nothing.
 NEVER_SENT = (EXPIRED, REJECTED, CANCELLED)
+#: The outcome of the audit record a person's `alert-bridge cooldowns clear` writes.
+COOLDOWN_CLEARED = "cooldown_cleared"
 
 # Flags in the meta table; each holds the time it was raised.
 PAUSED = "paused_since"
@@ -113,6 +116,21 @@ class Operation:
         }
 
 
+@dataclass(frozen=True)
+class Cooldown:
+    """A cooldown in force: no `operation` is queued for `device` again before `until`."""
+
+    device: str
+    operation: str
+    until: float
+    rule: str  # the rule whose operation claimed it
+    operation_id: int | None  # that operation; None for claims older than this column
+
+    def to_json(self) -> dict[str, object]:
+        return {"device": self.device, "operation": self.operation, "until": iso(self.until),
+                "rule": self.rule, "operation_id": self.operation_id}
+
+
 _OP_COLUMNS = (
     "id, device, operation, rule, state, created, attempts, claim_until, request_id, source,"
     " receiver, group_key, fingerprint, alertname, alert_status, rules_version"
@@ -132,6 +150,9 @@ class Store(Protocol):
 
     def ping(self) -> None: ...
     def active_cooldowns(self, now: float) -> dict[Key, float]: ...
+    def cooldowns(self, now: float, device: str | None = None) -> list[Cooldown]: ...
+    def clear_cooldowns(self, device: str, operation: str | None, who: str,
+                        now: float) -> list[Cooldown]: ...
     def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
                *, max_age: float, approval_timeout: float,
                answer: Callable[[list[Recorded]], T]) -> T: ...
@@ -160,6 +181,7 @@ CREATE TABLE IF NOT EXISTS cooldowns (
     operation TEXT NOT NULL,
     until REAL NOT NULL,
     rule TEXT NOT NULL,
+    operation_id INTEGER,            -- the operation that claimed it (NULL in old state files)
     PRIMARY KEY (device, operation)
 );
 CREATE TABLE IF NOT EXISTS operations (
@@ -226,6 +248,8 @@ CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE INDEX IF NOT EXISTS audit_demand ON audit (event, ts, outcome);
 CREATE INDEX IF NOT EXISTS audit_device ON audit (device, id);
 """
+
+_COOLDOWN_COLUMNS = "device, operation, until, rule, operation_id"
 
 # Only _append() uses it: every record is written with its id and its place in the chain.
 _AUDIT_INSERT = (
@@ -337,6 +361,58 @@ class SqliteStore:
         rows = self._read("SELECT device, operation, until FROM cooldowns WHERE until > ?", (now,))
         return {(device, op): until for device, op, until in rows}
 
+    def cooldowns(self, now: float, device: str | None = None) -> list[Cooldown]:
+        """The cooldowns in force at `now` (of one device, or all), by device and operation."""
+        sql = (f"SELECT {_COOLDOWN_COLUMNS} FROM cooldowns WHERE until > ?"
+               + (" AND device = ?" if device is not None else "")
+               + " ORDER BY device, operation")
+        return [Cooldown(*row) for row in self._read(sql, (now,) if device is None
+                                                     else (now, device))]
+
+    def clear_cooldowns(self, device: str, operation: str | None, who: str,
+                        now: float) -> list[Cooldown]:
+        """End the cooldowns in force on `device` (one operation, or all), by a person's word.
+
+        For a device fixed by hand that must be remediable again now. Each one cleared gets an
+        audit record. Refused while an operation for it is still open: a new alert could then
+        queue a second one behind it.
+        """
+        what = f"{device} ({operation})" if operation else device
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {_COOLDOWN_COLUMNS} FROM cooldowns WHERE device = ? AND until > ?"
+                + (" AND operation = ?" if operation else "") + " ORDER BY operation",
+                (device, now, operation) if operation else (device, now),
+            ).fetchall()
+            cleared = [Cooldown(*row) for row in rows]
+            if not cleared:
+                raise StoreError(f"no cooldown in force on {what}", status=404)
+            self._refuse_if_open(conn, cleared)
+            audit = []
+            for c in cleared:
+                conn.execute("DELETE FROM cooldowns WHERE device = ? AND operation = ?",
+                             (c.device, c.operation))
+                audit.append((
+                    now, OPERATOR, "", "", "", "", "", "", "", c.rule, c.device, c.operation,
+                    COOLDOWN_CLEARED, f"cleared by {who}; it ran until {iso(c.until)}",
+                    None, None, "", c.operation_id, None, "",
+                ))
+            _append(conn, audit)
+        return cleared
+
+    def _refuse_if_open(self, conn: sqlite3.Connection, cooldowns: list[Cooldown]) -> None:
+        for c in cooldowns:
+            row = conn.execute(
+                "SELECT id, state FROM operations WHERE device = ? AND operation = ?"
+                " AND state IN (?, ?, ?) ORDER BY id LIMIT 1",
+                (c.device, c.operation, PENDING_APPROVAL, QUEUED, SENDING),
+            ).fetchone()
+            if row is not None:
+                raise StoreError(
+                    f"{c.operation} on {c.device}: operation {row[0]} is still {row[1]}; clearing"
+                    " its cooldown would let an alert queue a second one. Wait for it to end"
+                    " (or reject it, if it is pending approval)", status=409)
+
     def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
                *, max_age: float, approval_timeout: float,
                answer: Callable[[list[Recorded]], T]) -> T:
@@ -359,13 +435,14 @@ class SqliteStore:
                 op_id = None
                 if d.verdict in decide.QUEUING:
                     assert d.rule is not None and d.until is not None
-                    conn.execute(
-                        "INSERT INTO cooldowns (device, operation, until, rule) VALUES (?, ?, ?, ?)"
-                        " ON CONFLICT (device, operation) DO UPDATE"
-                        " SET until = excluded.until, rule = excluded.rule",
-                        (d.device, d.operation, d.until, d.rule.name),
-                    )
                     op_id = self._queue(conn, delivery, d, now, max_age, approval_timeout)
+                    conn.execute(
+                        "INSERT INTO cooldowns (device, operation, until, rule, operation_id)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, operation) DO UPDATE"
+                        " SET until = excluded.until, rule = excluded.rule,"
+                        " operation_id = excluded.operation_id",
+                        (d.device, d.operation, d.until, d.rule.name, op_id),
+                    )
                 audit.append(_decision_row(now, delivery, d, op_id))
                 recorded.append(Recorded(d, op_id))
             resolved = {d.alert.fingerprint for d in decisions if d.alert.status == "resolved"}
@@ -741,12 +818,20 @@ def _append(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
         next_id += 1
 
 
+#: Columns added after state files were first created: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("audit", "rules_version", "TEXT NOT NULL DEFAULT ''"),
+    ("operations", "rules_version", "TEXT NOT NULL DEFAULT ''"),
+    ("cooldowns", "operation_id", "INTEGER"),
+)
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Columns added after a state file was created: added to it, empty for old rows."""
-    for table in ("audit", "operations"):
+    for table, column, declaration in _ADDED_COLUMNS:
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if have and "rules_version" not in have:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN rules_version TEXT NOT NULL DEFAULT ''")
+        if have and column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _chain_unchained_audit(conn: sqlite3.Connection) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import sqlite3
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,14 +50,19 @@ def payload_json(name: str) -> Any:
     return json.loads(payload(name))
 
 
-def device_down(*devices: str) -> bytes:
-    """An Alertmanager webhook body: one firing DeviceDown alert per device label."""
+def firing(*labels: dict[str, str]) -> bytes:
+    """An Alertmanager webhook body: one firing alert per label set."""
     return json.dumps({
         "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
-        "alerts": [{"status": "firing", "labels": {"alertname": "DeviceDown", "device": d},
-                    "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
-                    "endsAt": "0001-01-01T00:00:00Z"} for d in devices],
+        "alerts": [{"status": "firing", "labels": x, "annotations": {},
+                    "startsAt": "2026-11-25T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z"}
+                   for x in labels],
     }).encode()
+
+
+def device_down(*devices: str) -> bytes:
+    """An Alertmanager webhook body: one firing DeviceDown alert per device label."""
+    return firing(*({"alertname": "DeviceDown", "device": d} for d in devices))
 
 
 def replace_file(path: Path, text: str) -> None:
@@ -204,3 +212,35 @@ class BridgeProcess:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"bridge did not stop on signal {sig}:\n{self.log()}") from None
+
+
+#: Unicode categories that must never reach a terminal raw: controls (C0, DEL, C1), format
+#: characters (bidi overrides, zero-width, tags), surrogates, private use, unassigned, and the
+#: line and paragraph separators.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def raw_controls(text: str) -> list[str]:
+    """The characters of `text` (a command's output, split into lines by "\\n") that a
+    terminal would act on or hide: what none of the human outputs may contain."""
+    return [ch for ch in text if ch != "\n" and unicodedata.category(ch) in UNSAFE_CATEGORIES]
+
+
+@contextmanager
+def following(*args: str) -> Iterator[queue.Queue[str]]:
+    """`alert-bridge audit --follow ARGS` as a real process; its output lines as they come."""
+    proc = subprocess.Popen([sys.executable, "-m", "bridge", "audit", "--follow", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8")
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()],
+                              daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
