@@ -149,7 +149,10 @@ def format_duration(seconds: float) -> str:
 # ---------------------------------------------------------------------------------------------
 # Matchers
 
+# Prometheus label names: what group_by may name (it ends up in JSON paths of queries).
 _LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Unquoted names in matchers, as Alertmanager's pkg/labels parser reads them: colons allowed.
+_MATCHER_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 # Longest operators first so "=~" is not read as "=" followed by a value starting with "~".
 _OP_RE = re.compile(r"\s*(=~|!=|!~|=)\s*")
 
@@ -237,16 +240,20 @@ class Matcher:
         return hit if self.op == "=~" else not hit
 
     def __str__(self) -> str:
-        name = self.name if _LABEL_NAME_RE.fullmatch(self.name) else _quote(self.name)
+        name = self.name if _MATCHER_NAME_RE.fullmatch(self.name) else _quote(self.name)
         return f"{name}{self.op}{_quote(self.value)}"
 
 
 def parse_matcher(text: str) -> Matcher:
     """Parse ``name OP value`` (OP one of =, !=, =~, !~) as Alertmanager does.
 
-    The name is a label name or a double-quoted string; the value is double-quoted or an unquoted
-    run without double quotes (taken literally, surrounding spaces dropped; may be empty).
-    Raises ValueError naming the matcher.
+    Follows Alertmanager's classic matcher parser, ``ParseMatcher`` in its ``pkg/labels``
+    package (what its configuration and amtool used before the UTF-8 parser, and still use in
+    classic mode): an unquoted name is ``[a-zA-Z_:][a-zA-Z0-9_:]*``, so ``foo:bar="x"`` is one
+    matcher. From the UTF-8 parser (``matcher/parse``) it also takes double-quoted names, for
+    labels such as ``"odd-name.x"``. The value is double-quoted or an unquoted run without
+    double quotes (taken literally, surrounding spaces dropped; may be empty), with the same
+    escapes as ``pkg/labels``. Raises ValueError naming the matcher.
     """
 
     def fail(reason: str) -> ValueError:
@@ -261,7 +268,7 @@ def parse_matcher(text: str) -> Matcher:
         if not name:
             raise fail("label name is empty")
     else:
-        name_match = _LABEL_NAME_RE.match(source)
+        name_match = _MATCHER_NAME_RE.match(source)
         if name_match is None:
             raise fail("expected a label name such as alertname at the start")
         name, pos = name_match.group(), name_match.end()

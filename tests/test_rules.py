@@ -310,6 +310,26 @@ def test_parse_matcher_errors(text: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ('foo:bar="x"', "foo:bar"),
+        ("job:node:up = 1", "job:node:up"),
+        (':leading = "x"', ":leading"),
+        ('instance:rate5m !~ "0|1"', "instance:rate5m"),
+    ],
+)
+def test_matcher_label_names_may_contain_colons_as_in_alertmanager(text: str, name: str) -> None:
+    # Alertmanager's pkg/labels parser takes [a-zA-Z_:][a-zA-Z0-9_:]* as a label name; recording
+    # rule outputs such as job:node:up keep their colons when they become alert labels.
+    matcher = parse_matcher(text)
+    assert matcher.name == name
+    assert str(matcher).startswith(name)  # printed unquoted, as Alertmanager prints it
+    assert parse_matcher(str(matcher)) == matcher
+    rules = parse_rules(f"rules:\n  - name: a\n    match: ['{text}']\n    device: d\n    operation: sync\n")
+    assert rules.rules[0].matchers == (matcher,)
+
+
+@pytest.mark.parametrize(
     ("matcher", "canonical"),
     [
         (Matcher("alertname", "=", "DeviceUnreachable"), 'alertname="DeviceUnreachable"'),
