@@ -169,6 +169,24 @@ def check(path: str, strict: bool) -> None:
     )
 
 
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of rules.yaml, for editors that check YAML as you type.
+
+    It is the same text as docs/rules.schema.json. Point the first line of a rules file at a
+    copy, and VS Code (with the YAML extension) completes and checks rules while they are
+    typed; `alert-bridge check` stays the final word.
+
+    \b
+    Example:
+        alert-bridge schema > rules.schema.json
+        # first line of rules.yaml: # yaml-language-server: $schema=rules.schema.json
+    """
+    from bridge.rules import json_schema_text
+
+    click.echo(json_schema_text(), nl=False)
+
+
 @main.group(invoke_without_command=True, subcommand_metavar="[verify]")
 @STATE_OPTION
 @click.option("--device", default=None, help="Only records for this device.")
