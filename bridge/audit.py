@@ -199,7 +199,7 @@ def _broken(count: int, first: int | None, prev: AuditRecord | None, problem: st
 
 @dataclass(frozen=True)
 class AuditQuery:
-    """Filters shared by `alert-bridge audit` and (later) the HTTP audit API."""
+    """Filters shared by `alert-bridge audit` and `GET /api/audit`."""
 
     device: str | None = None
     rule: str | None = None

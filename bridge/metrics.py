@@ -190,8 +190,8 @@ class Metrics:
 
     @_never_raises
     def note_reload(self, ok: bool, when: float) -> None:
-        """Record an attempt to (re)load the rules. The reload code calls this, with
-        `app.extensions["bridge"]["metrics"].note_reload(ok, time.time())`."""
+        """Record an attempt to (re)load the rules (a refused one is read from the store's
+        flags at scrape time, so that every worker shows it)."""
         self._reload_success.set(1 if ok else 0)
         if ok:
             self._reload_time.set(when)
