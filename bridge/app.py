@@ -62,7 +62,7 @@ def create_app(
             verify=settings.api_ca_bundle or True,
         )
     # Read from the app at scrape time, so that a reload that swaps the rules shows at once.
-    metrics = Metrics(store, dry_run=settings.dry_run, started=clock(),
+    metrics = Metrics(store, dry_run=settings.dry_run, started=clock(), clock=clock,
                       rules_loaded=lambda: len(app.extensions["bridge"]["rules"].rules))
     dispatcher = None
     if client is not None and not settings.dry_run:
@@ -223,7 +223,7 @@ def create_app(
 
     @app.get("/api/operations/pending")
     def pending() -> tuple[Response, int] | Response:
-        return admin(lambda: jsonify(operations=[op.to_json() for op in store.pending()]))
+        return admin(lambda: jsonify(operations=[op.to_json() for op in store.pending(clock())]))
 
     # The id is matched as text: Flask's int converter takes any length, and past MAX_ID the
     # store would overflow (a 500); a number out of range is a 400 that says so.
@@ -232,9 +232,11 @@ def create_app(
         def act() -> Response:
             body = request.get_json(silent=True)
             who = str(body.get("by", "")) if isinstance(body, dict) else ""
+            now = clock()
             op = store.settle(_integer("operation_id", operation_id, 1, MAX_ID),
                               verdict == "approve", f"{who or 'api'} (HTTP)",
-                              clock(), max_age=settings.max_age)
+                              now, max_age=settings.max_age,
+                              release_until=now + settings.failure_cooldown)
             if dispatcher is not None and verdict == "approve":
                 dispatcher.wake()
             return jsonify(op.to_json())

@@ -109,7 +109,7 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     # how an operator applies a fixed token, so an old "API rejected the token" is cleared.
     store = SqliteStore(settings.state_path)
     store.set_flag(API_UNAUTHORIZED, None)
-    depth = store.queue_depth()
+    depth = store.queue_depth(time.time())
     store.close()
     setup_logging(settings.log_format)
     log = logging.getLogger("bridge")
@@ -395,7 +395,7 @@ def pending(state_path: str | None, as_json: bool) -> None:
     """
     import json
 
-    ops = open_store(state_path).pending()
+    ops = open_store(state_path).pending(time.time())
     if as_json:
         for op in ops:
             click.echo(json.dumps(op.to_json()))
@@ -413,7 +413,9 @@ def pending(state_path: str | None, as_json: bool) -> None:
 def _settle(state_path: str | None, operation_id: int, approve: bool, who: str | None) -> None:
     settings = Settings.from_env(state_path=state_path, listening=False)
     store = open_store(state_path)
-    op = store.settle(operation_id, approve, _person(who), time.time(), max_age=settings.max_age)
+    now = time.time()
+    op = store.settle(operation_id, approve, _person(who), now, max_age=settings.max_age,
+                      release_until=now + settings.failure_cooldown)
     if approve:
         say(f"Approved operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
                    " the bridge sends it now.")
@@ -615,7 +617,7 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
                    " see the log): the previous rules still run")
     elif ok_at is not None:
         say(f"Rules:    last reloaded at {iso(ok_at)}")
-    depth = store.queue_depth()
+    depth = store.queue_depth(time.time())
     say(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
                f"{depth['pending_approval']} pending approval")
     latest = store.audit(AuditQuery(limit=last)) if last else []

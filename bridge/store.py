@@ -106,13 +106,15 @@ class Operation:
     alertname: str
     alert_status: str
     rules_version: str = ""
+    #: Not sent after this time: the approval timeout while pending, then the maximum age.
+    expires_at: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return {
             "id": self.id, "state": self.state, "device": self.device,
             "operation": self.operation, "rule": self.rule, "created": iso(self.created),
-            "alertname": self.alertname, "fingerprint": self.fingerprint,
-            "request_id": self.request_id,
+            "expires_at": iso(self.expires_at), "alertname": self.alertname,
+            "fingerprint": self.fingerprint, "request_id": self.request_id,
         }
 
 
@@ -133,7 +135,7 @@ class Cooldown:
 
 _OP_COLUMNS = (
     "id, device, operation, rule, state, created, attempts, claim_until, request_id, source,"
-    " receiver, group_key, fingerprint, alertname, alert_status, rules_version"
+    " receiver, group_key, fingerprint, alertname, alert_status, rules_version, expires_at"
 )
 
 
@@ -157,14 +159,14 @@ class Store(Protocol):
                *, max_age: float, approval_timeout: float,
                answer: Callable[[list[Recorded]], T]) -> T: ...
     def read_state(self, judge: Callable[[State], T]) -> T: ...
-    def pending(self) -> list[Operation]: ...
+    def pending(self, now: float) -> list[Operation]: ...
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
-               max_age: float) -> Operation: ...
+               max_age: float, release_until: float) -> Operation: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
     def finish(self, op: Operation, result: CallResult, now: float, *,
                retry_at: float | None = None, release_until: float | None = None) -> None: ...
     def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
-    def queue_depth(self) -> dict[str, int]: ...
+    def queue_depth(self, now: float) -> dict[str, int]: ...
     def outcome_counts(self, since: float) -> dict[str, int]: ...
     def resume(self, now: float) -> list[str]: ...
     def prune(self, before: float, batch: int = 500) -> int: ...
@@ -523,10 +525,11 @@ class SqliteStore:
                 return Claim(None, slot - now)
             row = conn.execute(
                 f"SELECT {_OP_COLUMNS} FROM operations o WHERE state = ? AND next_attempt <= ?"
+                " AND expires_at >= ?"  # too old, though the sweep has not ended it yet
                 " AND NOT EXISTS (SELECT 1 FROM operations s"
                 "                 WHERE s.state = ? AND s.device = o.device)"
                 " ORDER BY next_attempt, id LIMIT 1",
-                (QUEUED, now, SENDING),
+                (QUEUED, now, now, SENDING),
             ).fetchone()
             if row is None:
                 return Claim(None, 0.0)
@@ -580,21 +583,8 @@ class SqliteStore:
         (acting late can do more harm than good) and release their cooldown; ones whose
         sender's lease ran out end UNKNOWN (the call may have reached the device) and keep it.
         """
-        ended: list[Operation] = []
-        audit: list[tuple] = []
         with self._write() as conn:
-            expired = conn.execute(
-                f"UPDATE operations SET state = ?, updated = ? WHERE state IN (?, ?)"
-                f" AND expires_at < ? RETURNING {_OP_COLUMNS}, hold",
-                (EXPIRED, now, QUEUED, PENDING_APPROVAL, now),
-            ).fetchall()
-            for *row, hold in expired:
-                op = Operation(*row)
-                self._release(conn, op, release_until)
-                reason, error = ("approval_timeout", "nobody approved it in time") \
-                    if hold == "approval" else ("max_age", "not sent within the maximum age")
-                audit.append(_operation_row(now, OUTCOME, op, EXPIRED, reason, None, None, error))
-                ended.append(op)
+            ended, audit = self._expire(conn, now, release_until)
             lost = conn.execute(
                 f"UPDATE operations SET state = ?, updated = ?, lease_until = NULL"
                 f" WHERE state = ? AND lease_until < ? RETURNING {_OP_COLUMNS}",
@@ -610,43 +600,78 @@ class SqliteStore:
             _append(conn, audit)
         return ended
 
-    def pending(self) -> list[Operation]:
+    def _expire(self, conn: sqlite3.Connection, now: float, release_until: float,
+                operation_id: int | None = None) -> tuple[list[Operation], list[tuple]]:
+        """End EXPIRED the open operations past their expiry (or just this one, if it is):
+        the operations, and their audit rows to append."""
+        sql = ("UPDATE operations SET state = ?, updated = ? WHERE state IN (?, ?)"
+               " AND expires_at < ?")
+        params: list[object] = [EXPIRED, now, QUEUED, PENDING_APPROVAL, now]
+        if operation_id is not None:
+            sql += " AND id = ?"
+            params.append(operation_id)
+        ended: list[Operation] = []
+        audit: list[tuple] = []
+        for *row, hold in conn.execute(f"{sql} RETURNING {_OP_COLUMNS}, hold",
+                                       params).fetchall():
+            op = Operation(*row)
+            self._release(conn, op, release_until)
+            reason, error = ("approval_timeout", "nobody approved it in time") \
+                if hold == "approval" else ("max_age", "not sent within the maximum age")
+            audit.append(_operation_row(now, OUTCOME, op, EXPIRED, reason, None, None, error))
+            ended.append(op)
+        return ended, audit
+
+    def pending(self, now: float) -> list[Operation]:
+        """Operations waiting for a person, and not yet past their approval timeout."""
         rows = self._read(
-            f"SELECT {_OP_COLUMNS} FROM operations WHERE state = ? ORDER BY id",
-            (PENDING_APPROVAL,),
+            f"SELECT {_OP_COLUMNS} FROM operations WHERE state = ? AND expires_at >= ?"
+            " ORDER BY id", (PENDING_APPROVAL, now),
         )
         return [Operation(*row) for row in rows]
 
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
-               max_age: float) -> Operation:
-        """A person's answer to an operation pending approval: queue it, or reject it."""
+               max_age: float, release_until: float) -> Operation:
+        """A person's answer to an operation pending approval: queue it, or reject it.
+
+        One past its approval timeout is refused and ends EXPIRED now if no sweep ended it
+        yet (releasing its cooldown to `release_until`): an answer after the timeout is no
+        answer, whether or not the bridge was running to notice the timeout.
+        """
+        refusal: StoreError | None = None
         with self._write() as conn:
+            _, audit = self._expire(conn, now, release_until, operation_id)
+            _append(conn, audit)
             row = conn.execute(
-                f"SELECT {_OP_COLUMNS}, next_attempt FROM operations WHERE id = ?",
+                f"SELECT {_OP_COLUMNS}, next_attempt, hold FROM operations WHERE id = ?",
                 (operation_id,),
             ).fetchone()
             if row is None:
                 raise StoreError(f"no operation {operation_id}", status=404)
-            *fields, not_before = row
+            *fields, not_before, hold = row
             op = Operation(*fields)
-            if op.state != PENDING_APPROVAL:
-                raise StoreError(
-                    f"operation {operation_id} is {op.state}, not pending approval", status=409
-                )
-            if approve:
-                conn.execute(
-                    "UPDATE operations SET state = ?, updated = ?, hold = '', expires_at = ?"
-                    " WHERE id = ?", (QUEUED, now, max(now, not_before) + max_age, op.id),
-                )
-                event, outcome, reason = APPROVAL, "approved", f"approved by {who}"
-            else:
-                # A rejected operation keeps its cooldown: the same alert asking again at
-                # once would only ask the same person the same question.
-                conn.execute("UPDATE operations SET state = ?, updated = ? WHERE id = ?",
-                             (REJECTED, now, op.id))
-                event, outcome, reason = OUTCOME, REJECTED, f"rejected by {who}"
-            _append(conn, [_operation_row(now, event, op, outcome, reason, None, None, "")])
+            refusal = _not_pending(op, hold)
+            if refusal is None:
+                self._answer(conn, op, approve, who, now, max(now, not_before) + max_age)
+        if refusal is not None:
+            raise refusal  # after the commit: the expiry it found is kept
         return replace(op, state=QUEUED if approve else REJECTED)
+
+    def _answer(self, conn: sqlite3.Connection, op: Operation, approve: bool, who: str,
+                now: float, expires_at: float) -> None:
+        if approve:
+            conn.execute(
+                "UPDATE operations SET state = ?, updated = ?, hold = '', expires_at = ?"
+                " WHERE id = ?", (QUEUED, now, expires_at, op.id),
+            )
+            event, outcome, reason = APPROVAL, "approved", f"approved by {who}"
+        else:
+            # A rejected operation keeps its cooldown: the same alert asking again at
+            # once would only ask the same person the same question.
+            conn.execute("UPDATE operations SET state = ?, updated = ? WHERE id = ?",
+                         (REJECTED, now, op.id))
+            event, outcome, reason = OUTCOME, REJECTED, f"rejected by {who}"
+        _append(conn, [_operation_row(now, event, op, outcome, reason, None, None, "")])
 
     def _release(self, conn: sqlite3.Connection, op: Operation, until: float) -> None:
         # Only the cooldown this operation claimed, and only ever shorter.
@@ -664,10 +689,12 @@ class SqliteStore:
         )
         return dict(rows)
 
-    def queue_depth(self) -> dict[str, int]:
+    def queue_depth(self, now: float) -> dict[str, int]:
+        """Open operations by state; those past their expiry are no longer open, swept or not."""
         rows = self._read(
-            "SELECT state, count(*) FROM operations WHERE state IN (?, ?, ?) GROUP BY state",
-            (PENDING_APPROVAL, QUEUED, SENDING),
+            "SELECT state, count(*) FROM operations WHERE state IN (?, ?, ?)"
+            " AND (state = ? OR expires_at >= ?) GROUP BY state",
+            (PENDING_APPROVAL, QUEUED, SENDING, SENDING, now),
         )
         return {PENDING_APPROVAL: 0, QUEUED: 0, SENDING: 0, **dict(rows)}
 
@@ -859,6 +886,16 @@ def _chain_unchained_audit(conn: sqlite3.Connection) -> None:
                          (prev_hash, digest, row[0]))
             prev_hash = digest
         after = batch[-1][0]
+
+
+def _not_pending(op: Operation, hold: str) -> StoreError | None:
+    """Why a person's answer to this operation comes too late, if it does."""
+    if op.state == PENDING_APPROVAL:
+        return None
+    if op.state == EXPIRED and hold == "approval":
+        return StoreError(f"operation {op.id} expired at {iso(op.expires_at)}"
+                          " (approval timeout)", status=409)
+    return StoreError(f"operation {op.id} is {op.state}, not pending approval", status=409)
 
 
 def _decision_row(now: float, delivery: Delivery, d: Decision, op_id: int | None) -> tuple:
