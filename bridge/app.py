@@ -29,7 +29,6 @@ from bridge.store import (
     RELOAD_FAILED,
     RELOAD_OK,
     Recorded,
-    SqliteStore,
     Store,
 )
 
@@ -53,7 +52,7 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     rules = rules or load_rules(settings.rules_path)
-    store = store or SqliteStore(settings.state_path)
+    store = store or settings.open_store()
     if client is None and not settings.dry_run:
         assert settings.api_token is not None
         client = DeviceClient(

@@ -103,11 +103,10 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     )
     rules = load_rules(settings.rules_path)
     from bridge.dispatch import API_UNAUTHORIZED
-    from bridge.store import SqliteStore
 
     # Opening the store now fails the start early on an unusable state path. A restart is
     # how an operator applies a fixed token, so an old "API rejected the token" is cleared.
-    store = SqliteStore(settings.state_path)
+    store = settings.open_store()
     store.set_flag(API_UNAUTHORIZED, None)
     depth = store.queue_depth(time.time())
     store.close()
@@ -329,7 +328,6 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
     from bridge import payloads
     from bridge.decide import EmptyState, explanation_json
     from bridge.decide import explain as explain_alerts
-    from bridge.store import SqliteStore
 
     settings = Settings.from_env(rules_path=rules_path, state_path=state_path, listening=False)
     rules = load_rules(settings.rules_path)
@@ -349,7 +347,7 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
                               device_pattern=settings.device_regex)
 
     have_state = os.path.exists(settings.state_path)
-    results = SqliteStore(settings.state_path).read_state(judge) if have_state \
+    results = settings.open_store().read_state(judge) if have_state \
         else judge(EmptyState())
     if as_json:
         click.echo(json.dumps({"source": notification.source, "dry_run": dry_run,

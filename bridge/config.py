@@ -12,6 +12,7 @@ from bridge.client import Secret, TokenSource
 from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
 from bridge.rules import parse_duration
+from bridge.store import SqliteStore
 
 DEFAULT_API_URL = "https://control.zequenze.com/api/v1"
 # A device name as inventories write them: letters, digits and . _ : @ - , at most 128
@@ -52,6 +53,7 @@ class Settings:
     max_alerts: int = 5000
     log_format: str = "json"
     audit_retention: float = 90 * 86400.0
+    state_timeout: float = 30.0
 
     @property
     def dry_run(self) -> bool:
@@ -102,6 +104,7 @@ class Settings:
             max_alerts=int(_number(env, "BRIDGE_MAX_ALERTS", cls.max_alerts)),
             log_format=(env.get("BRIDGE_LOG_FORMAT") or "json").strip().lower(),
             audit_retention=_seconds(env, "BRIDGE_AUDIT_RETENTION", cls.audit_retention),
+            state_timeout=_seconds(env, "BRIDGE_STATE_TIMEOUT", cls.state_timeout),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
@@ -141,9 +144,14 @@ class Settings:
                             ("BRIDGE_RATE_LIMIT", self.rate_limit),
                             ("BRIDGE_MAX_ATTEMPTS", self.max_attempts),
                             ("BRIDGE_API_TIMEOUT", self.read_timeout),
-                            ("BRIDGE_API_CONNECT_TIMEOUT", self.connect_timeout)):
+                            ("BRIDGE_API_CONNECT_TIMEOUT", self.connect_timeout),
+                            ("BRIDGE_STATE_TIMEOUT", self.state_timeout)):
             if value <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value:g}")
+
+    def open_store(self) -> SqliteStore:
+        """The state store, with the bound every write waits within."""
+        return SqliteStore(self.state_path, timeout=self.state_timeout)
 
     @property
     def device_regex(self) -> re.Pattern[str]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -43,6 +45,7 @@ from bridge.errors import BridgeError
 from bridge.rules import Budget
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Operation states. PENDING_APPROVAL, QUEUED and SENDING are open; the others are final.
 PENDING_APPROVAL = "pending_approval"
@@ -268,7 +271,7 @@ class SqliteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._turn_lock = threading.Lock()
-        self._turn_fd: int | None = None  # opened on first write, after fork
+        self._file_turn: _FileTurn | None = None  # opened on first write, after fork
         self._connections: list[sqlite3.Connection] = []
         self._ready = False
 
@@ -298,7 +301,7 @@ class SqliteStore:
                     _chain_unchained_audit(conn)
                 self._ready = True
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
         self._local.conn = conn
         with self._lock:
             self._connections.append(conn)
@@ -306,48 +309,67 @@ class SqliteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, given up (StoreError, 503) unless it starts within the
+        timeout, counting every wait: for this process's turn, the other processes', and
+        SQLite's write lock (held by anyone else: a backup, an operator's sqlite3)."""
         conn = self._connect()
+        deadline = time.monotonic() + self._timeout
         try:
-            with self._turn(), _transaction(conn):
-                yield conn
+            with self._turn(deadline):
+                _busy_timeout(conn, deadline - time.monotonic())
+                try:
+                    with _transaction(conn):
+                        yield conn
+                finally:
+                    _busy_timeout(conn, self._timeout)
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        # Errors raised by the sqlite3 module itself (a closed connection) carry no code.
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+            return self._busy()
+        return StoreError(f"state store {self.path}: {exc}")
+
+    def _busy(self) -> StoreError:
+        return StoreError(f"state store {self.path}: locked by another writer for more than"
+                          f" {self._timeout:g}s (BRIDGE_STATE_TIMEOUT)")
 
     @contextmanager
-    def _turn(self) -> Iterator[None]:
+    def _turn(self, deadline: float) -> Iterator[None]:
         """Writers take turns: first within this process, then across processes.
 
         SQLite's own busy handler retries on a timer and keeps no queue, so under load an
         unlucky writer can lose the write lock many times in a row (seconds of tail latency,
         measured in benchmarks/). A thread lock plus flock on a side file queues writers in
-        the kernel instead; BEGIN IMMEDIATE then almost never waits.
+        the kernel instead; BEGIN IMMEDIATE then almost never waits. Each wait ends at the
+        writer's deadline, so a lock held elsewhere makes every writer give up in time
+        instead of each waiting out all those queued before it.
         """
-        with self._turn_lock:
-            if self._turn_fd is None:
-                try:
-                    self._turn_fd = os.open(self.path + "-writer.lock",
-                                            os.O_RDWR | os.O_CREAT, 0o600)
-                except OSError:
-                    self._turn_fd = -1  # e.g. a read-only directory: SQLite alone decides
-            if self._turn_fd < 0:
-                yield
-                return
-            fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
+        if not self._turn_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise self._busy()
+        try:
+            if self._file_turn is None:
+                self._file_turn = _FileTurn(self.path + "-writer.lock")
+            if not self._file_turn.acquire(deadline):
+                raise self._busy()
             try:
                 yield
             finally:
-                fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+                self._file_turn.release()
+        finally:
+            self._turn_lock.release()
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         try:
             return self._connect().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def close(self) -> None:
-        if self._turn_fd is not None and self._turn_fd >= 0:
-            os.close(self._turn_fd)
-        self._turn_fd = None
+        if self._file_turn is not None:
+            self._file_turn.close()
+        self._file_turn = None
         with self._lock:
             for conn in self._connections:
                 conn.close()
@@ -768,7 +790,83 @@ class SqliteStore:
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
+
+
+class _FileTurn:
+    """A turn across processes: an exclusive flock on a side file, waited for in the
+    kernel's queue, with a deadline.
+
+    flock() cannot time out, so a thread of our own waits in it, and the writer waits for
+    that thread until its deadline. A lock that comes after its writer gave up goes to the
+    next writer of this process if one is waiting, else straight back to the kernel. One
+    writer at a time calls acquire() (the caller holds the process's thread lock).
+    """
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            self._fd = -1  # e.g. a read-only directory: SQLite alone decides
+        self._changed = threading.Condition()
+        self._held = False  # this process holds the flock
+        self._waiter = False  # our thread is blocked in flock()
+        self._wanted = False  # a writer waits for the flock
+        self._closed = False
+
+    def acquire(self, deadline: float) -> bool:
+        if self._fd < 0:
+            return True
+        with self._changed:
+            if not self._held and not self._waiter:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._held = True
+                except BlockingIOError:
+                    self._waiter = True
+                    threading.Thread(target=self._wait, name="state-writer-turn",
+                                     daemon=True).start()
+            self._wanted = True
+            try:
+                while not self._held:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._changed.wait(left)
+                return True
+            finally:
+                self._wanted = False
+
+    def _wait(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            got = True
+        except OSError:  # never seen; its writer gives up at its deadline, the next tries anew
+            log.exception("state store: waiting for the writer lock failed")
+            got = False
+        with self._changed:
+            self._waiter = False
+            if got and self._wanted and not self._closed:
+                self._held = True
+                self._changed.notify_all()
+                return
+            if got:  # its writer gave up: let the other processes have it
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._closed:
+                os.close(self._fd)
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        with self._changed:
+            self._held = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            if self._fd >= 0 and not self._waiter:
+                os.close(self._fd)  # else the waiting thread closes it when flock() returns
 
 
 class _TxnState:
@@ -927,6 +1025,11 @@ def _set_meta(conn: sqlite3.Connection, key: str, value: float) -> None:
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+def _busy_timeout(conn: sqlite3.Connection, seconds: float) -> None:
+    """How long SQLite waits for a lock held elsewhere, from now on, on this connection."""
+    conn.execute(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
 
 
 @contextmanager
