@@ -279,6 +279,7 @@ def create_app(
     @app.get("/-/ready")
     def ready() -> tuple[Response, int]:
         try:
+            store.check_writable(clock())  # webhooks need writes: a read would not tell
             unauthorized = store.get_flag(API_UNAUTHORIZED)
         except BridgeError as exc:
             return jsonify(status="not ready", error=exc.message), 503
@@ -378,7 +379,8 @@ def _decision_json(r: Recorded) -> dict[str, object]:
 
 
 class Housekeeper:
-    """Prunes audit records and finished operations past the retention, a batch at a time."""
+    """Prunes audit records and finished operations past the retention, a batch at a time,
+    then empties the state store's write-ahead log (which gives its space back)."""
 
     INTERVAL = 60.0
 
@@ -393,12 +395,17 @@ class Housekeeper:
         self._stop.set()
 
     def run_once(self) -> int:
+        """Prune, then empty the write-ahead log; how many audit records went."""
         pruned = 0
-        while not self._stop.is_set():
-            gone = self.store.prune(self.clock() - self.retention)
-            pruned += gone
-            if gone == 0:
-                break
+        try:
+            while not self._stop.is_set():
+                gone = self.store.prune(self.clock() - self.retention)
+                pruned += gone
+                if gone == 0:
+                    break
+        finally:
+            # Even when pruning failed: on a full disk, emptying the log gives space back.
+            self.store.checkpoint()
         return pruned
 
     def _run(self) -> None:
@@ -406,7 +413,7 @@ class Housekeeper:
             try:
                 pruned = self.run_once()
             except BridgeError as exc:
-                log.error("audit retention: %s", exc.message)
+                log.error("housekeeping: %s", exc.message)
                 continue
             if pruned:
                 log.info("audit retention: pruned %d records older than %s", pruned,

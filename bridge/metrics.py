@@ -221,15 +221,17 @@ class StateCollector:
         yield gauge("dry_run", "1 if the bridge decides and audits but calls nothing.",
                     1 if self._dry_run else 0)
         yield gauge("rules_loaded", "Rules in force.", self._rules_loaded())
+        up = "1 if the state store answered this scrape and took a test write."
         try:
+            self._store.check_writable(self._clock())
             depth = self._store.queue_depth(self._clock())
             flags = {flag: self._store.get_flag(flag) is not None
                      for flag in (PAUSED, BREAKER_OPEN, API_UNAUTHORIZED)}
         except BridgeError as exc:
             log.error("metrics: %s", exc.message)
-            yield gauge("state_store_up", "1 if the state store answered this scrape.", 0)
+            yield gauge("state_store_up", up, 0)
             return
-        yield gauge("state_store_up", "1 if the state store answered this scrape.", 1)
+        yield gauge("state_store_up", up, 1)
         queue = GaugeMetricFamily(
             "alert_bridge_queue_depth",
             "Open operations by state: queued (waiting to be sent, including held ones),"

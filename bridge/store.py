@@ -43,6 +43,7 @@ from bridge.client import CallResult
 from bridge.decide import Decision, Key, State
 from bridge.errors import BridgeError
 from bridge.rules import Budget
+from bridge.vocab import Flag
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -61,6 +62,14 @@ CANCELLED = "cancelled"
 NEVER_SENT = (EXPIRED, REJECTED, CANCELLED)
 #: The outcome of the audit record a person's `alert-bridge cooldowns clear` writes.
 COOLDOWN_CLEARED = "cooldown_cleared"
+
+#: The write-ahead log is copied into the database once it holds this much, and its file is
+#: cut back to this size after. SQLite's default (4 MB, never cut back) can fill a small
+#: volume with log alone, and then the checkpoint that would empty it has no room to run.
+WAL_LIMIT = 1024 * 1024
+#: The longest a readiness probe or a scrape waits for its test write's turn: writes that
+#: wait longer than that are what not ready means.
+PROBE_WAIT = 1.0
 
 # Flags in the meta table; each holds the time it was raised.
 PAUSED = "paused_since"
@@ -173,6 +182,8 @@ class Store(Protocol):
     def outcome_counts(self, since: float) -> dict[str, int]: ...
     def resume(self, now: float) -> list[str]: ...
     def prune(self, before: float, batch: int = 500) -> int: ...
+    def checkpoint(self) -> bool: ...
+    def check_writable(self, now: float) -> None: ...
     def get_flag(self, key: str) -> float | None: ...
     def set_flag(self, key: str, value: float | None) -> None: ...
     def audit(self, query: AuditQuery) -> list[AuditRecord]: ...
@@ -292,6 +303,9 @@ class SqliteStore:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT // page_size}")
             if not self._ready:
                 with _transaction(conn):
                     for statement in SCHEMA.split(";"):
@@ -308,35 +322,43 @@ class SqliteStore:
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, given up (StoreError, 503) unless it starts within the
-        timeout, counting every wait: for this process's turn, the other processes', and
-        SQLite's write lock (held by anyone else: a backup, an operator's sqlite3)."""
+    def _write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction (see _writer)."""
+        with self._writer(wait) as conn, _transaction(conn):
+            yield conn
+
+    @contextmanager
+    def _writer(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """This thread's connection in its turn to write. Given up (StoreError, 503) unless
+        the turn comes within `wait` (the timeout), counting every wait: for this process's
+        turn, the other processes', and SQLite's write lock (held by anyone else: a backup,
+        an operator's sqlite3)."""
+        wait = self._timeout if wait is None else wait
         conn = self._connect()
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + wait
         try:
-            with self._turn(deadline):
+            with self._turn(deadline, wait):
                 _busy_timeout(conn, deadline - time.monotonic())
                 try:
-                    with _transaction(conn):
-                        yield conn
+                    yield conn
                 finally:
                     _busy_timeout(conn, self._timeout)
         except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc, wait) from exc
 
-    def _failed(self, exc: sqlite3.Error) -> StoreError:
+    def _failed(self, exc: sqlite3.Error, wait: float | None = None) -> StoreError:
         # Errors raised by the sqlite3 module itself (a closed connection) carry no code.
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
-            return self._busy()
+            return self._busy(self._timeout if wait is None else wait)
         return StoreError(f"state store {self.path}: {exc}")
 
-    def _busy(self) -> StoreError:
+    def _busy(self, wait: float) -> StoreError:
+        setting = " (BRIDGE_STATE_TIMEOUT)" if wait == self._timeout else ""
         return StoreError(f"state store {self.path}: locked by another writer for more than"
-                          f" {self._timeout:g}s (BRIDGE_STATE_TIMEOUT)")
+                          f" {wait:g}s{setting}")
 
     @contextmanager
-    def _turn(self, deadline: float) -> Iterator[None]:
+    def _turn(self, deadline: float, wait: float) -> Iterator[None]:
         """Writers take turns: first within this process, then across processes.
 
         SQLite's own busy handler retries on a timer and keeps no queue, so under load an
@@ -347,12 +369,12 @@ class SqliteStore:
         instead of each waiting out all those queued before it.
         """
         if not self._turn_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise self._busy()
+            raise self._busy(wait)
         try:
             if self._file_turn is None:
                 self._file_turn = _FileTurn(self.path + "-writer.lock")
             if not self._file_turn.acquire(deadline):
-                raise self._busy()
+                raise self._busy(wait)
             try:
                 yield
             finally:
@@ -736,6 +758,19 @@ class SqliteStore:
             )
         return gone
 
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database and cut its file to nothing, giving
+        back its space. False when a reader kept part of it (the next one will do)."""
+        with self._writer() as conn:
+            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
+
+    def check_writable(self, now: float) -> None:
+        """Write one row, as a webhook would: StoreError (its cause) if the store cannot take
+        it now. A read cannot tell: a full disk, or a lock held elsewhere, stops writes only."""
+        with self._write(min(PROBE_WAIT, self._timeout)) as conn:
+            _set_meta(conn, Flag.WRITE_CHECKED, now)
+
     def resume(self, now: float) -> list[str]:
         """Clear pause and storm breaker; what was set, for the operator to read."""
         with self._write() as conn:
@@ -1037,7 +1072,10 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (it does on a full disk); a COMMIT that failed
+        # otherwise would leave this connection inside the transaction, holding the lock.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")

@@ -123,3 +123,5 @@ class Flag(StrEnum):
     API_UNAUTHORIZED = "api_unauthorized_since"
     #: The earliest time the next call may start (the global rate limit).
     NEXT_CALL_SLOT = "next_call_slot"
+    #: When a readiness probe or a scrape last wrote to the store, to see that it can.
+    WRITE_CHECKED = "write_checked_at"

@@ -110,6 +110,9 @@ def make_disk_full(mocker: Any, store: SqliteStore) -> None:
                 raise sqlite3.OperationalError("database or disk is full")
             return self.conn.execute(sql, params)
 
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.conn, name)
+
     mocker.patch.object(store, "_connect", lambda: DiskFull(real_connect()))
 
 
