@@ -15,12 +15,12 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge import payloads
-from bridge.audit import AuditQuery, Delivery, iso
+from bridge.audit import MAX_ID, AuditQuery, Delivery, iso
 from bridge.client import DeviceClient
 from bridge.config import Settings
 from bridge.decide import TRIPPED, decide, explain, explanation_json, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
-from bridge.errors import BridgeError, PayloadError, RulesError
+from bridge.errors import BridgeError, ParameterError, PayloadError, RulesError
 from bridge.metrics import CONTENT_TYPE, ENDPOINT_SOURCES, Metrics
 from bridge.rules import RuleSet, load_rules, parse_duration
 from bridge.store import (
@@ -29,7 +29,6 @@ from bridge.store import (
     RELOAD_FAILED,
     RELOAD_OK,
     Recorded,
-    SqliteStore,
     Store,
 )
 
@@ -53,7 +52,7 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     rules = rules or load_rules(settings.rules_path)
-    store = store or SqliteStore(settings.state_path)
+    store = store or settings.open_store()
     if client is None and not settings.dry_run:
         assert settings.api_token is not None
         client = DeviceClient(
@@ -62,7 +61,7 @@ def create_app(
             verify=settings.api_ca_bundle or True,
         )
     # Read from the app at scrape time, so that a reload that swaps the rules shows at once.
-    metrics = Metrics(store, dry_run=settings.dry_run, started=clock(),
+    metrics = Metrics(store, dry_run=settings.dry_run, started=clock(), clock=clock,
                       rules_loaded=lambda: len(app.extensions["bridge"]["rules"].rules))
     dispatcher = None
     if client is not None and not settings.dry_run:
@@ -208,10 +207,10 @@ def create_app(
             args = request.args
             try:
                 since = clock() - parse_duration(args["since"]) if "since" in args else None
-                after_id = int(args.get("after_id", "0"))
-                limit = min(int(args.get("limit", "100")), 1000)
             except ValueError as exc:
-                raise BridgeError(f"bad query parameter: {exc}") from None
+                raise ParameterError("since", str(exc)) from None
+            after_id = _integer("after_id", args.get("after_id", "0"), 0, MAX_ID)
+            limit = _integer("limit", args.get("limit", "100"), 1, AUDIT_PAGE)
             query = AuditQuery(device=args.get("device"), rule=args.get("rule"),
                                outcome=args.get("outcome"), since=since, after_id=after_id,
                                limit=limit, oldest_first=True)
@@ -223,15 +222,20 @@ def create_app(
 
     @app.get("/api/operations/pending")
     def pending() -> tuple[Response, int] | Response:
-        return admin(lambda: jsonify(operations=[op.to_json() for op in store.pending()]))
+        return admin(lambda: jsonify(operations=[op.to_json() for op in store.pending(clock())]))
 
-    @app.post("/api/operations/<int:operation_id>/<any(approve, reject):verdict>")
-    def settle(operation_id: int, verdict: str) -> tuple[Response, int] | Response:
+    # The id is matched as text: Flask's int converter takes any length, and past MAX_ID the
+    # store would overflow (a 500); a number out of range is a 400 that says so.
+    @app.post("/api/operations/<operation_id>/<any(approve, reject):verdict>")
+    def settle(operation_id: str, verdict: str) -> tuple[Response, int] | Response:
         def act() -> Response:
             body = request.get_json(silent=True)
             who = str(body.get("by", "")) if isinstance(body, dict) else ""
-            op = store.settle(operation_id, verdict == "approve", f"{who or 'api'} (HTTP)",
-                              clock(), max_age=settings.max_age)
+            now = clock()
+            op = store.settle(_integer("operation_id", operation_id, 1, MAX_ID),
+                              verdict == "approve", f"{who or 'api'} (HTTP)",
+                              now, max_age=settings.max_age,
+                              release_until=now + settings.failure_cooldown)
             if dispatcher is not None and verdict == "approve":
                 dispatcher.wake()
             return jsonify(op.to_json())
@@ -275,6 +279,7 @@ def create_app(
     @app.get("/-/ready")
     def ready() -> tuple[Response, int]:
         try:
+            store.check_writable(clock())  # webhooks need writes: a read would not tell
             unauthorized = store.get_flag(API_UNAUTHORIZED)
         except BridgeError as exc:
             return jsonify(status="not ready", error=exc.message), 503
@@ -298,6 +303,8 @@ def create_app(
         body: dict[str, object] = {"error": exc.message}
         if isinstance(exc, PayloadError) and exc.where:
             body["where"] = exc.where
+        if isinstance(exc, ParameterError):
+            body["parameter"] = exc.parameter
         if exc.status >= 500:
             log.error("request %s: %s", g.get("request_id", "-"), exc.message)
         return jsonify(body), exc.status
@@ -339,6 +346,20 @@ def _webhook_answer(request_id: str, notification: payloads.Notification, dry_ru
     }
 
 
+#: The most audit records one GET /api/audit answers; page on with after_id.
+AUDIT_PAGE = 1000
+
+
+def _integer(name: str, text: str, low: int, high: int) -> int:
+    """A request parameter that must be a whole number from `low` to `high`."""
+    # isdigit bounds the work too: no int() on a 5,000-digit string, no sign or spaces.
+    if text.isascii() and text.isdigit() and len(text.lstrip("0")) <= len(str(high)) \
+            and low <= int(text) <= high:
+        return int(text)
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise ParameterError(name, f"must be an integer from {low} to {high}, got {shown!r}")
+
+
 def _decision_json(r: Recorded) -> dict[str, object]:
     d = r.decision
     doc: dict[str, object] = {
@@ -358,7 +379,8 @@ def _decision_json(r: Recorded) -> dict[str, object]:
 
 
 class Housekeeper:
-    """Prunes audit records and finished operations past the retention, a batch at a time."""
+    """Prunes audit records and finished operations past the retention, a batch at a time,
+    then empties the state store's write-ahead log (which gives its space back)."""
 
     INTERVAL = 60.0
 
@@ -373,12 +395,17 @@ class Housekeeper:
         self._stop.set()
 
     def run_once(self) -> int:
+        """Prune, then empty the write-ahead log; how many audit records went."""
         pruned = 0
-        while not self._stop.is_set():
-            gone = self.store.prune(self.clock() - self.retention)
-            pruned += gone
-            if gone == 0:
-                break
+        try:
+            while not self._stop.is_set():
+                gone = self.store.prune(self.clock() - self.retention)
+                pruned += gone
+                if gone == 0:
+                    break
+        finally:
+            # Even when pruning failed: on a full disk, emptying the log gives space back.
+            self.store.checkpoint()
         return pruned
 
     def _run(self) -> None:
@@ -386,7 +413,7 @@ class Housekeeper:
             try:
                 pruned = self.run_once()
             except BridgeError as exc:
-                log.error("audit retention: %s", exc.message)
+                log.error("housekeeping: %s", exc.message)
                 continue
             if pruned:
                 log.info("audit retention: pruned %d records older than %s", pruned,

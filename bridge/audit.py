@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
+from bridge.text import json_line, printable
+
 # Events. A "decision" is written for every (alert, rule) judgement; an "attempt" for each
 # call to the device API that will be tried again; an "outcome" once per operation that was
 # decided EXECUTE, when it reaches its final result (succeeded, failed, unknown, expired).
@@ -20,6 +22,7 @@ DECISION = "decision"
 APPROVAL = "approval"  # a person approved an operation that was pending approval
 ATTEMPT = "attempt"
 OUTCOME = "outcome"
+OPERATOR = "operator"  # a person changed the state by hand (a cooldown cleared)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ HASHED = COLUMNS[:-1]
 CONTENT = COLUMNS[1:-2]
 #: prev_hash of the first record ever written.
 GENESIS = "0" * 64
+#: The largest id of a record or an operation: ids are 64-bit signed integers in SQLite (and
+#: PostgreSQL's bigint); a larger number sent as an id or a bound is refused, not overflowed.
+MAX_ID = 2**63 - 1
 
 _INTEGER = frozenset({"id", "status_code", "operation_id", "attempt"})
 _REAL = frozenset({"ts"})
@@ -193,7 +199,7 @@ def _broken(count: int, first: int | None, prev: AuditRecord | None, problem: st
 
 @dataclass(frozen=True)
 class AuditQuery:
-    """Filters shared by `alert-bridge audit` and (later) the HTTP audit API."""
+    """Filters shared by `alert-bridge audit` and `GET /api/audit`."""
 
     device: str | None = None
     rule: str | None = None
@@ -224,7 +230,7 @@ def iso(ts: float) -> str:
 
 
 def to_json_line(record: AuditRecord) -> str:
-    return json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":"))
+    return json_line(record.to_json())
 
 
 TABLE_HEADER = ("TIME", "RULE", "DEVICE", "OPERATION", "OUTCOME", "HTTP", "DETAIL")
@@ -254,7 +260,11 @@ def format_table(records: list[AuditRecord], header: bool = True) -> str:
 
 
 def format_rows(header: tuple[str, ...] | None, rows: list[tuple[str, ...]]) -> str:
-    """Aligned columns; the last column (free text) is never padded."""
+    """Aligned columns; the last column (free text) is never padded.
+
+    Cells may hold text from alerts: each is escaped (text.printable), so one row is one line.
+    """
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     if header:
         rows = [header, *rows]
     if not rows:

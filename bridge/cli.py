@@ -16,10 +16,11 @@ from typing import Any, NoReturn, TypeVar
 import click
 from click.core import ParameterSource
 
-from bridge.audit import AuditQuery, format_rows, format_table, iso, to_json_line
-from bridge.config import Settings, parse_bind
+from bridge.audit import MAX_ID, AuditQuery, format_rows, format_table, iso, to_json_line
+from bridge.config import Settings, parse_bind, state_path_from_env
 from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
+from bridge.text import json_line, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,9 +30,15 @@ STATE_OPTION = click.option(
 )
 
 
+def say(line: str = "", err: bool = False) -> None:
+    """Print one line for a person. It may quote alerts or user input: escaped, it stays one
+    line and cannot drive the terminal (see bridge.text)."""
+    click.echo(printable(line), err=err)
+
+
 def fail(*lines: str) -> NoReturn:
     for line in lines:
-        click.echo(f"Error: {line}", err=True)
+        say(f"Error: {line}", err=True)
     sys.exit(1)
 
 
@@ -96,13 +103,12 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     )
     rules = load_rules(settings.rules_path)
     from bridge.dispatch import API_UNAUTHORIZED
-    from bridge.store import SqliteStore
 
     # Opening the store now fails the start early on an unusable state path. A restart is
     # how an operator applies a fixed token, so an old "API rejected the token" is cleared.
-    store = SqliteStore(settings.state_path)
+    store = settings.open_store()
     store.set_flag(API_UNAUTHORIZED, None)
-    depth = store.queue_depth()
+    depth = store.queue_depth(time.time())
     store.close()
     setup_logging(settings.log_format)
     log = logging.getLogger("bridge")
@@ -150,16 +156,34 @@ def check(path: str, strict: bool) -> None:
     rules = load_rules(path)
     warnings = lint(rules)
     for warning in warnings:
-        click.echo(f"Warning: {warning}", err=True)
+        say(f"Warning: {warning}", err=True)
     if warnings and strict:
         sys.exit(1)
     ops = sorted({r.operation for r in rules.rules})
     warned = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
-    click.echo(
+    say(
         f"{path}: OK{warned}, {len(rules.rules)} rule{'s' if len(rules.rules) != 1 else ''}"
         f" (version {rules.version}; operations: {', '.join(ops) or 'none'};"
         f" default cooldown {format_duration(rules.default_cooldown)})"
     )
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of rules.yaml, for editors that check YAML as you type.
+
+    It is the same text as docs/rules.schema.json. Point the first line of a rules file at a
+    copy, and VS Code (with the YAML extension) completes and checks rules while they are
+    typed; `alert-bridge check` stays the final word.
+
+    \b
+    Example:
+        alert-bridge schema > rules.schema.json
+        # first line of rules.yaml: # yaml-language-server: $schema=rules.schema.json
+    """
+    from bridge.rules import json_schema_text
+
+    click.echo(json_schema_text(), nl=False)
 
 
 @main.group(invoke_without_command=True, subcommand_metavar="[verify]")
@@ -170,7 +194,7 @@ def check(path: str, strict: bool) -> None:
               help="Only this verdict or outcome (execute, cooldown, succeeded, failed, ...).")
 @click.option("--since", default=None, metavar="DURATION",
               help="Only records newer than this, e.g. 15m, 1h, 2d.")
-@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+@click.option("--limit", type=click.IntRange(0, MAX_ID), default=50, show_default=True,
               help="Show the newest N records (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for jq.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new records until Ctrl-C.")
@@ -191,12 +215,7 @@ def audit(ctx: click.Context, state_path: str | None, device: str | None, rule: 
         alert-bridge audit verify
     """
     if ctx.invoked_subcommand is not None:
-        listing = [p.opts[0] for p in ctx.command.params if p.name and p.name != "state_path"
-                   and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
-        if listing:
-            fail(f"{', '.join(listing)}: only for listing records,"
-                 f" not for `alert-bridge audit {ctx.invoked_subcommand}`")
-        ctx.obj = state_path  # `audit --state PATH verify` works too
+        _to_subcommand(ctx, state_path, "records")
         return
     try:
         since_ts = time.time() - parse_duration(since) if since else None
@@ -255,14 +274,24 @@ def verify(ctx: click.Context, state_path: str | None) -> None:
     report = store.verify_audit()
     if not report.ok:
         fail(f"{store.path}: {report.problem}")
-    click.echo(report.summary())
+    say(report.summary())
+
+
+def _to_subcommand(ctx: click.Context, state_path: str | None, listed: str) -> None:
+    """A listing group invoked with a subcommand: refuse its listing options, pass --state."""
+    listing = [p.opts[0] for p in ctx.command.params if p.name and p.name != "state_path"
+               and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
+    if listing:
+        fail(f"{', '.join(listing)}: only for listing {listed},"
+             f" not for `alert-bridge {ctx.info_name} {ctx.invoked_subcommand}`")
+    ctx.obj = state_path  # `GROUP --state PATH SUBCOMMAND` works too
 
 
 def open_store(state_path: str | None) -> Any:
     """The state store of an existing bridge; never creates one by mistake."""
     from bridge.store import SqliteStore
 
-    path = Settings.from_env(state_path=state_path).state_path
+    path = state_path_from_env(given=state_path)
     if not os.path.exists(path):
         fail(f"{path}: no such state file (has the bridge run here? see --state)")
     return SqliteStore(path)
@@ -299,9 +328,8 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
     from bridge import payloads
     from bridge.decide import EmptyState, explanation_json
     from bridge.decide import explain as explain_alerts
-    from bridge.store import SqliteStore
 
-    settings = Settings.from_env(rules_path=rules_path, state_path=state_path)
+    settings = Settings.from_env(rules_path=rules_path, state_path=state_path, listening=False)
     rules = load_rules(settings.rules_path)
     try:
         body = Path(payload_path).read_bytes()
@@ -319,35 +347,36 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
                               device_pattern=settings.device_regex)
 
     have_state = os.path.exists(settings.state_path)
-    results = SqliteStore(settings.state_path).read_state(judge) if have_state \
+    results = settings.open_store().read_state(judge) if have_state \
         else judge(EmptyState())
     if as_json:
         click.echo(json.dumps({"source": notification.source, "dry_run": dry_run,
                                "state": have_state, "alerts": explanation_json(results)},
                               indent=2))
         return
-    click.echo(f"{payload_path}: {notification.source} payload, {len(results)} alert(s);"
+    say(f"{payload_path}: {notification.source} payload, {len(results)} alert(s);"
                f" rules {settings.rules_path} (version {rules.version})")
     if not have_state:
-        click.echo(f"No state file at {settings.state_path}: no cooldown, budget use or"
+        say(f"No state file at {settings.state_path}: no cooldown, budget use or"
                    " breaker is assumed.")
     if dry_run:
-        click.echo(f"Dry run: {settings.dry_run_reason}. --live shows what a live bridge"
+        say(f"Dry run: {settings.dry_run_reason}. --live shows what a live bridge"
                    " would do.")
     for n, (alert, explained) in enumerate(results, 1):
         labels = ", ".join(f"{k}={v}" for k, v in alert.labels.items())
-        click.echo(f"\nAlert {n}: {alert.alertname or '-'} [{alert.fingerprint[:8]}]"
+        say()
+        say(f"Alert {n}: {alert.alertname or '-'} [{alert.fingerprint[:8]}]"
                    f" {alert.status}  {{{labels}}}")
         for r in explained:
             if not r.matched:
-                click.echo(f"  rule {r.rule.name}: no match: {r.why_not}")
+                say(f"  rule {r.rule.name}: no match: {r.why_not}")
                 continue
             d = r.decision
             assert d is not None
-            click.echo(f"  rule {r.rule.name}: MATCH -> {d.operation} on {d.device or '-'}:"
+            say(f"  rule {r.rule.name}: MATCH -> {d.operation} on {d.device or '-'}:"
                        f" {d.verdict} ({d.reason})")
             for g in r.guards:
-                click.echo(f"      {g.guard:<9}  {'ok' if g.passed else g.verdict:<16}"
+                say(f"      {g.guard:<9}  {'ok' if g.passed else g.verdict:<16}"
                            f"  {g.reason}")
 
 
@@ -364,13 +393,13 @@ def pending(state_path: str | None, as_json: bool) -> None:
     """
     import json
 
-    ops = open_store(state_path).pending()
+    ops = open_store(state_path).pending(time.time())
     if as_json:
         for op in ops:
             click.echo(json.dumps(op.to_json()))
         return
     if not ops:
-        click.echo("No operation is waiting for approval.")
+        say("No operation is waiting for approval.")
         return
     click.echo(format_rows(
         ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT"),
@@ -380,22 +409,33 @@ def pending(state_path: str | None, as_json: bool) -> None:
 
 
 def _settle(state_path: str | None, operation_id: int, approve: bool, who: str | None) -> None:
-    settings = Settings.from_env(state_path=state_path)
+    settings = Settings.from_env(state_path=state_path, listening=False)
     store = open_store(state_path)
-    who = who or os.environ.get("USER") or "cli"
-    op = store.settle(operation_id, approve, who, time.time(), max_age=settings.max_age)
+    now = time.time()
+    op = store.settle(operation_id, approve, _person(who), now, max_age=settings.max_age,
+                      release_until=now + settings.failure_cooldown)
     if approve:
-        click.echo(f"Approved operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+        say(f"Approved operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
                    " the bridge sends it now.")
     else:
-        click.echo(f"Rejected operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+        say(f"Rejected operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
                    " it will not be sent.")
 
 
+def _person(who: str | None) -> str:
+    """The name an operator's action is audited under."""
+    return who or os.environ.get("USER") or "cli"
+
+
+OPERATION_ID = click.IntRange(1, MAX_ID)
+AS_OPTION = click.option("--as", "who", default=None, metavar="NAME",
+                         help="Name recorded in the audit. [default $USER]")
+
+
 @main.command()
-@click.argument("operation_id", type=int, metavar="ID")
+@click.argument("operation_id", type=OPERATION_ID, metavar="ID")
 @STATE_OPTION
-@click.option("--as", "who", default=None, help="Name recorded in the audit. [default $USER]")
+@AS_OPTION
 @user_errors
 def approve(operation_id: int, state_path: str | None, who: str | None) -> None:
     """Approve an operation pending approval: the bridge sends it.
@@ -408,9 +448,9 @@ def approve(operation_id: int, state_path: str | None, who: str | None) -> None:
 
 
 @main.command()
-@click.argument("operation_id", type=int, metavar="ID")
+@click.argument("operation_id", type=OPERATION_ID, metavar="ID")
 @STATE_OPTION
-@click.option("--as", "who", default=None, help="Name recorded in the audit. [default $USER]")
+@AS_OPTION
 @user_errors
 def reject(operation_id: int, state_path: str | None, who: str | None) -> None:
     """Reject an operation pending approval: it is never sent.
@@ -437,7 +477,7 @@ def pause(state_path: str | None) -> None:
     store = open_store(state_path)
     if store.get_flag(PAUSED) is None:
         store.set_flag(PAUSED, time.time())
-    click.echo("Paused: no operation is sent until `alert-bridge resume`.")
+    say("Paused: no operation is sent until `alert-bridge resume`.")
 
 
 @main.command()
@@ -451,14 +491,78 @@ def resume(state_path: str | None) -> None:
         alert-bridge status && alert-bridge resume
     """
     was = open_store(state_path).resume(time.time())
-    click.echo(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
+    say(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
+
+
+@main.group(invoke_without_command=True, subcommand_metavar="[clear DEVICE]")
+@STATE_OPTION
+@click.option("--device", default=None, help="Only the cooldowns of this device.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+@user_errors
+def cooldowns(ctx: click.Context, state_path: str | None, device: str | None,
+              as_json: bool) -> None:
+    """List the cooldowns in force: which operation no alert may send to which device, until
+    when, and the rule and operation that claimed it.
+
+    `alert-bridge cooldowns clear DEVICE` ends them, for a device fixed by hand that must be
+    remediable again now.
+
+    \b
+    Examples:
+        alert-bridge cooldowns --device office-router-01
+        alert-bridge cooldowns clear office-router-01 --operation reboot --as alice
+    """
+    if ctx.invoked_subcommand is not None:
+        _to_subcommand(ctx, state_path, "cooldowns")
+        return
+    now = time.time()
+    found = open_store(state_path).cooldowns(now, device)
+    if as_json:
+        for c in found:
+            click.echo(json_line(c.to_json()))
+        return
+    if not found:
+        say(f"No cooldown in force{f' on {device}' if device else ''}.")
+        return
+    click.echo(format_rows(
+        ("DEVICE", "OPERATION", "UNTIL", "LEFT", "RULE", "OPERATION ID"),
+        [(c.device, c.operation, iso(c.until)[:-5].replace("T", " "),
+          format_duration(max(1, round(c.until - now))), c.rule,
+          str(c.operation_id) if c.operation_id is not None else "-") for c in found],
+    ))
+
+
+@cooldowns.command()
+@click.argument("device")
+@click.option("--operation", default=None, help="Only this operation's cooldown. [default: all]")
+@STATE_OPTION
+@AS_OPTION
+@click.pass_context
+@user_errors
+def clear(ctx: click.Context, device: str, operation: str | None, state_path: str | None,
+          who: str | None) -> None:
+    """End the cooldowns in force on DEVICE, so that the next alert may act on it again.
+
+    For a device fixed by hand that must be remediable again now. Each cooldown cleared is
+    audited (outcome cooldown_cleared, with the name given by --as). Refused while an
+    operation for it is still queued, sending or pending approval.
+
+    \b
+    Example:
+        alert-bridge cooldowns clear office-router-01 --operation reboot --as alice
+    """
+    store = open_store(state_path or ctx.obj)
+    for c in store.clear_cooldowns(device, operation, _person(who), time.time()):
+        say(f"Cleared the cooldown of {c.operation} on {c.device} (rule {c.rule}); it ran"
+            f" until {iso(c.until)}.")
 
 
 @main.command()
 @STATE_OPTION
 @click.option("--url", default=None, metavar="URL",
               help="The running bridge to ask. [default http:// + BRIDGE_BIND]")
-@click.option("--last", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--last", type=click.IntRange(0, MAX_ID), default=5, show_default=True,
               help="How many of the latest decisions and outcomes to show.")
 @user_errors
 def status(state_path: str | None, url: str | None, last: int) -> None:
@@ -473,50 +577,50 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
     from bridge.dispatch import API_UNAUTHORIZED
     from bridge.store import BREAKER_OPEN, PAUSED, RELOAD_FAILED, RELOAD_OK
 
-    settings = Settings.from_env(state_path=state_path)
+    settings = Settings.from_env(state_path=state_path, listening=False)
     store = open_store(state_path)
     url = url or "http://" + settings.bind.replace("0.0.0.0", "127.0.0.1")
     try:
         ready = requests.get(url.rstrip("/") + "/-/ready", timeout=3).json()
     except (requests.RequestException, ValueError):
-        click.echo(f"Server:   not answering at {url}")
+        say(f"Server:   not answering at {url}")
     else:
         if ready.get("status") == "ready":
             mode = "DRY RUN (nothing is sent)" if ready.get("dry_run") else "live"
             auth = ", ".join(ready.get("auth", [])) or "none"
             if ready.get("insecure_no_auth"):
                 auth += " (INSECURE: --insecure-no-auth)"
-            click.echo(f"Server:   {url}: {mode}, {ready.get('rules')} rules (version"
+            say(f"Server:   {url}: {mode}, {ready.get('rules')} rules (version"
                        f" {ready.get('rules_version')}), webhook auth: {auth}")
         else:
-            click.echo(f"Server:   {url}: NOT READY: {ready.get('error', '')}")
+            say(f"Server:   {url}: NOT READY: {ready.get('error', '')}")
     paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
     if paused is not None:
-        click.echo(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
+        say(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
     elif breaker is not None:
-        click.echo(f"Sending:  STORM BREAKER OPEN since {iso(breaker)} (alert-bridge resume)")
+        say(f"Sending:  STORM BREAKER OPEN since {iso(breaker)} (alert-bridge resume)")
     else:
-        click.echo("Sending:  running")
+        say("Sending:  running")
     unauthorized = store.get_flag(API_UNAUTHORIZED)
     ends = store.outcome_counts(time.time() - 3600)
     health = ", ".join(f"{ends[o]} {o}" for o in ("succeeded", "failed", "unknown", "expired",
                                                    "rejected", "cancelled") if ends.get(o))
     if unauthorized is not None:
-        click.echo(f"API:      TOKEN REJECTED (HTTP 401) since {iso(unauthorized)}")
+        say(f"API:      TOKEN REJECTED (HTTP 401) since {iso(unauthorized)}")
     else:
-        click.echo(f"API:      last hour: {health or 'no operation ended'}")
+        say(f"API:      last hour: {health or 'no operation ended'}")
     ok_at, failed_at = store.get_flag(RELOAD_OK), store.get_flag(RELOAD_FAILED)
     if failed_at is not None and (ok_at is None or failed_at > ok_at):
-        click.echo(f"Rules:    the last reload, at {iso(failed_at)}, was REFUSED (invalid file;"
+        say(f"Rules:    the last reload, at {iso(failed_at)}, was REFUSED (invalid file;"
                    " see the log): the previous rules still run")
     elif ok_at is not None:
-        click.echo(f"Rules:    last reloaded at {iso(ok_at)}")
-    depth = store.queue_depth()
-    click.echo(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
+        say(f"Rules:    last reloaded at {iso(ok_at)}")
+    depth = store.queue_depth(time.time())
+    say(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
                f"{depth['pending_approval']} pending approval")
     latest = store.audit(AuditQuery(limit=last)) if last else []
     if latest:
-        click.echo("Latest:")
+        say("Latest:")
         click.echo("\n".join("  " + line for line in format_table(latest).splitlines()))
 
 

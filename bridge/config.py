@@ -12,6 +12,7 @@ from bridge.client import Secret, TokenSource
 from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
 from bridge.rules import parse_duration
+from bridge.store import SqliteStore
 
 DEFAULT_API_URL = "https://control.zequenze.com/api/v1"
 # A device name as inventories write them: letters, digits and . _ : @ - , at most 128
@@ -52,6 +53,7 @@ class Settings:
     max_alerts: int = 5000
     log_format: str = "json"
     audit_retention: float = 90 * 86400.0
+    state_timeout: float = 30.0
 
     @property
     def dry_run(self) -> bool:
@@ -67,13 +69,19 @@ class Settings:
         return ""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **flags: object) -> Settings:
-        """Build settings from the environment, then apply flags that were given (not None)."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, listening: bool = True,
+                 **flags: object) -> Settings:
+        """Build settings from the environment, then apply flags that were given (not None).
+
+        `listening=False` is for the commands that do not serve (pause, audit, approve, ...):
+        they skip the check that a wide bind has webhook authentication, which is about the
+        server and must not stand between an operator and the kill switch.
+        """
         env = os.environ if env is None else env
         settings = cls(
             rules_path=env.get("BRIDGE_RULES") or cls.rules_path,
             bind=env.get("BRIDGE_BIND") or cls.bind,
-            state_path=env.get("BRIDGE_STATE") or cls.state_path,
+            state_path=state_path_from_env(env),
             api_url=env.get("BRIDGE_API_URL") or DEFAULT_API_URL,
             api_token=_token(env),
             dry_run_requested=_flag(env, "BRIDGE_DRY_RUN"),
@@ -96,13 +104,17 @@ class Settings:
             max_alerts=int(_number(env, "BRIDGE_MAX_ALERTS", cls.max_alerts)),
             log_format=(env.get("BRIDGE_LOG_FORMAT") or "json").strip().lower(),
             audit_retention=_seconds(env, "BRIDGE_AUDIT_RETENTION", cls.audit_retention),
+            state_timeout=_seconds(env, "BRIDGE_STATE_TIMEOUT", cls.state_timeout),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
         settings.validate()
+        if listening:
+            settings.check_listen()
         return settings
 
-    def validate(self) -> None:
+    def check_listen(self) -> None:
+        """Refuse to serve webhooks beyond loopback to anyone: they can reboot devices."""
         host, _ = parse_bind(self.bind)
         if not (self.auth.configured or self.insecure_no_auth or is_loopback(host)):
             raise ConfigError(
@@ -111,6 +123,9 @@ class Settings:
                 " BRIDGE_WEBHOOK_BASIC_AUTH, BRIDGE_GRAFANA_HMAC_SECRETS), bind to loopback, or"
                 " pass --insecure-no-auth"
             )
+
+    def validate(self) -> None:
+        parse_bind(self.bind)
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not self.api_url.startswith(("http://", "https://")):
@@ -129,9 +144,14 @@ class Settings:
                             ("BRIDGE_RATE_LIMIT", self.rate_limit),
                             ("BRIDGE_MAX_ATTEMPTS", self.max_attempts),
                             ("BRIDGE_API_TIMEOUT", self.read_timeout),
-                            ("BRIDGE_API_CONNECT_TIMEOUT", self.connect_timeout)):
+                            ("BRIDGE_API_CONNECT_TIMEOUT", self.connect_timeout),
+                            ("BRIDGE_STATE_TIMEOUT", self.state_timeout)):
             if value <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value:g}")
+
+    def open_store(self) -> SqliteStore:
+        """The state store, with the bound every write waits within."""
+        return SqliteStore(self.state_path, timeout=self.state_timeout)
 
     @property
     def device_regex(self) -> re.Pattern[str]:
@@ -146,6 +166,16 @@ class Settings:
             # A call takes at most about connect + read timeout; past that its sender is gone.
             lease=self.connect_timeout + self.read_timeout + 5.0,
         )
+
+
+def state_path_from_env(env: Mapping[str, str] | None = None, given: str | None = None) -> str:
+    """The state file: `given` (--state), else BRIDGE_STATE, else ./bridge-state.db.
+
+    Read alone, without the other settings, by the commands that only open the state file:
+    a broken setting elsewhere must never keep an operator from pausing the bridge.
+    """
+    env = os.environ if env is None else env
+    return given or env.get("BRIDGE_STATE") or Settings.state_path
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -28,6 +28,15 @@ class PayloadError(BridgeError):
         self.where = where
 
 
+class ParameterError(BridgeError):
+    """A request parameter is malformed or outside the range it accepts."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"{parameter}: {problem}")
+        #: The parameter's name, also answered as the error's "parameter".
+        self.parameter = parameter
+
+
 class ConfigError(BridgeError):
     """A setting (flag, environment variable, file) is invalid."""
 

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -79,7 +80,7 @@ class Metrics:
     """
 
     def __init__(self, store: Store, *, dry_run: bool, rules_loaded: Callable[[], int],
-                 started: float) -> None:
+                 started: float, clock: Callable[[], float] = time.time) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
@@ -94,7 +95,8 @@ class Metrics:
         else:
             registry = CollectorRegistry()
         self._registry = registry
-        self._state = StateCollector(store, dry_run=dry_run, rules_loaded=rules_loaded)
+        self._state = StateCollector(store, dry_run=dry_run, rules_loaded=rules_loaded,
+                                     clock=clock)
         if registry is not None:
             registry.register(self._state)
 
@@ -190,8 +192,8 @@ class Metrics:
 
     @_never_raises
     def note_reload(self, ok: bool, when: float) -> None:
-        """Record an attempt to (re)load the rules. The reload code calls this, with
-        `app.extensions["bridge"]["metrics"].note_reload(ok, time.time())`."""
+        """Record an attempt to (re)load the rules (a refused one is read from the store's
+        flags at scrape time, so that every worker shows it)."""
         self._reload_success.set(1 if ok else 0)
         if ok:
             self._reload_time.set(when)
@@ -200,8 +202,10 @@ class Metrics:
 class StateCollector:
     """Gauges read from the state store at scrape time, so right whichever worker answers."""
 
-    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: Callable[[], int]) -> None:
+    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: Callable[[], int],
+                 clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._clock = clock
         self._dry_run = dry_run
         self._rules_loaded = rules_loaded
 
@@ -217,15 +221,17 @@ class StateCollector:
         yield gauge("dry_run", "1 if the bridge decides and audits but calls nothing.",
                     1 if self._dry_run else 0)
         yield gauge("rules_loaded", "Rules in force.", self._rules_loaded())
+        up = "1 if the state store answered this scrape and took a test write."
         try:
-            depth = self._store.queue_depth()
+            self._store.check_writable(self._clock())
+            depth = self._store.queue_depth(self._clock())
             flags = {flag: self._store.get_flag(flag) is not None
                      for flag in (PAUSED, BREAKER_OPEN, API_UNAUTHORIZED)}
         except BridgeError as exc:
             log.error("metrics: %s", exc.message)
-            yield gauge("state_store_up", "1 if the state store answered this scrape.", 0)
+            yield gauge("state_store_up", up, 0)
             return
-        yield gauge("state_store_up", "1 if the state store answered this scrape.", 1)
+        yield gauge("state_store_up", up, 1)
         queue = GaugeMetricFamily(
             "alert_bridge_queue_depth",
             "Open operations by state: queued (waiting to be sent, including held ones),"

@@ -1,5 +1,7 @@
 """Parse webhook bodies of Alertmanager, Grafana unified alerting and legacy Grafana dashboard
-alerting into Notification / Alert values. Section references like "A.4" point to FORMATS.md.
+alerting into Notification / Alert values. The formats are Alertmanager's webhook `Message`
+(prometheus/alertmanager `notify/webhook`, `template.Data`), Grafana's webhook contact point
+(`templates.ExtendedAlert` in grafana/alerting) and legacy Grafana's `WebhookNotifierBody`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ _FIRING = "firing"
 _RESOLVED = "resolved"
 
 # Go's time.Time{} marshals to "0001-01-01T00:00:00Z"; both products send it as endsAt of every
-# firing alert (A.3, B.3), and Grafana as startsAt of alerts that never got one.
+# firing alert, and Grafana as startsAt of alerts that never got one.
 _ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
 # RFC 3339 date-time. re.ASCII because \d would otherwise accept any Unicode digit.
@@ -96,7 +98,8 @@ class Notification:
 
 
 def fingerprint(labels: Mapping[str, str]) -> str:
-    """Alertmanager's alert fingerprint: FNV-1a 64 over the sorted label set (A.4)."""
+    """Alertmanager's alert fingerprint: FNV-1a 64 over the sorted label set
+    (`model.LabelSet.Fingerprint` in prometheus/common)."""
     h = _FNV64_OFFSET
     # Python orders str by code point, which is the same as Go's bytewise order of UTF-8.
     for name in sorted(labels):
@@ -223,7 +226,7 @@ def _parse_alert(raw: object, where: str) -> Alert:
     starts_at = _timestamp(raw.get("startsAt"), f"{where}.startsAt")
     ends_at = _timestamp(raw.get("endsAt"), f"{where}.endsAt")
     generator_url = _opt_str(raw, "generatorURL", f"{where}.generatorURL") or ""
-    # Grafana hashes hidden labels too (B.3), so a fingerprint it sent must be kept as is;
+    # Grafana hashes hidden labels too, so a fingerprint it sent must be kept as is;
     # only senders that predate the field (Alertmanager < 0.19, version "3") get one computed.
     sent_fingerprint = _opt_str(raw, "fingerprint", f"{where}.fingerprint")
     return Alert(
@@ -238,7 +241,7 @@ def _parse_alert(raw: object, where: str) -> Alert:
 
 
 def _parse_legacy(doc: dict[str, Any]) -> Notification:
-    """Map a legacy body (C.1), which has no alert list, onto Alerts.
+    """Map a legacy body (`WebhookNotifierBody`), which has no alert list, onto Alerts.
 
     * One Alert per entry of ``evalMatches``: each entry is one matched series, typically one
       device. Its labels are the rule ``tags``, then the entry's ``tags``, then
@@ -379,7 +382,7 @@ def _timestamp(value: object, where: str) -> datetime | None:
 
 def _id_text(value: object, where: str, expected: str) -> str:
     """An identifier sent as a string or, by older senders, as an integer (Alertmanager v3's
-    uint64 groupKey, A.2; legacy Grafana's ruleId)."""
+    uint64 groupKey; legacy Grafana's ruleId)."""
     if value is None:
         return ""
     if isinstance(value, str):

@@ -18,7 +18,7 @@ from bridge import logs, metrics
 from bridge.config import Settings
 from bridge.errors import RulesError
 from bridge.rules import RuleSet, load_rules
-from bridge.store import RELOAD_FAILED, RELOAD_OK, SqliteStore
+from bridge.store import RELOAD_FAILED, RELOAD_OK
 
 log = logging.getLogger(__name__)
 #: How often the master looks at the rules file for a change of content.
@@ -85,7 +85,7 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
     def reload_rules(self) -> bool:
         """Validate the rules file again; keep the running rules when it fails, whole."""
         path, now = self.settings.rules_path, time.time()
-        store = SqliteStore(self.settings.state_path)
+        store = self.settings.open_store()
         try:
             try:
                 rules = load_rules(path)

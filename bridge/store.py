@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -26,6 +28,7 @@ from bridge.audit import (
     DECISION,
     GENESIS,
     HASHED,
+    OPERATOR,
     OUTCOME,
     AuditQuery,
     AuditRecord,
@@ -40,8 +43,10 @@ from bridge.client import CallResult
 from bridge.decide import Decision, Key, State
 from bridge.errors import BridgeError
 from bridge.rules import Budget
+from bridge.vocab import Flag
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Operation states. PENDING_APPROVAL, QUEUED and SENDING are open; the others are final.
 PENDING_APPROVAL = "pending_approval"
@@ -55,6 +60,16 @@ REJECTED = "rejected"
 CANCELLED = "cancelled"
 #: Operations that never reached the device API: they count for nothing.
 NEVER_SENT = (EXPIRED, REJECTED, CANCELLED)
+#: The outcome of the audit record a person's `alert-bridge cooldowns clear` writes.
+COOLDOWN_CLEARED = "cooldown_cleared"
+
+#: The write-ahead log is copied into the database once it holds this much, and its file is
+#: cut back to this size after. SQLite's default (4 MB, never cut back) can fill a small
+#: volume with log alone, and then the checkpoint that would empty it has no room to run.
+WAL_LIMIT = 1024 * 1024
+#: The longest a readiness probe or a scrape waits for its test write's turn: writes that
+#: wait longer than that are what not ready means.
+PROBE_WAIT = 1.0
 
 # Flags in the meta table; each holds the time it was raised.
 PAUSED = "paused_since"
@@ -103,19 +118,36 @@ class Operation:
     alertname: str
     alert_status: str
     rules_version: str = ""
+    #: Not sent after this time: the approval timeout while pending, then the maximum age.
+    expires_at: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return {
             "id": self.id, "state": self.state, "device": self.device,
             "operation": self.operation, "rule": self.rule, "created": iso(self.created),
-            "alertname": self.alertname, "fingerprint": self.fingerprint,
-            "request_id": self.request_id,
+            "expires_at": iso(self.expires_at), "alertname": self.alertname,
+            "fingerprint": self.fingerprint, "request_id": self.request_id,
         }
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """A cooldown in force: no `operation` is queued for `device` again before `until`."""
+
+    device: str
+    operation: str
+    until: float
+    rule: str  # the rule whose operation claimed it
+    operation_id: int | None  # that operation; None for claims older than this column
+
+    def to_json(self) -> dict[str, object]:
+        return {"device": self.device, "operation": self.operation, "until": iso(self.until),
+                "rule": self.rule, "operation_id": self.operation_id}
 
 
 _OP_COLUMNS = (
     "id, device, operation, rule, state, created, attempts, claim_until, request_id, source,"
-    " receiver, group_key, fingerprint, alertname, alert_status, rules_version"
+    " receiver, group_key, fingerprint, alertname, alert_status, rules_version, expires_at"
 )
 
 
@@ -132,21 +164,26 @@ class Store(Protocol):
 
     def ping(self) -> None: ...
     def active_cooldowns(self, now: float) -> dict[Key, float]: ...
+    def cooldowns(self, now: float, device: str | None = None) -> list[Cooldown]: ...
+    def clear_cooldowns(self, device: str, operation: str | None, who: str,
+                        now: float) -> list[Cooldown]: ...
     def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
                *, max_age: float, approval_timeout: float,
                answer: Callable[[list[Recorded]], T]) -> T: ...
     def read_state(self, judge: Callable[[State], T]) -> T: ...
-    def pending(self) -> list[Operation]: ...
+    def pending(self, now: float) -> list[Operation]: ...
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
-               max_age: float) -> Operation: ...
+               max_age: float, release_until: float) -> Operation: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
     def finish(self, op: Operation, result: CallResult, now: float, *,
                retry_at: float | None = None, release_until: float | None = None) -> None: ...
     def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
-    def queue_depth(self) -> dict[str, int]: ...
+    def queue_depth(self, now: float) -> dict[str, int]: ...
     def outcome_counts(self, since: float) -> dict[str, int]: ...
     def resume(self, now: float) -> list[str]: ...
     def prune(self, before: float, batch: int = 500) -> int: ...
+    def checkpoint(self) -> bool: ...
+    def check_writable(self, now: float) -> None: ...
     def get_flag(self, key: str) -> float | None: ...
     def set_flag(self, key: str, value: float | None) -> None: ...
     def audit(self, query: AuditQuery) -> list[AuditRecord]: ...
@@ -160,6 +197,7 @@ CREATE TABLE IF NOT EXISTS cooldowns (
     operation TEXT NOT NULL,
     until REAL NOT NULL,
     rule TEXT NOT NULL,
+    operation_id INTEGER,            -- the operation that claimed it (NULL in old state files)
     PRIMARY KEY (device, operation)
 );
 CREATE TABLE IF NOT EXISTS operations (
@@ -227,6 +265,8 @@ CREATE INDEX IF NOT EXISTS audit_demand ON audit (event, ts, outcome);
 CREATE INDEX IF NOT EXISTS audit_device ON audit (device, id);
 """
 
+_COOLDOWN_COLUMNS = "device, operation, until, rule, operation_id"
+
 # Only _append() uses it: every record is written with its id and its place in the chain.
 _AUDIT_INSERT = (
     f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -242,7 +282,7 @@ class SqliteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._turn_lock = threading.Lock()
-        self._turn_fd: int | None = None  # opened on first write, after fork
+        self._file_turn: _FileTurn | None = None  # opened on first write, after fork
         self._connections: list[sqlite3.Connection] = []
         self._ready = False
 
@@ -263,6 +303,9 @@ class SqliteStore:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT // page_size}")
             if not self._ready:
                 with _transaction(conn):
                     for statement in SCHEMA.split(";"):
@@ -272,56 +315,83 @@ class SqliteStore:
                     _chain_unchained_audit(conn)
                 self._ready = True
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
         self._local.conn = conn
         with self._lock:
             self._connections.append(conn)
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        try:
-            with self._turn(), _transaction(conn):
-                yield conn
-        except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
+    def _write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction (see _writer)."""
+        with self._writer(wait) as conn, _transaction(conn):
+            yield conn
 
     @contextmanager
-    def _turn(self) -> Iterator[None]:
+    def _writer(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """This thread's connection in its turn to write. Given up (StoreError, 503) unless
+        the turn comes within `wait` (the timeout), counting every wait: for this process's
+        turn, the other processes', and SQLite's write lock (held by anyone else: a backup,
+        an operator's sqlite3)."""
+        wait = self._timeout if wait is None else wait
+        conn = self._connect()
+        deadline = time.monotonic() + wait
+        try:
+            with self._turn(deadline, wait):
+                _busy_timeout(conn, deadline - time.monotonic())
+                try:
+                    yield conn
+                finally:
+                    _busy_timeout(conn, self._timeout)
+        except sqlite3.Error as exc:
+            raise self._failed(exc, wait) from exc
+
+    def _failed(self, exc: sqlite3.Error, wait: float | None = None) -> StoreError:
+        # Errors raised by the sqlite3 module itself (a closed connection) carry no code.
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+            return self._busy(self._timeout if wait is None else wait)
+        return StoreError(f"state store {self.path}: {exc}")
+
+    def _busy(self, wait: float) -> StoreError:
+        setting = " (BRIDGE_STATE_TIMEOUT)" if wait == self._timeout else ""
+        return StoreError(f"state store {self.path}: locked by another writer for more than"
+                          f" {wait:g}s{setting}")
+
+    @contextmanager
+    def _turn(self, deadline: float, wait: float) -> Iterator[None]:
         """Writers take turns: first within this process, then across processes.
 
         SQLite's own busy handler retries on a timer and keeps no queue, so under load an
         unlucky writer can lose the write lock many times in a row (seconds of tail latency,
         measured in benchmarks/). A thread lock plus flock on a side file queues writers in
-        the kernel instead; BEGIN IMMEDIATE then almost never waits.
+        the kernel instead; BEGIN IMMEDIATE then almost never waits. Each wait ends at the
+        writer's deadline, so a lock held elsewhere makes every writer give up in time
+        instead of each waiting out all those queued before it.
         """
-        with self._turn_lock:
-            if self._turn_fd is None:
-                try:
-                    self._turn_fd = os.open(self.path + "-writer.lock",
-                                            os.O_RDWR | os.O_CREAT, 0o600)
-                except OSError:
-                    self._turn_fd = -1  # e.g. a read-only directory: SQLite alone decides
-            if self._turn_fd < 0:
-                yield
-                return
-            fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
+        if not self._turn_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise self._busy(wait)
+        try:
+            if self._file_turn is None:
+                self._file_turn = _FileTurn(self.path + "-writer.lock")
+            if not self._file_turn.acquire(deadline):
+                raise self._busy(wait)
             try:
                 yield
             finally:
-                fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+                self._file_turn.release()
+        finally:
+            self._turn_lock.release()
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         try:
             return self._connect().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def close(self) -> None:
-        if self._turn_fd is not None and self._turn_fd >= 0:
-            os.close(self._turn_fd)
-        self._turn_fd = None
+        if self._file_turn is not None:
+            self._file_turn.close()
+        self._file_turn = None
         with self._lock:
             for conn in self._connections:
                 conn.close()
@@ -336,6 +406,58 @@ class SqliteStore:
     def active_cooldowns(self, now: float) -> dict[Key, float]:
         rows = self._read("SELECT device, operation, until FROM cooldowns WHERE until > ?", (now,))
         return {(device, op): until for device, op, until in rows}
+
+    def cooldowns(self, now: float, device: str | None = None) -> list[Cooldown]:
+        """The cooldowns in force at `now` (of one device, or all), by device and operation."""
+        sql = (f"SELECT {_COOLDOWN_COLUMNS} FROM cooldowns WHERE until > ?"
+               + (" AND device = ?" if device is not None else "")
+               + " ORDER BY device, operation")
+        return [Cooldown(*row) for row in self._read(sql, (now,) if device is None
+                                                     else (now, device))]
+
+    def clear_cooldowns(self, device: str, operation: str | None, who: str,
+                        now: float) -> list[Cooldown]:
+        """End the cooldowns in force on `device` (one operation, or all), by a person's word.
+
+        For a device fixed by hand that must be remediable again now. Each one cleared gets an
+        audit record. Refused while an operation for it is still open: a new alert could then
+        queue a second one behind it.
+        """
+        what = f"{device} ({operation})" if operation else device
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {_COOLDOWN_COLUMNS} FROM cooldowns WHERE device = ? AND until > ?"
+                + (" AND operation = ?" if operation else "") + " ORDER BY operation",
+                (device, now, operation) if operation else (device, now),
+            ).fetchall()
+            cleared = [Cooldown(*row) for row in rows]
+            if not cleared:
+                raise StoreError(f"no cooldown in force on {what}", status=404)
+            self._refuse_if_open(conn, cleared)
+            audit = []
+            for c in cleared:
+                conn.execute("DELETE FROM cooldowns WHERE device = ? AND operation = ?",
+                             (c.device, c.operation))
+                audit.append((
+                    now, OPERATOR, "", "", "", "", "", "", "", c.rule, c.device, c.operation,
+                    COOLDOWN_CLEARED, f"cleared by {who}; it ran until {iso(c.until)}",
+                    None, None, "", c.operation_id, None, "",
+                ))
+            _append(conn, audit)
+        return cleared
+
+    def _refuse_if_open(self, conn: sqlite3.Connection, cooldowns: list[Cooldown]) -> None:
+        for c in cooldowns:
+            row = conn.execute(
+                "SELECT id, state FROM operations WHERE device = ? AND operation = ?"
+                " AND state IN (?, ?, ?) ORDER BY id LIMIT 1",
+                (c.device, c.operation, PENDING_APPROVAL, QUEUED, SENDING),
+            ).fetchone()
+            if row is not None:
+                raise StoreError(
+                    f"{c.operation} on {c.device}: operation {row[0]} is still {row[1]}; clearing"
+                    " its cooldown would let an alert queue a second one. Wait for it to end"
+                    " (or reject it, if it is pending approval)", status=409)
 
     def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
                *, max_age: float, approval_timeout: float,
@@ -359,13 +481,14 @@ class SqliteStore:
                 op_id = None
                 if d.verdict in decide.QUEUING:
                     assert d.rule is not None and d.until is not None
-                    conn.execute(
-                        "INSERT INTO cooldowns (device, operation, until, rule) VALUES (?, ?, ?, ?)"
-                        " ON CONFLICT (device, operation) DO UPDATE"
-                        " SET until = excluded.until, rule = excluded.rule",
-                        (d.device, d.operation, d.until, d.rule.name),
-                    )
                     op_id = self._queue(conn, delivery, d, now, max_age, approval_timeout)
+                    conn.execute(
+                        "INSERT INTO cooldowns (device, operation, until, rule, operation_id)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, operation) DO UPDATE"
+                        " SET until = excluded.until, rule = excluded.rule,"
+                        " operation_id = excluded.operation_id",
+                        (d.device, d.operation, d.until, d.rule.name, op_id),
+                    )
                 audit.append(_decision_row(now, delivery, d, op_id))
                 recorded.append(Recorded(d, op_id))
             resolved = {d.alert.fingerprint for d in decisions if d.alert.status == "resolved"}
@@ -446,10 +569,11 @@ class SqliteStore:
                 return Claim(None, slot - now)
             row = conn.execute(
                 f"SELECT {_OP_COLUMNS} FROM operations o WHERE state = ? AND next_attempt <= ?"
+                " AND expires_at >= ?"  # too old, though the sweep has not ended it yet
                 " AND NOT EXISTS (SELECT 1 FROM operations s"
                 "                 WHERE s.state = ? AND s.device = o.device)"
                 " ORDER BY next_attempt, id LIMIT 1",
-                (QUEUED, now, SENDING),
+                (QUEUED, now, now, SENDING),
             ).fetchone()
             if row is None:
                 return Claim(None, 0.0)
@@ -503,21 +627,8 @@ class SqliteStore:
         (acting late can do more harm than good) and release their cooldown; ones whose
         sender's lease ran out end UNKNOWN (the call may have reached the device) and keep it.
         """
-        ended: list[Operation] = []
-        audit: list[tuple] = []
         with self._write() as conn:
-            expired = conn.execute(
-                f"UPDATE operations SET state = ?, updated = ? WHERE state IN (?, ?)"
-                f" AND expires_at < ? RETURNING {_OP_COLUMNS}, hold",
-                (EXPIRED, now, QUEUED, PENDING_APPROVAL, now),
-            ).fetchall()
-            for *row, hold in expired:
-                op = Operation(*row)
-                self._release(conn, op, release_until)
-                reason, error = ("approval_timeout", "nobody approved it in time") \
-                    if hold == "approval" else ("max_age", "not sent within the maximum age")
-                audit.append(_operation_row(now, OUTCOME, op, EXPIRED, reason, None, None, error))
-                ended.append(op)
+            ended, audit = self._expire(conn, now, release_until)
             lost = conn.execute(
                 f"UPDATE operations SET state = ?, updated = ?, lease_until = NULL"
                 f" WHERE state = ? AND lease_until < ? RETURNING {_OP_COLUMNS}",
@@ -533,43 +644,78 @@ class SqliteStore:
             _append(conn, audit)
         return ended
 
-    def pending(self) -> list[Operation]:
+    def _expire(self, conn: sqlite3.Connection, now: float, release_until: float,
+                operation_id: int | None = None) -> tuple[list[Operation], list[tuple]]:
+        """End EXPIRED the open operations past their expiry (or just this one, if it is):
+        the operations, and their audit rows to append."""
+        sql = ("UPDATE operations SET state = ?, updated = ? WHERE state IN (?, ?)"
+               " AND expires_at < ?")
+        params: list[object] = [EXPIRED, now, QUEUED, PENDING_APPROVAL, now]
+        if operation_id is not None:
+            sql += " AND id = ?"
+            params.append(operation_id)
+        ended: list[Operation] = []
+        audit: list[tuple] = []
+        for *row, hold in conn.execute(f"{sql} RETURNING {_OP_COLUMNS}, hold",
+                                       params).fetchall():
+            op = Operation(*row)
+            self._release(conn, op, release_until)
+            reason, error = ("approval_timeout", "nobody approved it in time") \
+                if hold == "approval" else ("max_age", "not sent within the maximum age")
+            audit.append(_operation_row(now, OUTCOME, op, EXPIRED, reason, None, None, error))
+            ended.append(op)
+        return ended, audit
+
+    def pending(self, now: float) -> list[Operation]:
+        """Operations waiting for a person, and not yet past their approval timeout."""
         rows = self._read(
-            f"SELECT {_OP_COLUMNS} FROM operations WHERE state = ? ORDER BY id",
-            (PENDING_APPROVAL,),
+            f"SELECT {_OP_COLUMNS} FROM operations WHERE state = ? AND expires_at >= ?"
+            " ORDER BY id", (PENDING_APPROVAL, now),
         )
         return [Operation(*row) for row in rows]
 
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
-               max_age: float) -> Operation:
-        """A person's answer to an operation pending approval: queue it, or reject it."""
+               max_age: float, release_until: float) -> Operation:
+        """A person's answer to an operation pending approval: queue it, or reject it.
+
+        One past its approval timeout is refused and ends EXPIRED now if no sweep ended it
+        yet (releasing its cooldown to `release_until`): an answer after the timeout is no
+        answer, whether or not the bridge was running to notice the timeout.
+        """
+        refusal: StoreError | None = None
         with self._write() as conn:
+            _, audit = self._expire(conn, now, release_until, operation_id)
+            _append(conn, audit)
             row = conn.execute(
-                f"SELECT {_OP_COLUMNS}, next_attempt FROM operations WHERE id = ?",
+                f"SELECT {_OP_COLUMNS}, next_attempt, hold FROM operations WHERE id = ?",
                 (operation_id,),
             ).fetchone()
             if row is None:
                 raise StoreError(f"no operation {operation_id}", status=404)
-            *fields, not_before = row
+            *fields, not_before, hold = row
             op = Operation(*fields)
-            if op.state != PENDING_APPROVAL:
-                raise StoreError(
-                    f"operation {operation_id} is {op.state}, not pending approval", status=409
-                )
-            if approve:
-                conn.execute(
-                    "UPDATE operations SET state = ?, updated = ?, hold = '', expires_at = ?"
-                    " WHERE id = ?", (QUEUED, now, max(now, not_before) + max_age, op.id),
-                )
-                event, outcome, reason = APPROVAL, "approved", f"approved by {who}"
-            else:
-                # A rejected operation keeps its cooldown: the same alert asking again at
-                # once would only ask the same person the same question.
-                conn.execute("UPDATE operations SET state = ?, updated = ? WHERE id = ?",
-                             (REJECTED, now, op.id))
-                event, outcome, reason = OUTCOME, REJECTED, f"rejected by {who}"
-            _append(conn, [_operation_row(now, event, op, outcome, reason, None, None, "")])
+            refusal = _not_pending(op, hold)
+            if refusal is None:
+                self._answer(conn, op, approve, who, now, max(now, not_before) + max_age)
+        if refusal is not None:
+            raise refusal  # after the commit: the expiry it found is kept
         return replace(op, state=QUEUED if approve else REJECTED)
+
+    def _answer(self, conn: sqlite3.Connection, op: Operation, approve: bool, who: str,
+                now: float, expires_at: float) -> None:
+        if approve:
+            conn.execute(
+                "UPDATE operations SET state = ?, updated = ?, hold = '', expires_at = ?"
+                " WHERE id = ?", (QUEUED, now, expires_at, op.id),
+            )
+            event, outcome, reason = APPROVAL, "approved", f"approved by {who}"
+        else:
+            # A rejected operation keeps its cooldown: the same alert asking again at
+            # once would only ask the same person the same question.
+            conn.execute("UPDATE operations SET state = ?, updated = ? WHERE id = ?",
+                         (REJECTED, now, op.id))
+            event, outcome, reason = OUTCOME, REJECTED, f"rejected by {who}"
+        _append(conn, [_operation_row(now, event, op, outcome, reason, None, None, "")])
 
     def _release(self, conn: sqlite3.Connection, op: Operation, until: float) -> None:
         # Only the cooldown this operation claimed, and only ever shorter.
@@ -587,10 +733,12 @@ class SqliteStore:
         )
         return dict(rows)
 
-    def queue_depth(self) -> dict[str, int]:
+    def queue_depth(self, now: float) -> dict[str, int]:
+        """Open operations by state; those past their expiry are no longer open, swept or not."""
         rows = self._read(
-            "SELECT state, count(*) FROM operations WHERE state IN (?, ?, ?) GROUP BY state",
-            (PENDING_APPROVAL, QUEUED, SENDING),
+            "SELECT state, count(*) FROM operations WHERE state IN (?, ?, ?)"
+            " AND (state = ? OR expires_at >= ?) GROUP BY state",
+            (PENDING_APPROVAL, QUEUED, SENDING, SENDING, now),
         )
         return {PENDING_APPROVAL: 0, QUEUED: 0, SENDING: 0, **dict(rows)}
 
@@ -609,6 +757,19 @@ class SqliteStore:
                 (before, QUEUED, SENDING, PENDING_APPROVAL, batch),
             )
         return gone
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database and cut its file to nothing, giving
+        back its space. False when a reader kept part of it (the next one will do)."""
+        with self._writer() as conn:
+            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
+
+    def check_writable(self, now: float) -> None:
+        """Write one row, as a webhook would: StoreError (its cause) if the store cannot take
+        it now. A read cannot tell: a full disk, or a lock held elsewhere, stops writes only."""
+        with self._write(min(PROBE_WAIT, self._timeout)) as conn:
+            _set_meta(conn, Flag.WRITE_CHECKED, now)
 
     def resume(self, now: float) -> list[str]:
         """Clear pause and storm breaker; what was set, for the operator to read."""
@@ -664,7 +825,83 @@ class SqliteStore:
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
+
+
+class _FileTurn:
+    """A turn across processes: an exclusive flock on a side file, waited for in the
+    kernel's queue, with a deadline.
+
+    flock() cannot time out, so a thread of our own waits in it, and the writer waits for
+    that thread until its deadline. A lock that comes after its writer gave up goes to the
+    next writer of this process if one is waiting, else straight back to the kernel. One
+    writer at a time calls acquire() (the caller holds the process's thread lock).
+    """
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            self._fd = -1  # e.g. a read-only directory: SQLite alone decides
+        self._changed = threading.Condition()
+        self._held = False  # this process holds the flock
+        self._waiter = False  # our thread is blocked in flock()
+        self._wanted = False  # a writer waits for the flock
+        self._closed = False
+
+    def acquire(self, deadline: float) -> bool:
+        if self._fd < 0:
+            return True
+        with self._changed:
+            if not self._held and not self._waiter:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._held = True
+                except BlockingIOError:
+                    self._waiter = True
+                    threading.Thread(target=self._wait, name="state-writer-turn",
+                                     daemon=True).start()
+            self._wanted = True
+            try:
+                while not self._held:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._changed.wait(left)
+                return True
+            finally:
+                self._wanted = False
+
+    def _wait(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            got = True
+        except OSError:  # never seen; its writer gives up at its deadline, the next tries anew
+            log.exception("state store: waiting for the writer lock failed")
+            got = False
+        with self._changed:
+            self._waiter = False
+            if got and self._wanted and not self._closed:
+                self._held = True
+                self._changed.notify_all()
+                return
+            if got:  # its writer gave up: let the other processes have it
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._closed:
+                os.close(self._fd)
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        with self._changed:
+            self._held = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            if self._fd >= 0 and not self._waiter:
+                os.close(self._fd)  # else the waiting thread closes it when flock() returns
 
 
 class _TxnState:
@@ -741,12 +978,20 @@ def _append(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
         next_id += 1
 
 
+#: Columns added after state files were first created: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("audit", "rules_version", "TEXT NOT NULL DEFAULT ''"),
+    ("operations", "rules_version", "TEXT NOT NULL DEFAULT ''"),
+    ("cooldowns", "operation_id", "INTEGER"),
+)
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Columns added after a state file was created: added to it, empty for old rows."""
-    for table in ("audit", "operations"):
+    for table, column, declaration in _ADDED_COLUMNS:
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if have and "rules_version" not in have:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN rules_version TEXT NOT NULL DEFAULT ''")
+        if have and column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _chain_unchained_audit(conn: sqlite3.Connection) -> None:
@@ -774,6 +1019,16 @@ def _chain_unchained_audit(conn: sqlite3.Connection) -> None:
                          (prev_hash, digest, row[0]))
             prev_hash = digest
         after = batch[-1][0]
+
+
+def _not_pending(op: Operation, hold: str) -> StoreError | None:
+    """Why a person's answer to this operation comes too late, if it does."""
+    if op.state == PENDING_APPROVAL:
+        return None
+    if op.state == EXPIRED and hold == "approval":
+        return StoreError(f"operation {op.id} expired at {iso(op.expires_at)}"
+                          " (approval timeout)", status=409)
+    return StoreError(f"operation {op.id} is {op.state}, not pending approval", status=409)
 
 
 def _decision_row(now: float, delivery: Delivery, d: Decision, op_id: int | None) -> tuple:
@@ -807,12 +1062,20 @@ def _set_meta(conn: sqlite3.Connection, key: str, value: float) -> None:
     )
 
 
+def _busy_timeout(conn: sqlite3.Connection, seconds: float) -> None:
+    """How long SQLite waits for a lock held elsewhere, from now on, on this connection."""
+    conn.execute(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
+
+
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (it does on a full disk); a COMMIT that failed
+        # otherwise would leave this connection inside the transaction, holding the lock.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import sqlite3
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,15 +56,16 @@ STARTS_AT = "2026-11-25T10:00:00Z"
 NOT_ENDED = "0001-01-01T00:00:00Z"
 
 
-def alert(name: str, device: str | None = None, *, status: str = "firing",
+def alert(name: str | None, device: str | None = None, *, status: str = "firing",
           starts_at: str = STARTS_AT, fingerprint: str | None = None,
           annotations: dict[str, str] | None = None, **labels: str) -> dict[str, Any]:
-    """One alert as Alertmanager writes it in a webhook body: `alertname` first, then
-    `labels`, then `device` if given. Without a fingerprint the bridge computes one from the
-    labels, as it does for a sender that omits it."""
+    """One alert as Alertmanager writes it in a webhook body: `alertname` first (none if
+    `name` is None), then `labels`, then `device` if given. Without a fingerprint the bridge
+    computes one from the labels, as it does for a sender that omits it."""
     made: dict[str, Any] = {
         "status": status,
-        "labels": {"alertname": name, **labels, **({} if device is None else {"device": device})},
+        "labels": {**({} if name is None else {"alertname": name}), **labels,
+                   **({} if device is None else {"device": device})},
         "annotations": annotations or {}, "startsAt": starts_at,
         # The bridge only parses a resolved alert's endsAt: its start will do.
         "endsAt": NOT_ENDED if status == "firing" else starts_at,
@@ -140,6 +144,9 @@ def make_disk_full(mocker: Any, store: SqliteStore) -> None:
             if sql.startswith(("INSERT", "UPDATE")):
                 raise sqlite3.OperationalError("database or disk is full")
             return self.conn.execute(sql, params)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.conn, name)
 
     mocker.patch.object(store, "_connect", lambda: DiskFull(real_connect()))
 
@@ -284,3 +291,35 @@ class BridgeProcess(LocalService):
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"bridge did not stop on signal {sig}:\n{self.log()}") from None
+
+
+#: Unicode categories that must never reach a terminal raw: controls (C0, DEL, C1), format
+#: characters (bidi overrides, zero-width, tags), surrogates, private use, unassigned, and the
+#: line and paragraph separators.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def raw_controls(text: str) -> list[str]:
+    """The characters of `text` (a command's output, split into lines by "\\n") that a
+    terminal would act on or hide: what none of the human outputs may contain."""
+    return [ch for ch in text if ch != "\n" and unicodedata.category(ch) in UNSAFE_CATEGORIES]
+
+
+@contextmanager
+def following(*args: str) -> Iterator[queue.Queue[str]]:
+    """`alert-bridge audit --follow ARGS` as a real process; its output lines as they come."""
+    proc = subprocess.Popen([sys.executable, "-m", "bridge", "audit", "--follow", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8")
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()],
+                              daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-import queue
+import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from bridge.cli import main
+from bridge.store import SqliteStore
 from tests.conftest import Bridge
-from tests.helpers import ROOT, payload
+from tests.helpers import ROOT, following, payload
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z: in the past, so --since can exclude it
 
@@ -142,27 +143,11 @@ def test_audit_errors_are_one_line(runner: CliRunner, tmp_path: Path, audited: B
 def test_audit_follow_prints_new_records(make_bridge: Callable[..., Bridge]) -> None:
     bridge = make_bridge(dry_run=True)
     bridge.post("/webhook", payload("alertmanager_firing_single.json"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "audit", "--follow", "--json",
-         "--state", bridge.settings.state_path],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()],
-                              daemon=True)
-    reader.start()
-    try:
+    with following("--json", "--state", bridge.settings.state_path) as lines:
         assert json.loads(lines.get(timeout=20))["outcome"] == "no_match"
         bridge.post("/webhook", payload("alertmanager_firing_multi.json"))
         got = [json.loads(lines.get(timeout=20))["device"] for _ in range(3)]
         assert got == ["MegaTron", "OptimusPrime", "StarScream"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))  # type: ignore[attr-defined]
@@ -179,3 +164,130 @@ def test_python_dash_m_bridge_is_the_same_command() -> None:
     assert proc.returncode == 0
     for command in ("serve", "check", "audit", "fake-api"):
         assert command in proc.stdout
+
+
+def verdicts(answer: requests.Response) -> list[tuple[str, str]]:
+    return [(d["device"], d["verdict"]) for a in answer.json()["alerts"]
+            for d in a["decisions"]]
+
+
+def test_cooldowns_list_and_clear_by_hand(runner: CliRunner, bridge: Bridge) -> None:
+    state = bridge.settings.state_path
+    first = bridge.post("/webhook", payload("alertmanager_firing_multi.json"))
+    bridge.outcomes(3)
+    ids = {d["device"]: d["operation_id"] for a in first.json()["alerts"] for d in a["decisions"]}
+    listing = runner.invoke(main, ["cooldowns", "--state", state])
+    assert listing.exit_code == 0, listing.output
+    lines = listing.output.splitlines()
+    assert lines[0].split() == ["DEVICE", "OPERATION", "UNTIL", "LEFT", "RULE", "OPERATION", "ID"]
+    assert [(x.split()[0], x.split()[1], x.split()[-2], x.split()[-1]) for x in lines[1:]] == [
+        (device, "sync", "sync-high-load", str(ids[device]))
+        for device in ("MegaTron", "OptimusPrime", "StarScream")]
+    assert all(x.split()[4] in ("30m", "29m59s", "29m58s") for x in lines[1:])
+    docs = [json.loads(x) for x in runner.invoke(
+        main, ["cooldowns", "--state", state, "--device", "OptimusPrime", "--json"]).output
+        .splitlines()]
+    assert [(d["device"], d["operation"], d["rule"], d["operation_id"]) for d in docs] == [
+        ("OptimusPrime", "sync", "sync-high-load", ids["OptimusPrime"])]
+    assert docs[0]["until"].endswith("Z")
+
+    cleared = runner.invoke(main, ["cooldowns", "clear", "MegaTron", "--operation", "sync",
+                                   "--state", state, "--as", "alice"])
+    assert cleared.exit_code == 0, cleared.output
+    assert cleared.output.startswith(
+        "Cleared the cooldown of sync on MegaTron (rule sync-high-load); it ran until ")
+    left = runner.invoke(main, ["cooldowns", "--state", state]).output.splitlines()
+    assert [x.split()[0] for x in left[1:]] == ["OptimusPrime", "StarScream"]
+    record = bridge.audit(outcome="cooldown_cleared")
+    assert [(r.event, r.device, r.operation, r.rule, r.operation_id) for r in record] == [
+        ("operator", "MegaTron", "sync", "sync-high-load", ids["MegaTron"])]
+    assert record[0].reason.startswith("cleared by alice; it ran until ")
+    verified = runner.invoke(main, ["audit", "verify", "--state", state])
+    assert verified.exit_code == 0 and verified.output.startswith("OK: "), verified.output
+    again = bridge.post("/webhook", payload("alertmanager_firing_multi.json"))
+    assert verdicts(again) == [("MegaTron", "execute"), ("OptimusPrime", "cooldown"),
+                               ("StarScream", "cooldown")]
+
+
+def test_cooldowns_clear_refusals(runner: CliRunner, make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge(start_dispatcher=False)  # operations stay queued
+    state = bridge.settings.state_path
+    bridge.post("/webhook", payload("alertmanager_firing_multi.json"))
+    nothing = runner.invoke(main, ["cooldowns", "clear", "r1", "--state", state])
+    assert (nothing.exit_code, nothing.output) == (1, "Error: no cooldown in force on r1\n")
+    assert runner.invoke(main, ["cooldowns", "--state", state, "--device", "r1"]).output == (
+        "No cooldown in force on r1.\n")
+    other_op = runner.invoke(main, ["cooldowns", "clear", "MegaTron", "--operation", "reboot",
+                                    "--state", state])
+    assert other_op.output == "Error: no cooldown in force on MegaTron (reboot)\n"
+    busy = runner.invoke(main, ["cooldowns", "clear", "MegaTron", "--state", state])
+    assert (busy.exit_code, busy.output) == (1, (
+        "Error: sync on MegaTron: operation 1 is still queued; clearing its cooldown would let"
+        " an alert queue a second one. Wait for it to end (or reject it, if it is pending"
+        " approval)\n"))
+    assert len(runner.invoke(main, ["cooldowns", "--state", state]).output.splitlines()) == 4
+    mixed = runner.invoke(main, ["cooldowns", "--device", "MegaTron", "clear", "MegaTron",
+                                 "--state", state])
+    assert mixed.output == ("Error: --device: only for listing cooldowns, not for"
+                            " `alert-bridge cooldowns clear`\n")
+    assert bridge.audit(outcome="cooldown_cleared") == []
+
+
+def test_cooldowns_of_a_state_file_from_before_operation_ids(runner: CliRunner,
+                                                             tmp_path: Path) -> None:
+    state = tmp_path / "old.db"
+    conn = sqlite3.connect(state)
+    conn.execute("CREATE TABLE cooldowns (device TEXT NOT NULL, operation TEXT NOT NULL,"
+                 " until REAL NOT NULL, rule TEXT NOT NULL, PRIMARY KEY (device, operation))")
+    conn.execute("INSERT INTO cooldowns VALUES ('r1', 'reboot', 4102444800.0, 'old-rule')")
+    conn.commit()
+    conn.close()
+    listing = runner.invoke(main, ["cooldowns", "--state", str(state)])
+    assert listing.output.splitlines()[1].startswith("r1      reboot     2100-01-01 00:00:00")
+    assert listing.output.splitlines()[1].endswith("old-rule  -")
+    cleared = runner.invoke(main, ["cooldowns", "clear", "r1", "--state", str(state)])
+    assert cleared.exit_code == 0, cleared.output
+    assert runner.invoke(main, ["audit", "verify", "--state", str(state)]).exit_code == 0
+
+
+@pytest.fixture
+def state_file(tmp_path: Path) -> str:
+    store = SqliteStore(tmp_path / "state.db")
+    store.ping()  # creates it, as a bridge that ran here would have
+    store.close()
+    return str(tmp_path / "state.db")
+
+
+OPEN_BIND = {"BRIDGE_BIND": "0.0.0.0:9095"}  # no webhook authentication: serve refuses it
+
+
+@pytest.mark.parametrize("args", [
+    ["pause"], ["resume"], ["audit"], ["pending"], ["cooldowns"], ["audit", "verify"],
+    ["status", "--url", "http://127.0.0.1:9"],
+])
+def test_operator_commands_ignore_the_listen_check(runner: CliRunner, state_file: str,
+                                                   args: list[str]) -> None:
+    result = runner.invoke(main, [*args, "--state", state_file], env=OPEN_BIND)
+    assert (result.exit_code, "refusing" in result.output) == (0, False), result.output
+
+
+@pytest.mark.parametrize("command", ["approve", "reject"])
+def test_approve_and_reject_ignore_the_listen_check(runner: CliRunner, state_file: str,
+                                                    command: str) -> None:
+    result = runner.invoke(main, [command, "1", "--state", state_file], env=OPEN_BIND)
+    assert (result.exit_code, result.output) == (1, "Error: no operation 1\n")
+
+
+def test_the_kill_switch_works_whatever_the_settings(runner: CliRunner, state_file: str,
+                                                     tmp_path: Path) -> None:
+    broken = {**OPEN_BIND, "BRIDGE_API_TOKEN_FILE": str(tmp_path / "missing"),
+              "BRIDGE_MAX_AGE": "soon", "BRIDGE_STATE": state_file}
+    paused = runner.invoke(main, ["pause"], env=broken)
+    assert (paused.exit_code, paused.output) == (
+        0, "Paused: no operation is sent until `alert-bridge resume`.\n")
+    resumed = runner.invoke(main, ["resume"], env=broken)
+    assert (resumed.exit_code, resumed.output) == (
+        0, "Resumed (was: paused); queued operations are sent.\n")
+    refused = runner.invoke(main, ["serve", "--state", state_file], env=OPEN_BIND)
+    assert refused.exit_code == 1
+    assert refused.output.startswith("Error: refusing to listen on 0.0.0.0:9095 without webhook")

@@ -12,7 +12,7 @@ import requests
 
 from bridge.client import CallResult, TokenSource
 from bridge.dispatch import DispatchPolicy, next_step
-from bridge.store import Operation, SqliteStore
+from bridge.store import PAUSED, Operation, SqliteStore
 from tests.conftest import TOKEN, Bridge, Fake
 from tests.helpers import (
     BridgeProcess,
@@ -360,6 +360,26 @@ def test_operations_too_old_to_send_expire(make_bridge: Callable[..., Bridge],
     store = SqliteStore(bridge.settings.state_path)
     assert store.active_cooldowns(clock.now) == {("frontend", "reconf"): clock.now + 120.0}
     store.close()
+
+
+def test_no_sender_takes_an_operation_past_its_maximum_age_before_the_sweep(
+    make_bridge: Callable[..., Bridge], fake: Fake
+) -> None:
+    clock = Clock(1_700_000_000.0)
+    bridge = make_bridge(clock=clock, start_dispatcher=False, max_age=60.0)
+    store = bridge.app.extensions["bridge"]["store"]
+    bridge.post("/webhook", RESOLVED)
+    store.set_flag(PAUSED, clock.now)
+    clock.now += 59.9
+    bridge.dispatcher.step()  # sweeps (nothing is too old yet); sends nothing while paused
+    store.resume(clock.now)
+    clock.now += 0.6  # past the maximum age, before the next sweep (a second after the last)
+    bridge.dispatcher.step()
+    assert fake.calls() == []
+    clock.now += 1
+    bridge.dispatcher.step()
+    assert [(r.outcome, r.reason) for r in bridge.audit() if r.event == "outcome"] == [
+        ("expired", "max_age")]
 
 
 def overlap(calls: list[dict[str, Any]]) -> int:

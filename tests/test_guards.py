@@ -3,6 +3,7 @@ shadow mode and approvals. The bridge must not be able to wreck a fleet."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -12,11 +13,12 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from bridge.audit import iso
 from bridge.auth import InboundAuth
 from bridge.cli import main
 from bridge.client import Secret
 from tests.conftest import Bridge, Fake
-from tests.helpers import Clock, alert, device_down, webhook
+from tests.helpers import Clock, alert, device_down, read_audit, webhook
 
 NOON = 1_800_014_400.0  # 2027-01-15T12:00:00Z, a Friday
 
@@ -294,6 +296,58 @@ def test_unapproved_operations_expire(make_bridge: Callable[..., Bridge], fake: 
     assert [(r.outcome, r.reason) for r in bridge.audit() if r.event == "outcome"] == [
         ("expired", "approval_timeout")]
     assert fake.calls() == []
+
+
+WIPE_IN_5S = WIPE.replace("rules:", "defaults: {approval_timeout: 5s}\nrules:")
+OWNED = webhook(alert("Owned", "r1"))
+
+
+def test_an_approval_past_its_timeout_is_expired_though_no_sweep_ran(
+    make_bridge: Callable[..., Bridge], fake: Fake, tmp_path: Path
+) -> None:
+    # The bridge queued it 8 s ago (by its clock) and stopped at once: no sweep ever ran.
+    queued_at = time.time() - 8
+    first = make_bridge(WIPE_IN_5S, clock=Clock(queued_at), start_dispatcher=False)
+    assert verdicts(first.post("/webhook", OWNED).json()) == {"pending_approval": 1}
+    first.stop()
+    state = str(tmp_path / "state.db")
+    assert cli("pending", "--state", state).output == "No operation is waiting for approval.\n"
+    status = cli("status", "--state", state, "--url", first.url).output
+    assert "Queue:    0 queued, 0 sending, 0 pending approval" in status
+    approved = cli("approve", "1", "--state", state, "--as", "alice")
+    assert (approved.exit_code, approved.output) == (
+        1, f"Error: operation 1 expired at {iso(queued_at + 5)} (approval timeout)\n")
+    assert [(r.event, r.outcome, r.reason) for r in read_audit(state)
+            if r.event != "decision"] == [("outcome", "expired", "approval_timeout")]
+    again = make_bridge(WIPE_IN_5S, start_dispatcher=False)  # the next start
+    again.dispatcher.step()
+    assert fake.calls() == []
+    rejected = cli("reject", "1", "--state", state)
+    assert (rejected.exit_code, rejected.output) == (
+        1, f"Error: operation 1 expired at {iso(queued_at + 5)} (approval timeout)\n")
+
+
+def test_an_approval_past_its_timeout_is_refused_over_http(
+    make_bridge: Callable[..., Bridge], fake: Fake
+) -> None:
+    clock = Clock(NOON)
+    bridge = make_bridge(WIPE_IN_5S, clock=clock, start_dispatcher=False,
+                         admin_auth=InboundAuth(bearer_tokens=(Secret("admin-1"),)))
+    bridge.post("/webhook", OWNED)
+    clock.now += 8  # before any sweep
+    ok = {"Authorization": "Bearer admin-1"}
+    listed = requests.get(bridge.url + "/api/operations/pending", headers=ok, timeout=5)
+    assert listed.json() == {"operations": []}
+    assert 'alert_bridge_queue_depth{state="pending_approval"} 0.0' in requests.get(
+        bridge.url + "/metrics", timeout=5).text
+    expired = {"error": "operation 1 expired at 2027-01-15T12:00:05.000Z (approval timeout)"}
+    for verdict in ("approve", "reject"):
+        r = requests.post(f"{bridge.url}/api/operations/1/{verdict}", headers=ok, timeout=5)
+        assert (r.status_code, r.json()) == (409, expired)
+    bridge.dispatcher.step()
+    assert fake.calls() == []
+    assert [(r.event, r.outcome, r.reason) for r in bridge.audit() if r.event != "decision"] == [
+        ("outcome", "expired", "approval_timeout")]
 
 
 @pytest.mark.parametrize("command", ["pending", "approve", "reject", "pause", "resume",

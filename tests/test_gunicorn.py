@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -45,6 +46,29 @@ def test_twenty_simultaneous_duplicates_make_exactly_one_call(
     assert Counter((r.event, r.outcome) for r in records) == {
         ("decision", "execute"): 1, ("decision", "cooldown"): 19, ("outcome", "succeeded"): 1}
     assert len({r.id for r in records}) == 21
+
+
+def test_every_writer_gives_up_within_the_state_timeout(
+    gunicorn_bridge: Callable[..., BridgeProcess]
+) -> None:
+    bridge = gunicorn_bridge(workers=3, env={"BRIDGE_STATE_TIMEOUT": "1s"})
+    body = payload("alertmanager_resolved.json")
+    gate = sqlite3.connect(bridge.state, isolation_level=None)
+    gate.execute("BEGIN IMMEDIATE")  # an outside process holds the write lock
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(post_together, bridge.url + "/webhook", body, 24)
+        try:
+            # Writers that queued behind one another would take 24 x 1 s in all.
+            answers = waiting.result(timeout=10)
+        finally:
+            gate.execute("ROLLBACK")  # the gate opens, whatever happened
+            gate.close()
+    assert [r.status_code for r in answers] == [503] * 24
+    assert {r.json()["error"] for r in answers} == {
+        f"state store {bridge.state}: locked by another writer for more than 1s"
+        " (BRIDGE_STATE_TIMEOUT)"}
+    after = [requests.post(bridge.url + "/webhook", data=body, timeout=30) for _ in range(6)]
+    assert [r.status_code for r in after] == [200] * 6
 
 
 def test_several_workers_really_serve(gunicorn_bridge: Callable[..., BridgeProcess]) -> None:

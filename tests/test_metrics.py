@@ -242,6 +242,20 @@ def test_a_failing_store_leaves_metrics_up_and_says_so(bridge: Bridge, mocker: A
     assert value(samples, "alert_bridge_rules_loaded") == 4
 
 
+def test_readiness_and_the_store_gauge_say_when_the_store_cannot_be_written(
+    bridge: Bridge, mocker: Any
+) -> None:
+    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])  # reads still work
+    ready = requests.get(bridge.url + "/-/ready", timeout=5)
+    assert (ready.status_code, ready.json()) == (503, {
+        "status": "not ready",
+        "error": f"state store {bridge.settings.state_path}: database or disk is full"})
+    assert value(scrape(bridge.url), "alert_bridge_state_store_up") == 0
+    mocker.stopall()  # space freed
+    assert requests.get(bridge.url + "/-/ready", timeout=5).status_code == 200
+    assert value(scrape(bridge.url), "alert_bridge_state_store_up") == 1
+
+
 def test_two_apps_in_one_process_keep_their_own_counts(
     make_bridge: Callable[..., Bridge], tmp_path: Path
 ) -> None:

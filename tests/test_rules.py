@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -307,6 +310,26 @@ def test_parse_matcher_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_matcher(text)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ('foo:bar="x"', "foo:bar"),
+        ("job:node:up = 1", "job:node:up"),
+        (':leading = "x"', ":leading"),
+        ('instance:rate5m !~ "0|1"', "instance:rate5m"),
+    ],
+)
+def test_matcher_label_names_may_contain_colons_as_in_alertmanager(text: str, name: str) -> None:
+    # Alertmanager's pkg/labels parser takes [a-zA-Z_:][a-zA-Z0-9_:]* as a label name; recording
+    # rule outputs such as job:node:up keep their colons when they become alert labels.
+    matcher = parse_matcher(text)
+    assert matcher.name == name
+    assert str(matcher).startswith(name)  # printed unquoted, as Alertmanager prints it
+    assert parse_matcher(str(matcher)) == matcher
+    rules = parse_rules(f"rules:\n  - name: a\n    match: ['{text}']\n    device: d\n    operation: sync\n")
+    assert rules.rules[0].matchers == (matcher,)
 
 
 @pytest.mark.parametrize(
@@ -1168,7 +1191,7 @@ def test_window_built_in_code_is_checked() -> None:
         Window(frozenset(), dt.time(22), dt.time(5), "UTC")
     with pytest.raises(ValueError, match="0 \\(Monday\\) to 6"):
         Window(frozenset({7}), dt.time(22), dt.time(5), "UTC")
-    with pytest.raises(ValueError, match="unknown window outside"):
+    with pytest.raises(ValueError, match="unknown value .later. in window.outside"):
         Window(frozenset({0}), dt.time(22), dt.time(5), "UTC", "later")
     with pytest.raises(ValueError, match="naive"):
         Window(frozenset({0}), dt.time(22, tzinfo=dt.UTC), dt.time(5), "UTC")
@@ -1225,6 +1248,49 @@ def test_rule_built_in_code_gets_guard_defaults_and_checks() -> None:
                 {"give_up": (3, 60.0)}, {"window": "nightly"}):  # fmt: skip
         with pytest.raises(ValueError):
             rule(**bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "build"),
+    [
+        (one_rule("    give_up: {after: 0}\n"), lambda: GiveUp(0, 60.0)),
+        (one_rule("    give_up: {within: 0}\n"), lambda: GiveUp(1, 0)),
+        (one_rule(top="breaker: {max: 0}\n"), lambda: Breaker(0, 60.0)),
+        (one_rule(top="budgets: [{name: b, max: 0, per: 1m}]\n"), lambda: Budget("b", 0, 60.0)),
+        (one_rule(top="budgets: [{name: b, max: 1, per: 1m, group_by: a-b}]\n"),
+         lambda: Budget("b", 1, 60.0, None, "a-b")),
+        (one_rule(operation="rebot"), lambda: rule(operation="rebot")),
+        (one_rule("    status: sometimes\n"), lambda: rule(status="sometimes")),
+        (one_rule("    dry_run: 'yes'\n"), lambda: rule(dry_run="yes")),
+        (one_rule(operation="factory"), lambda: rule(operation="factory")),
+        (one_rule("    window: {start: '22:00', end: '05:00', timezone: UTC, outside: later}\n"),
+         lambda: Window(frozenset({0}), dt.time(22), dt.time(5), "UTC", "later")),
+    ],
+)  # fmt: skip
+def test_values_built_in_code_get_the_messages_a_file_gets(text: str, build: Any) -> None:
+    # One schema, one wording: no more ">= 1" in one place and "≥ 1" in another.
+    with pytest.raises(RulesError) as file_error:
+        parse_rules(text)
+    (problem,) = file_error.value.problems
+    with pytest.raises(ValueError) as code_error:
+        build()
+    assert str(code_error.value) == problem.message
+
+
+def test_whole_numbers_written_as_floats_count_as_in_json_schema() -> None:
+    # JSON Schema (and so an editor) cannot tell 3.0 from 3 or 0.0 from 0: neither does the loader.
+    rules = parse_rules(one_rule("    give_up: {after: 2.0}\n    cooldown: 0.0\n", top="breaker: {max: 5.0}\n"))
+    assert (rules.rules[0].give_up.after, rules.rules[0].cooldown, rules.breaker.max) == (2, 0.0, 5)
+    assert type(rules.rules[0].give_up.after) is int
+    assert problems(one_rule("    cooldown: 0.5\n")) == [
+        "rules.yaml:6: rule 'r': 'cooldown' must be a string such as 30m, got 0.5"
+    ]
+
+
+def test_importing_the_rules_loads_no_web_http_or_database_library() -> None:
+    code = "import sys, bridge.rules; print(sorted(m for m in ('flask', 'requests', 'sqlite3') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --- maintenance windows -----------------------------------------------------------------------

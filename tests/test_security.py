@@ -12,14 +12,28 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.audit import iso
+from bridge.auth import InboundAuth
+from bridge.cli import main
+from bridge.client import Secret
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from tests.conftest import TOKEN, Bridge, Fake
-from tests.helpers import BridgeProcess, audit, device_down, outcomes, payload, webhook
+from tests.helpers import (
+    BridgeProcess,
+    alert,
+    audit,
+    device_down,
+    following,
+    outcomes,
+    payload,
+    raw_controls,
+    webhook,
+)
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
 RULES = """\
@@ -30,6 +44,11 @@ rules:
     match: ['alertname = "DeviceDown"']
     device: "{{ labels.device }}"
     operation: reboot
+  - name: wipe-owned
+    match: ['kind = "owned"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
 """
 HOSTILE = ["../admin", "a/b", "x?y", "%2e%2e", "#", "a\nb", "a\x00b", "x" * 10_000, ".", "..",
            "r1/../../admin", "r 1", "\u202eevil", "r1?operation=factory", "r1#frag", "é"]
@@ -281,3 +300,187 @@ def test_a_chunked_body_over_the_limit_gets_413_under_gunicorn(
     assert len([r for r in audit(bridge) if r.event == "decision"]) == 2
     status, doc = post_chunked(bridge.url, "/webhook//alertmanager", [device_down("r3")])
     assert (status, set(doc)) == (404, {"error"})  # gunicorn passes the path on as it is
+
+
+# -- untrusted text on the operator's terminal ------------------------------------------------
+
+#: A forged audit row after a newline, then clear-screen, an OSC 52 clipboard write, a C1 CSI,
+#: a right-to-left override, a line separator, DEL and a Unicode tag character.
+FORGED_ROW = "2023-11-14 22:13:20  wipe-owned  r9  reboot  succeeded  200  forged"
+HOSTILE_TEXT = ("Owned\n" + FORGED_ROW + "\r\x1b[2J\x1b]52;c;cm0gLXJmIH4K\x07\x9b31m"
+                "\u202eevil\u2028next\u2029\x7f\U000e0041")
+
+
+def owned(n: int, alertname: str | None = None, **labels: str) -> bytes:
+    """One firing alert that wipe-owned sends to device d{n}, with these labels as well."""
+    return webhook(alert(alertname, f"d{n}", kind="owned", **labels))
+
+
+def human_outputs(bridge: Bridge, payload_path: Path, **extra: list[str]) -> dict[str, Result]:
+    """What an operator reads about this bridge's state: every human-readable command."""
+    state, rules = bridge.settings.state_path, bridge.settings.rules_path
+    commands = {
+        "audit": ["audit", "--state", state, "--limit", "0"],
+        "audit --limit 1": ["audit", "--state", state, "--limit", "1"],
+        "pending": ["pending", "--state", state],
+        "status": ["status", "--state", state, "--url", bridge.url, "--last", "1"],
+        "explain": ["explain", str(payload_path), "--rules", rules, "--state", state],
+        "cooldowns": ["cooldowns", "--state", state],
+        **extra,
+    }
+    return {name: CliRunner().invoke(main, args) for name, args in commands.items()}
+
+
+def test_hostile_label_text_reaches_the_terminal_escaped(make_bridge: Callable[..., Bridge],
+                                                         tmp_path: Path) -> None:
+    bridge = make_bridge(RULES)
+    body = owned(1, alertname=HOSTILE_TEXT, site=HOSTILE_TEXT)
+    assert bridge.post("/webhook", body).json()["summary"] == {"pending_approval": 1}
+    (tmp_path / "hostile.json").write_bytes(body)
+    rules_with_hostile_name = tmp_path / "hostile-rules.yaml"
+    rules_with_hostile_name.write_text(RULES.replace("factory", '"fact\\e[2J\\x9bory"'))
+    state = bridge.settings.state_path
+    reject = CliRunner().invoke(main, ["reject", "1", "--state", state, "--as", HOSTILE_TEXT])
+    assert reject.exit_code == 0, reject.output
+    outputs = human_outputs(
+        bridge, tmp_path / "hostile.json",
+        since=["audit", "--state", state, "--since", HOSTILE_TEXT],
+        check=["check", str(rules_with_hostile_name)],
+    )
+    for name, result in outputs.items():
+        assert "Traceback" not in result.output, (name, result.output)
+        assert raw_controls(result.output) == [], (name, result.output)
+        assert not any(line.startswith(FORGED_ROW[:30]) for line in result.output.splitlines())
+    # one row per record: the decision and its rejection, each on one line
+    table = outputs["audit"].output.splitlines()
+    assert len(table) == 3 and [row.split()[5] for row in table[1:]] == [
+        "pending_approval", "rejected"]
+    assert "Owned\\n2023-11-14 22:13:20" in table[1] and "\\x1b[2J\\x1b]52;c;" in table[1]
+    assert "\\x9b31m\\u202eevil\\u2028next\\u2029\\x7f\\U000e0041" in table[1]
+    assert "rejected by Owned\\n" in table[2]
+    assert outputs["since"].output.startswith("Error: --since: invalid duration 'Owned\\n")
+    assert outputs["check"].exit_code == 1
+
+
+def test_audit_follow_escapes_hostile_text(make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge(RULES)
+    with following("--state", bridge.settings.state_path) as lines:
+        assert lines.get(timeout=20).startswith("TIME ")
+        bridge.post("/webhook", owned(1, alertname=HOSTILE_TEXT))
+        row = lines.get(timeout=20)
+        assert raw_controls(row.rstrip("\n")) == []
+        assert "pending_approval" in row and "Owned\\n2023" in row
+        bridge.post("/webhook", owned(2, alertname="Owned"))
+        assert "d2" in lines.get(timeout=20)  # the next record is the next line: nothing forged
+
+
+LABEL_TEXT = st.text(max_size=40) | st.sampled_from([
+    HOSTILE_TEXT, FORGED_ROW, "\n", "\r\n", "\x1b[2J", "\x1b]52;c;eA==\x07", "\x9b1m", "\x85",
+    "\u202e", "\u2066", "\u200b", "\ufeff", "\u2028", "\u2029", "\x00", "\x7f", "\U000e0041",
+    "\\x1b", "é\u00a0ü",
+])
+
+
+@pytest.fixture
+def owned_bridge(make_bridge: Callable[..., Bridge]) -> Bridge:
+    return make_bridge(RULES)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(alertname=LABEL_TEXT, site=LABEL_TEXT)
+def test_fuzz_any_label_text_is_one_escaped_line_per_record(
+    owned_bridge: Bridge, tmp_path: Path, alertname: str, site: str
+) -> None:
+    n = len(owned_bridge.audit()) + 1  # a new device each time: no cooldown in the way
+    hostile, plain = tmp_path / "hostile.json", tmp_path / "plain.json"
+    hostile.write_bytes(owned(n, alertname=alertname, site=site))
+    plain.write_bytes(owned(n, alertname="A", site="B"))
+    assert owned_bridge.post("/webhook", hostile.read_bytes()).status_code == 200
+    outputs = human_outputs(owned_bridge, hostile)
+    for name, result in outputs.items():
+        assert (name, result.exit_code, raw_controls(result.output)) == (name, 0, [])
+    lines = {name: result.output.splitlines() for name, result in outputs.items()}
+    assert len(lines["audit --limit 1"]) == 2
+    assert len(lines["audit"]) == 1 + n
+    assert len(lines["pending"]) == 1 + n
+    assert len(lines["cooldowns"]) == 1 + n
+    assert lines["status"][-3] == "Latest:"
+    reference = human_outputs(owned_bridge, plain)["explain"].output.splitlines()
+    assert len(lines["explain"]) == len(reference)
+
+
+# -- the edges of the operator's parameters ----------------------------------------------------
+
+TOO_BIG = str(2**63)  # one past SQLite's (and PostgreSQL bigint's) largest integer
+BIGGEST = str(2**63 - 1)
+AUDIT_PARAMETERS = [
+    ("limit", "-1", "limit: must be an integer from 1 to 1000, got '-1'"),
+    ("limit", "0", "limit: must be an integer from 1 to 1000, got '0'"),
+    ("limit", "1001", "limit: must be an integer from 1 to 1000, got '1001'"),
+    ("limit", TOO_BIG, f"limit: must be an integer from 1 to 1000, got '{TOO_BIG}'"),
+    ("limit", "ten", "limit: must be an integer from 1 to 1000, got 'ten'"),
+    ("after_id", "-1", f"after_id: must be an integer from 0 to {BIGGEST}, got '-1'"),
+    ("after_id", TOO_BIG, f"after_id: must be an integer from 0 to {BIGGEST}, got '{TOO_BIG}'"),
+    ("after_id", "1" * 5000, f"after_id: must be an integer from 0 to {BIGGEST}, got '111"),
+    ("since", "soon", "since: invalid duration 'soon'"),
+    ("since", "9" * 30 + "y", "since: invalid duration '999"),
+]
+
+
+@pytest.fixture
+def operator_api(make_bridge: Callable[..., Bridge]) -> Bridge:
+    bridge = make_bridge(RULES, admin_auth=InboundAuth(bearer_tokens=(Secret("ops"),)))
+    bridge.post("/webhook", owned(1))
+    return bridge
+
+
+@pytest.mark.parametrize(("parameter", "value", "error"), AUDIT_PARAMETERS)
+def test_audit_api_parameters_out_of_range_are_a_400_naming_them(
+    operator_api: Bridge, parameter: str, value: str, error: str
+) -> None:
+    r = requests.get(operator_api.url + "/api/audit", params={parameter: value}, timeout=5,
+                     headers={"Authorization": "Bearer ops"})
+    assert (r.status_code, r.json()["parameter"]) == (400, parameter), r.text
+    assert r.json()["error"].startswith(error)
+
+
+def test_audit_api_parameters_at_their_edges(operator_api: Bridge) -> None:
+    def get(**params: str) -> list[int]:
+        r = requests.get(operator_api.url + "/api/audit", params=params, timeout=5,
+                         headers={"Authorization": "Bearer ops"})
+        assert r.status_code == 200, r.text
+        return [record["id"] for record in r.json()["records"]]
+
+    assert get(limit="1") == [1]
+    assert get(limit="1000", after_id="0") == [1]
+    assert get(after_id=BIGGEST) == []
+    assert get(since="0") == [] and get(since="10y") == [1]
+
+
+@pytest.mark.parametrize(("operation_id", "status"), [
+    (TOO_BIG, 400), ("9" * 30, 400), (BIGGEST, 404), ("0", 400), ("1", 200)])
+def test_operation_ids_out_of_range_are_a_400(operator_api: Bridge, operation_id: str,
+                                              status: int) -> None:
+    r = requests.post(f"{operator_api.url}/api/operations/{operation_id}/reject", timeout=5,
+                      headers={"Authorization": "Bearer ops"})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json() == {"parameter": "operation_id", "error": (
+            f"operation_id: must be an integer from 1 to {BIGGEST}, got '{operation_id}'")}
+
+
+@pytest.mark.parametrize("args", [
+    ["approve", TOO_BIG], ["reject", TOO_BIG], ["approve", "99999999999999999999"],
+    ["approve", "0"], ["reject", "-1"], ["audit", "--limit", TOO_BIG],
+    ["audit", "--limit", "-1"], ["status", "--last", TOO_BIG, "--url", "http://127.0.0.1:9"],
+    ["audit", "--since", "9" * 30 + "y"],
+])
+def test_cli_numbers_out_of_range_are_an_error_line(operator_api: Bridge,
+                                                    args: list[str]) -> None:
+    result = CliRunner().invoke(main, [*args, "--state", operator_api.settings.state_path])
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert result.exit_code != 0
+    error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1, result.output
+    assert args[-1] in error[0] or args[1] in error[0], error

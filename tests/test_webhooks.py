@@ -322,8 +322,8 @@ def test_a_cooldown_stored_past_year_9999_is_answered_not_a_500(
     state = tmp_path / "old.db"
     SqliteStore(state).ping()
     with sqlite3.connect(state) as conn:
-        conn.execute("INSERT INTO cooldowns VALUES ('ap-7', 'reboot', ?, 'x')",
-                     (253_402_300_800.0 + 3600,))
+        conn.execute("INSERT INTO cooldowns (device, operation, until, rule)"
+                     " VALUES ('ap-7', 'reboot', ?, 'x')", (253_402_300_800.0 + 3600,))
     bridge = make_bridge(SHIPPED_RULES, clock=lambda: NOW, state=state, start_dispatcher=False)
     body = group(("AccessPointUnreachable", "ap-7", iso(NOW - 600)),
                  ("DeviceUnreachable", "r1", iso(NOW)))

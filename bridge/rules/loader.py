@@ -1,0 +1,90 @@
+"""Load rules.yaml: YAML with lines, every problem against the schema at once, then values.
+
+Every problem in the file is reported at once, with its line, so an operator fixes them in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from bridge.errors import RuleProblem, RulesError
+from bridge.rules.kinds import At, describe
+from bridge.rules.schema import DEFAULTS, RULE, TOP
+from bridge.rules.sections import Values
+from bridge.rules.values import Rule, RuleSet, resolve
+from bridge.rules.yaml_lines import LineDict, load_yaml
+
+
+def _read(data: Any, path: str) -> tuple[Values, list[RuleProblem]]:
+    """Step 2: the document read against the schema, by key, and every problem found."""
+    at = At(path, [], {})
+    if data is None:
+        at.problem(None, "file is empty (expected a mapping with a 'rules' list)")
+        return Values(), at.problems
+    if not isinstance(data, LineDict):
+        at.problem(
+            getattr(data, "line", None),
+            f"expected a mapping with a 'rules' list at the top level, got {describe(data)}",
+        )
+        return Values(), at.problems
+    return TOP.read(data, data.line, at), at.problems
+
+
+def _build(document: Values, path: str, version: str) -> RuleSet:
+    """Step 3: values from a document without problems; what it leaves out takes defaults."""
+    defaults = document.get("defaults", {})
+    rules = tuple(
+        Rule(**{f.attribute: resolve(f, spec, defaults) for f in RULE.fields}, line=spec.line)
+        for spec in document["rules"]
+    )
+    return RuleSet(
+        rules=rules,
+        default_cooldown=resolve(DEFAULTS["cooldown"], defaults),
+        path=path,
+        version=version,
+        budgets=resolve(TOP["budgets"], document),
+        breaker=resolve(TOP["breaker"], document),
+        approval_timeout=resolve(DEFAULTS["approval_timeout"], defaults),
+    )
+
+
+def _parse(text: str, path: str, raw: bytes) -> RuleSet:
+    data, yaml_problem = load_yaml(text, path)
+    if yaml_problem is not None:
+        raise RulesError([yaml_problem])
+    document, problems = _read(data, path)
+    if problems:
+        raise RulesError(sorted(problems, key=lambda p: p.line or 0))
+    return _build(document, path, hashlib.sha256(raw).hexdigest()[:12])
+
+
+def parse_rules(text: str, path: str = "rules.yaml") -> RuleSet:
+    """Rules from the text of a rules file; ``path`` only names the file in errors.
+
+    Raises RulesError listing every problem found, in line order.
+    """
+    return _parse(text, path, text.encode("utf-8", "surrogatepass"))
+
+
+def load_rules(path: str | os.PathLike[str]) -> RuleSet:
+    """Rules from a file. Raises RulesError, also when the file is missing or unreadable."""
+    name = os.fspath(path)
+    try:
+        raw = Path(name).read_bytes()
+    except FileNotFoundError:
+        raise RulesError([RuleProblem(name, None, None, "file not found")]) from None
+    except IsADirectoryError:
+        raise RulesError([RuleProblem(name, None, None, "is a directory, not a file")]) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RulesError([RuleProblem(name, None, None, f"cannot read file: {reason}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = f"file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        raise RulesError([RuleProblem(name, line, None, message)]) from None
+    return _parse(text, name, raw)

@@ -1,0 +1,156 @@
+"""Alertmanager label matchers (``severity =~ "critical|page"``): parsing, matching, printing."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+MATCH_OPS = ("=", "!=", "=~", "!~")
+
+#: Prometheus label names: what group_by may name (it ends up in JSON paths of queries).
+LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+#: Unquoted names in matchers, as Alertmanager's pkg/labels parser reads them: colons allowed.
+MATCHER_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+#: The operators, longest first: "=~" is one operator, not "=" and a value starting with "~".
+OPERATOR = r"=~|!=|!~|="
+LABEL_NAME_RE = re.compile(LABEL_NAME)
+_MATCHER_NAME_RE = re.compile(MATCHER_NAME)
+_OP_RE = re.compile(rf"\s*({OPERATOR})\s*")
+
+
+class _BadRegex(ValueError):
+    pass
+
+
+def _compile_regex(pattern: str) -> re.Pattern[str]:
+    """Compile an Alertmanager regex; callers use fullmatch, which anchors it like ``^(?:...)$``.
+
+    Alertmanager uses Go's RE2. Python's ``re`` agrees on the syntax people write in matchers
+    (classes, alternation, repetition, (?i)); it also accepts lookarounds and backreferences that
+    RE2 would reject, and lacks \\p{...} and \\Q...\\E. Using fullmatch instead of wrapping the
+    pattern keeps a leading "(?i)" legal, which Python only allows at the very start.
+    """
+    with warnings.catch_warnings():
+        # Python warns (FutureWarning) on "[[" and similar; RE2 reads "[[:alpha:]]" as a POSIX
+        # class while Python reads it as a plain set, so reject instead of silently differing.
+        warnings.simplefilter("error")
+        try:
+            return re.compile(pattern)
+        except (re.error, Warning, OverflowError, RecursionError, ValueError) as exc:
+            raise _BadRegex(str(exc)) from exc
+
+
+def quote(value: str) -> str:
+    """Double-quote a string the way Alertmanager prints matcher values."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _read_quoted(text: str, start: int) -> tuple[str, int]:
+    """Read the double-quoted string at ``text[start]``; return its value and the index after it.
+
+    Escapes follow Alertmanager's matcher parser: \\" \\\\ and \\n are decoded and any other
+    backslash is kept as is, so regexes such as "\\d+" need no doubled backslashes.
+    """
+    out = []
+    i = start + 1
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append({"n": "\n", '"': '"', "\\": "\\"}.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        if char == '"':
+            return "".join(out), i + 1
+        out.append(char)
+        i += 1
+    raise ValueError("missing closing double quote")
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One Alertmanager label matcher, e.g. ``severity=~"critical|page"``."""
+
+    name: str
+    op: str
+    value: str
+    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in MATCH_OPS:
+            raise ValueError(
+                f"unknown matcher operator '{self.op}' (expected one of: =, !=, =~, !~)"
+            )
+        if self.op in ("=~", "!~"):
+            object.__setattr__(self, "_regex", _compile_regex(self.value))
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        # As in Alertmanager, a missing label and an empty one are the same thing.
+        value = labels.get(self.name)
+        if value is None:
+            value = ""
+        elif not isinstance(value, str):
+            value = str(value)
+        if self.op == "=":
+            return value == self.value
+        if self.op == "!=":
+            return value != self.value
+        assert self._regex is not None
+        hit = self._regex.fullmatch(value) is not None
+        return hit if self.op == "=~" else not hit
+
+    def __str__(self) -> str:
+        name = self.name if _MATCHER_NAME_RE.fullmatch(self.name) else quote(self.name)
+        return f"{name}{self.op}{quote(self.value)}"
+
+
+def parse_matcher(text: str) -> Matcher:
+    """Parse ``name OP value`` (OP one of =, !=, =~, !~) as Alertmanager does.
+
+    Follows Alertmanager's classic matcher parser, ``ParseMatcher`` in its ``pkg/labels``
+    package (what its configuration and amtool used before the UTF-8 parser, and still use in
+    classic mode): an unquoted name is ``[a-zA-Z_:][a-zA-Z0-9_:]*``, so ``foo:bar="x"`` is one
+    matcher. From the UTF-8 parser (``matcher/parse``) it also takes double-quoted names, for
+    labels such as ``"odd-name.x"``. The value is double-quoted or an unquoted run without
+    double quotes (taken literally, surrounding spaces dropped; may be empty), with the same
+    escapes as ``pkg/labels``. Raises ValueError naming the matcher.
+    """
+
+    def fail(reason: str) -> ValueError:
+        return ValueError(f"invalid matcher '{text}': {reason}")
+
+    source = text.strip()
+    if source.startswith('"'):
+        try:
+            name, pos = _read_quoted(source, 0)
+        except ValueError as exc:
+            raise fail(f"label name: {exc}") from None
+        if not name:
+            raise fail("label name is empty")
+    else:
+        name_match = _MATCHER_NAME_RE.match(source)
+        if name_match is None:
+            raise fail("expected a label name such as alertname at the start")
+        name, pos = name_match.group(), name_match.end()
+    op_match = _OP_RE.match(source, pos)
+    if op_match is None:
+        raise fail(f"expected =, !=, =~ or !~ after the label name '{name}'")
+    op, rest = op_match.group(1), source[op_match.end() :]
+    if rest.startswith('"'):
+        try:
+            value, end = _read_quoted(rest, 0)
+        except ValueError as exc:
+            raise fail(f"value: {exc}") from None
+        if end != len(rest):
+            raise fail("unexpected text after the closing quote of the value")
+    elif '"' in rest:
+        raise fail("unquoted value contains a double quote")
+    else:
+        value = rest
+    try:
+        return Matcher(name, op, value)
+    except _BadRegex as exc:
+        raise ValueError(f"invalid regex in matcher '{text}': {exc}") from None

@@ -1,0 +1,212 @@
+"""The values rules.yaml is read into: immutable rules, their guardrails, and the rule set.
+
+Each checks itself against the schema when built, so a value built in code (tests, other tools)
+can never hold what the file could not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import jinja2
+
+from bridge.rules.kinds import NO_DEFAULT
+from bridge.rules.matchers import Matcher
+from bridge.rules.schema import BREAKER, BUDGET, DEFAULTS, DESTRUCTIVE, GIVE_UP, RISK, RULE, TOP
+from bridge.rules.sections import Field, ListOf, Nested, Section
+from bridge.rules.templates import compile_template, render_device
+from bridge.rules.windows import Window
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Stop asking for an operation on a device once it was sent ``after`` times in ``within``."""
+
+    after: int  # >= 1
+    within: float  # seconds, > 0
+
+    SECTION: ClassVar[Section] = GIVE_UP
+
+    def __post_init__(self) -> None:
+        GIVE_UP.check(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``max`` operations in any sliding ``per`` seconds (per value of ``group_by``)."""
+
+    name: str  # unique among the budgets of a rule set
+    max: int  # >= 1
+    per: float  # seconds, > 0
+    operation: str | None = None  # only this operation counts; None: every operation
+    group_by: str | None = None  # a label name: one budget per value of it; None: one budget
+
+    SECTION: ClassVar[Section] = BUDGET
+
+    def __post_init__(self) -> None:
+        BUDGET.check(self)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """The storm breaker: trips when too many operations (``max``) are asked for in ``per``."""
+
+    max: int  # >= 1
+    per: float  # seconds, > 0
+
+    SECTION: ClassVar[Section] = BREAKER
+
+    def __post_init__(self) -> None:
+        BREAKER.check(self)
+
+
+_CLASSES: Mapping[str, type] = {cls.SECTION.name: cls for cls in (GiveUp, Window, Budget, Breaker)}
+
+
+def resolve(entry: Field, *layers: Mapping[str, Any]) -> Any:
+    """The built value of ``entry`` from what was read, by key, in ``layers`` (a rule's keys,
+    then the file's defaults): the first layer that has the key wins, else the field's default.
+
+    A partial section (give_up, breaker) is merged instead: each key from the first layer that
+    has it, else from the default (``give_up: {after: 2}`` keeps the default ``within``).
+    """
+    kind = entry.kind
+    if isinstance(kind, Nested) and kind.partial:
+        merged = dict(entry.default)
+        for layer in reversed(layers):
+            merged.update(layer.get(entry.key) or {})
+        return build(kind.section, merged)
+    value = next((layer[entry.key] for layer in layers if entry.key in layer), entry.default)
+    if isinstance(kind, Nested) and value is not None:
+        return build(kind.section, value)
+    if isinstance(kind, ListOf):
+        return tuple(build(kind.section, item) for item in value)
+    return value
+
+
+def build(section: Section, values: Mapping[str, Any]) -> Any:
+    """The value (GiveUp, Window, Budget, Breaker) of a section from what was read, by key."""
+    return _CLASSES[section.name](
+        **{
+            f.attribute: resolve(f, values)
+            for f in section.fields
+            if f.key in values or f.default is not NO_DEFAULT
+        }
+    )
+
+
+DEFAULT_GIVE_UP: GiveUp = resolve(RULE["give_up"])
+#: Used when the file has no ``budgets`` key at all: at most 30 operations in any 10 minutes.
+DEFAULT_BUDGETS: tuple[Budget, ...] = resolve(TOP["budgets"])
+DEFAULT_BREAKER: Breaker = resolve(TOP["breaker"])
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: when an alert matches, run ``operation`` on the device its template names.
+
+    Defaults are the schema's (bridge.rules.schema.RULE), so code and files agree.
+    """
+
+    name: str
+    matchers: tuple[Matcher, ...]
+    device: str  # template source
+    operation: str
+    cooldown: float  # seconds
+    status: str = RULE["status"].default
+    allow_destructive: bool = RULE["allow_destructive"].default
+    line: int = 0  # line of the rule in the file; 0 when built in code
+    # Guardrails (keyword-only, so positional construction keeps working):
+    #: Shadow mode: decisions are audited as dry_run and nothing is sent.
+    dry_run: bool = field(default=RULE["dry_run"].default, kw_only=True)
+    #: Act only once the alert has been firing (since its startsAt) for this many seconds.
+    min_age: float = field(default=RULE["min_age"].default, kw_only=True)
+    give_up: GiveUp = field(default=DEFAULT_GIVE_UP, kw_only=True)
+    window: Window | None = field(default=RULE["window"].default, kw_only=True)
+    #: Whether a person must approve each operation. Left out (None) it becomes True for
+    #: destructive operations and False otherwise; after construction it is always a bool.
+    require_approval: bool = field(default=RULE["require_approval"].default, kw_only=True)
+    _template: jinja2.Template | None = field(default=None, repr=False, compare=False, kw_only=True)
+
+    SECTION: ClassVar[Section] = RULE
+
+    def __post_init__(self) -> None:
+        RULE.check(self)
+        if self.require_approval is None:
+            object.__setattr__(self, "require_approval", self.operation in DESTRUCTIVE)
+        if self._template is None:
+            object.__setattr__(self, "_template", compile_template(self.device))
+
+    @property
+    def risk(self) -> str:
+        """How much harm the operation can do: routine, disruptive or destructive (see RISK)."""
+        return RISK[self.operation]
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """True when every matcher holds for these labels."""
+        return all(m.matches(labels) for m in self.matchers)
+
+    def failed_matcher(self, labels: Mapping[str, str]) -> Matcher | None:
+        """The first matcher that does not hold, or None when the rule matches."""
+        return next((m for m in self.matchers if not m.matches(labels)), None)
+
+    def wants(self, alert_status: str) -> bool:
+        """True when the rule acts on alerts with this status ("firing" or "resolved")."""
+        return self.status == "any" or self.status == alert_status
+
+    def render_device(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
+        """The device the template names for this alert, surrounding whitespace stripped.
+
+        Raises TemplateRenderError when the template fails or renders more than
+        MAX_DEVICE_LENGTH characters. An empty result is returned as "" for the caller to judge.
+        """
+        assert self._template is not None
+        return render_device(self._template, labels, annotations, self.name)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """All rules of one file, in file order."""
+
+    rules: tuple[Rule, ...]
+    default_cooldown: float
+    path: str  # file name as given
+    version: str  # first 12 hex chars of the sha256 of the file's bytes
+    #: Top-level ``budgets``; without the key, DEFAULT_BUDGETS (30 operations per 10 minutes).
+    budgets: tuple[Budget, ...] = DEFAULT_BUDGETS
+    breaker: Breaker = DEFAULT_BREAKER
+    #: Seconds an operation waits for a person's approval before it expires.
+    approval_timeout: float = DEFAULTS["approval_timeout"].default
+    # Rules indexed by the value of an `alertname = "..."` matcher, and the rest: most rule
+    # sets name their alert, so an alert is tried against a handful of rules, not all.
+    _by_alertname: Mapping[str, tuple[int, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _unindexed: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        TOP.check(self)  # rules, budgets (each valid, names unique) and breaker
+        DEFAULTS.check(self)  # approval_timeout
+        cooldown = DEFAULTS["cooldown"].check(self.default_cooldown, "cooldown")
+        object.__setattr__(self, "default_cooldown", cooldown)
+        by_name: dict[str, list[int]] = {}
+        rest: list[int] = []
+        for i, rule in enumerate(self.rules):
+            names = {m.value for m in rule.matchers if m.name == "alertname" and m.op == "="}
+            if len(names) == 1:
+                by_name.setdefault(names.pop(), []).append(i)
+            else:  # no alertname equality, or two that contradict (never matches anyway)
+                rest.append(i)
+        object.__setattr__(self, "_by_alertname", {k: tuple(v) for k, v in by_name.items()})
+        object.__setattr__(self, "_unindexed", tuple(rest))
+
+    def candidates(self, labels: Mapping[str, str]) -> list[Rule]:
+        """The rules that may match these labels, in file order (others certainly do not)."""
+        named = self._by_alertname.get(labels.get("alertname", ""), ())
+        if not named:
+            return [self.rules[i] for i in self._unindexed]
+        if not self._unindexed:
+            return [self.rules[i] for i in named]
+        return [self.rules[i] for i in sorted((*named, *self._unindexed))]
