@@ -464,33 +464,35 @@ def reject(operation_id: int, state_path: str | None, who: str | None) -> None:
 
 @main.command()
 @STATE_OPTION
+@AS_OPTION
 @user_errors
-def pause(state_path: str | None) -> None:
+def pause(state_path: str | None, who: str | None) -> None:
     """Stop sending operations (the kill switch); webhooks are still received and audited.
+
+    The pause is audited (outcome sending_paused) under the name given by --as.
 
     \b
     Example:
-        alert-bridge pause && alert-bridge status
+        alert-bridge pause --as alice && alert-bridge status
     """
-    from bridge.store import PAUSED
-
-    store = open_store(state_path)
-    if store.get_flag(PAUSED) is None:
-        store.set_flag(PAUSED, time.time())
+    open_store(state_path).pause(time.time(), _person(who))
     say("Paused: no operation is sent until `alert-bridge resume`.")
 
 
 @main.command()
 @STATE_OPTION
+@AS_OPTION
 @user_errors
-def resume(state_path: str | None) -> None:
+def resume(state_path: str | None, who: str | None) -> None:
     """Resume sending after `pause`, or after the storm breaker tripped.
+
+    The resumption is audited (outcome sending_resumed) under the name given by --as.
 
     \b
     Example:
-        alert-bridge status && alert-bridge resume
+        alert-bridge status && alert-bridge resume --as alice
     """
-    was = open_store(state_path).resume(time.time())
+    was = open_store(state_path).resume(time.time(), _person(who))
     say(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
 
 

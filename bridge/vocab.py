@@ -84,6 +84,9 @@ class Outcome(StrEnum):
 
     APPROVED = "approved"
     COOLDOWN_CLEARED = "cooldown_cleared"
+    #: A person paused sending, or resumed it (from the console or the CLI).
+    SENDING_PAUSED = "sending_paused"
+    SENDING_RESUMED = "sending_resumed"
 
 
 class CallOutcome(StrEnum):
