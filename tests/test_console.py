@@ -34,15 +34,9 @@ from tests.browser import (
 )
 from tests.conftest import Bridge, Fake
 from tests.helpers import BridgeProcess, ThreadServer, audit, need, outcomes, wait_until
+from tests.test_guards import WIPE, Clock
 
-RULES = """\
-defaults: {cooldown: 1h}
-rules:
-  - name: wipe-owned
-    match: ['alertname = "Owned"']
-    device: "{{ labels.device }}"
-    operation: factory
-    allow_destructive: true
+RULES = "defaults: {cooldown: 1h}\n" + WIPE + """\
   - name: sync-drift
     match: ['alertname = "Drift"']
     device: "{{ labels.device }}"
@@ -241,14 +235,6 @@ def test_the_session_cookie_is_http_only_same_site_strict_and_secure_over_https(
                         **console(external_url="https://noc.example.net"))
     form = requests.get(https.url + "/ui/login", timeout=5)
     assert "Secure" in form.headers["Set-Cookie"]
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_session_ends_after_its_idle_time_and_at_logout(

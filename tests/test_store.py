@@ -17,6 +17,7 @@ import requests
 
 from bridge.audit import AuditQuery
 from bridge.store import PAUSED, WAL_LIMIT, AskingAlert, DeviceSeen, SqliteStore, StoreError
+from tests import test_guards as guards
 from tests.conftest import Bridge
 from tests.helpers import BridgeProcess, payload, payload_json, wait_until
 
@@ -163,24 +164,9 @@ def test_a_small_volume_holds_the_state_and_the_bridge_recovers_when_space_is_fr
 
 # -- the queries the console reads ------------------------------------------------------------
 
-WIPE = """\
-defaults: {approval_timeout: 1h, cooldown: 1m}
-rules:
-  - name: wipe-owned
-    match: ['alertname = "Owned"']
-    device: "{{ labels.device }}"
-    operation: factory
-    allow_destructive: true
-"""
-DAY = 1_800_014_400.0  # 2027-01-15T12:00:00Z
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+WIPE = "defaults: {approval_timeout: 1h, cooldown: 1m}\n" + guards.WIPE
+DAY = guards.NOON
+Clock = guards.Clock
 
 
 def owned(device: str, **annotations: str) -> bytes:
