@@ -411,9 +411,10 @@ def pending(state_path: str | None, as_json: bool) -> None:
     if not ops:
         say("No operation is waiting for approval.")
         return
-    header = ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT")
-    rows = [(str(op.id), iso(op.created)[:-5].replace("T", " "), op.rule, op.device,
-             op.operation, f"{op.alertname}[{op.fingerprint[:8]}]") for op in ops]
+    header: tuple[str, ...] = ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT")
+    rows: list[tuple[str, ...]] = [
+        (str(op.id), iso(op.created)[:-5].replace("T", " "), op.rule, op.device, op.operation,
+         f"{op.alertname}[{op.fingerprint[:8]}]") for op in ops]
     if external:
         header += ("CONSOLE",)
         rows = [(*row, operation_url(external, op.id)) for row, op in zip(rows, ops, strict=True)]

@@ -13,7 +13,8 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Response, redirect, url_for
+from flask import Flask, redirect, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from bridge.console import actions
 from bridge.console.auth import ConsoleAuth
@@ -42,8 +43,8 @@ def init_app(app: Flask, clock: Callable[[], float]) -> None:
         log.info("console: %s", auth.problem)
 
 
-def _to_console() -> Response:
-    return redirect(url_for("console.overview"))  # type: ignore[return-value]
+def _to_console() -> BaseResponse:
+    return redirect(url_for("console.overview"))
 
 
 def _path(external_url: str) -> str:

@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Response, g, redirect, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from bridge import payloads
 from bridge.console.auth import COOKIE, LOGIN_COOKIE, LOGIN_FORM_TTL, name_problem
@@ -22,7 +23,7 @@ from bridge.errors import BridgeError, PayloadError
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-Answer = Response | tuple[str, int]
+Answer = BaseResponse | tuple[str, int]
 
 
 def admin_only(view: F) -> F:
@@ -86,7 +87,7 @@ def log_in() -> Answer:
 
 
 @bp.post("/logout")
-def log_out() -> Response:
+def log_out() -> BaseResponse:
     log.info("console: %s logged out", g.person.who)
     g.logged_out = True
     response = redirect(url_for("console.login"), 303)

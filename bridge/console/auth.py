@@ -137,7 +137,7 @@ class ConsoleAuth:
     def login_form_ok(self, sent: str, cookie: str | None) -> bool:
         """Whether a login form came back with the token its own page was given."""
         try:
-            expected = self._forms.loads(cookie or "", max_age=LOGIN_FORM_TTL)
+            expected = self._forms.loads(cookie or "", max_age=int(LOGIN_FORM_TTL))
         except BadSignature:  # SignatureExpired too: a form left open too long
             return False
         return isinstance(expected, str) and hmac.compare_digest(sent.encode(), expected.encode())

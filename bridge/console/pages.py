@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, g, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from bridge.audit import MAX_ID, AuditQuery, AuditRecord, iso, table_row, to_json_line
 from bridge.console.auth import COOKIE, csrf_ok
@@ -68,7 +69,7 @@ def _when(ts: float | None) -> str:
 
 
 @bp.before_request
-def _check_request() -> Response | tuple[str, int] | None:
+def _check_request() -> BaseResponse | tuple[str, int] | None:
     """Console off, not logged in, a form from another site or without its CSRF token:
     each is answered here, before any page runs."""
     if request.endpoint == "console.static":
