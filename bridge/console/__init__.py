@@ -17,7 +17,7 @@ from flask import Flask, redirect, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from bridge.console import actions
-from bridge.console.auth import ConsoleAuth
+from bridge.console.auth import NO_SECRET, ConsoleAuth
 from bridge.console.context import Console
 from bridge.console.pages import bp
 
@@ -39,6 +39,8 @@ def init_app(app: Flask, clock: Callable[[], float]) -> None:
         app.wsgi_app = Prefixed(app.wsgi_app, prefix)  # type: ignore[method-assign]
     if auth.enabled:
         log.info("console: on at %s/ui/ (%r)", settings.external_url or "", auth)
+    elif auth.problem == NO_SECRET:  # tokens are set: someone meant to turn it on
+        log.warning("console: %s", auth.problem)
     else:
         log.info("console: %s", auth.problem)
 
