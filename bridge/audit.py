@@ -205,7 +205,8 @@ class AuditQuery:
     rule: str | None = None
     outcome: str | None = None
     since: float | None = None  # epoch seconds
-    #: Only the records of this operation: its decision, approval, attempts and outcome.
+    #: Only the records of this operation: its decision, approval, attempts and outcome. Give
+    #: its device too: the audit is indexed by device.
     operation_id: int | None = None
     after_id: int = 0
     #: Only records older than this one (paging backwards from the newest); None: no bound.

@@ -291,7 +291,6 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE INDEX IF NOT EXISTS audit_demand ON audit (event, ts, outcome);
 CREATE INDEX IF NOT EXISTS audit_device ON audit (device, id);
-CREATE INDEX IF NOT EXISTS audit_operation ON audit (operation_id, id);
 """
 
 _COOLDOWN_COLUMNS = "device, operation, until, rule, operation_id"

@@ -179,7 +179,10 @@ def operation(operation_id: str, error: str | None = None,
     return page("operation.html", status, op=op, error=error,
                 done=request.args.get("done") if error is None else None,
                 alert=s.store.asking_alerts([op_id]).get(op_id),
-                timeline=s.store.audit(AuditQuery(operation_id=op_id, limit=None)))
+                # With the device: the audit is indexed by device, not by operation (an
+                # index more would cost every webhook a page more to write).
+                timeline=s.store.audit(AuditQuery(device=op.device, operation_id=op_id,
+                                                  limit=None)))
 
 
 @bp.get("/audit")
