@@ -7,14 +7,24 @@ can never hold what the file could not.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import jinja2
 
 from bridge.rules.kinds import NO_DEFAULT
 from bridge.rules.matchers import Matcher
-from bridge.rules.schema import BREAKER, BUDGET, DEFAULTS, DESTRUCTIVE, GIVE_UP, RISK, RULE, TOP
+from bridge.rules.schema import (
+    BREAKER,
+    BUDGET,
+    DEFAULTS,
+    DESTRUCTIVE,
+    GIVE_UP,
+    RISK,
+    RULE,
+    STEP,
+    TOP,
+)
 from bridge.rules.sections import Field, ListOf, Nested, Section
 from bridge.rules.templates import compile_template, render_device
 from bridge.rules.windows import Window
@@ -62,7 +72,26 @@ class Breaker:
         BREAKER.check(self)
 
 
-_CLASSES: Mapping[str, type] = {cls.SECTION.name: cls for cls in (GiveUp, Window, Budget, Breaker)}
+@dataclass(frozen=True)
+class Step:
+    """A step of a rule's ladder after the first: what to try when the one before did not
+    remediate. What it leaves out (None) is the rule's."""
+
+    operation: str
+    verify: float | None = None  # seconds
+    cooldown: float | None = None  # seconds
+    allow_destructive: bool = False
+    require_approval: bool | None = None
+
+    SECTION: ClassVar[Section] = STEP
+
+    def __post_init__(self) -> None:
+        STEP.check(self)
+
+
+_CLASSES: Mapping[str, type] = {
+    cls.SECTION.name: cls for cls in (GiveUp, Window, Budget, Breaker, Step)
+}
 
 
 def resolve(entry: Field, *layers: Mapping[str, Any]) -> Any:
@@ -128,7 +157,12 @@ class Rule:
     #: Whether a person must approve each operation. Left out (None) it becomes True for
     #: destructive operations and False otherwise; after construction it is always a bool.
     require_approval: bool = field(default=RULE["require_approval"].default, kw_only=True)
+    #: Seconds to watch the alert after the operation succeeded; 0: not verified.
+    verify: float = field(default=RULE["verify"].default, kw_only=True)
+    #: The steps after this rule's own operation, taken while the one before did not remediate.
+    escalate: tuple[Step, ...] = field(default=(), kw_only=True)
     _template: jinja2.Template | None = field(default=None, repr=False, compare=False, kw_only=True)
+    _ladder: tuple[Rule, ...] = field(default=(), init=False, repr=False, compare=False)
 
     SECTION: ClassVar[Section] = RULE
 
@@ -138,6 +172,34 @@ class Rule:
             object.__setattr__(self, "require_approval", self.operation in DESTRUCTIVE)
         if self._template is None:
             object.__setattr__(self, "_template", compile_template(self.device))
+        rungs = [self, *(self._rung(step) for step in self.escalate)]
+        for number, rung in enumerate(rungs[:-1], 1):
+            if not rung.verify:
+                raise ValueError(_ladder_needs_verify(number, len(rungs)))
+        object.__setattr__(self, "_ladder", tuple(rungs))
+
+    def _rung(self, step: Step) -> Rule:
+        """This rule as the given step runs it: the step's operation and what it sets, the
+        rule's matchers, device, window and other guards."""
+        return replace(
+            self, operation=step.operation, allow_destructive=step.allow_destructive,
+            require_approval=step.require_approval, escalate=(), _template=self._template,
+            cooldown=self.cooldown if step.cooldown is None else step.cooldown,
+            verify=self.verify if step.verify is None else step.verify,
+        )
+
+    @property
+    def steps(self) -> int:
+        """How many steps the ladder has: the rule's operation and each of `escalate`."""
+        return len(self._ladder)
+
+    def step(self, number: int) -> Rule:
+        """The rule as step `number` (1: the rule itself, 2: the first of `escalate`) runs it.
+
+        Raises IndexError for a step the ladder does not have."""
+        if not 1 <= number <= len(self._ladder):
+            raise IndexError(f"rule '{self.name}' has {len(self._ladder)} step(s), not {number}")
+        return self._ladder[number - 1]
 
     @property
     def risk(self) -> str:
@@ -164,6 +226,12 @@ class Rule:
         """
         assert self._template is not None
         return render_device(self._template, labels, annotations, self.name)
+
+
+def _ladder_needs_verify(number: int, steps: int) -> str:
+    what = "'verify'" if number == 1 else f"'verify' of step {number} (escalate)"
+    return (f"{what} is needed: step {number + 1} of {steps} follows only when step {number}"
+            " did not remediate within it")
 
 
 @dataclass(frozen=True)
