@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+#: The label every alert the bridge sends carries (with the value "true"): routes send them to
+#: people with it, and the bridge never acts on an alert that has it.
+OWN_LABEL = "alert_bridge"
+
 
 class Verdict(StrEnum):
     """What decide() concluded for one alert and rule (the audit's `outcome` of a decision)."""
