@@ -81,6 +81,11 @@ class Fake:
         """The API rotates its token: only `token` is accepted from now on."""
         requests.put(f"{self.control}/token", json={"token": token}, timeout=5).raise_for_status()
 
+    def set_durations(self, **seconds: float) -> None:
+        """Have the fake claim that these operations take this long (estimated_completion)."""
+        r = requests.put(f"{self.control}/durations", json=seconds, timeout=5)
+        assert r.status_code == 200, r.text
+
     def open_gate(self) -> None:
         """Let the calls held by a `hold` behaviour go on."""
         requests.post(f"{self.control}/gate", timeout=5).raise_for_status()
