@@ -1,41 +1,29 @@
-"""Telling people: the bridge's own alerts, sent to the team's Alertmanager and chat webhooks.
+"""Telling people: the bridge's notices, delivered to the team's Alertmanager and chat webhooks.
 
-What a person should know (an operation waits for approval, one failed, a ladder ran out, the
-storm breaker is open) is a Notice, derived afresh from the stored state on every round of the
-closing loop, as Prometheus evaluates its rules. Alertmanager gets every notice in force again
-and again with `endsAt` ahead, and `endsAt` now once it ended; its routes, silences and
-inhibitions decide who hears. Chat webhooks (Slack, Mattermost) get one message when a notice
-starts and one when it ends. Delivery never blocks dispatch (it runs in the loop's thread),
-failures are retried on the next round and logged, and no message carries a secret: notices
-hold names, ids and the bridge's own words, and URLs are logged by host only.
+What a person should know is a Notice (bridge.notices). Alertmanager gets every notice in
+force again and again with `endsAt` ahead, and `endsAt` now once it ended; its routes,
+silences and inhibitions decide who hears. Chat webhooks (Slack, Mattermost) get one message
+when a notice starts and one when it ends. Delivery never blocks dispatch (it runs in the
+closing loop's thread), failures are retried on the next round and logged, and no message
+carries a secret: notices hold names, ids and the bridge's own words, and URLs are logged by
+host only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from bridge.audit import iso
 from bridge.client import Secret
-from bridge.rules import format_duration
-from bridge.vocab import OWN_LABEL
+from bridge.notices import Delivered, Told
 
 log = logging.getLogger(__name__)
-
-# The names of the bridge's alerts: routes and silences match them, keep them as they are.
-APPROVAL_PENDING = "AlertBridgeApprovalPending"
-OPERATION_FAILED = "AlertBridgeOperationFailed"
-NOT_REMEDIATED = "AlertBridgeNotRemediated"
-BREAKER_OPEN = "AlertBridgeBreakerOpen"
-ALERTNAMES = (APPROVAL_PENDING, OPERATION_FAILED, NOT_REMEDIATED, BREAKER_OPEN)
 
 #: Alertmanager resolves an alert by itself once its endsAt passes. Prometheus sends endsAt
 #: four resend intervals ahead: one lost round, or a bridge restarting, resolves nothing.
@@ -48,121 +36,6 @@ GIVE_UP = 3600.0
 #: Each delivery waits at most this long for an answer: a slow receiver delays only the next
 #: round of the loop, never dispatch.
 TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something a person should know, for as long as it lasts: one alert of the bridge's."""
-
-    alertname: str  # one of ALERTNAMES
-    severity: str  # "warning" or "critical"
-    #: Identify it: device, operation, rule, source_alertname, operation_id (as relevant).
-    labels: Mapping[str, str]
-    summary: str  # one line: what happened
-    action: str  # what a person can do about it: the exact command
-    since: float  # when it started
-    url: str = ""  # the console's page for it, when BRIDGE_EXTERNAL_URL is set
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
-
-    @property
-    def all_labels(self) -> dict[str, str]:
-        """The label set Alertmanager sees (and deduplicates on)."""
-        return {"alertname": self.alertname, OWN_LABEL: "true", "severity": self.severity,
-                **self.labels}
-
-    @property
-    def key(self) -> str:
-        """Its identity: the same condition gets the same key on every round and replica."""
-        return json.dumps(self.all_labels, sort_keys=True, separators=(",", ":"))
-
-    @property
-    def annotations(self) -> dict[str, str]:
-        notes = {"summary": self.summary, "action": self.action}
-        if self.url:
-            notes["console_url"] = self.url
-        return notes
-
-    def to_alertmanager(self, ends_at: float) -> dict[str, Any]:
-        """The alert as Alertmanager's POST /api/v2/alerts takes it."""
-        doc: dict[str, Any] = {"labels": self.all_labels, "annotations": self.annotations,
-                               "startsAt": iso(self.since), "endsAt": iso(ends_at)}
-        if self.url:
-            doc["generatorURL"] = self.url
-        return doc
-
-    def to_webhook(self, ended: float | None) -> dict[str, Any]:
-        """The JSON a chat webhook gets: `text` for people (what Slack and Mattermost show),
-        the rest for programs."""
-        status = "resolved" if ended is not None else "firing"
-        text = f"[{status.upper()}] {self.alertname}: {self.summary}"
-        if ended is None:
-            text += f"\n{self.action}" + (f"\n{self.url}" if self.url else "")
-        return {"text": chat_text(text), "status": status, "alertname": self.alertname,
-                "labels": self.all_labels, "annotations": self.annotations,
-                "startsAt": iso(self.since), **({"endsAt": iso(ended)} if ended else {})}
-
-
-def chat_text(text: str) -> str:
-    """`text` with &, < and > escaped as Slack asks: a label holding <!channel> must not ping
-    a whole channel, and <url|label> must not disguise a link."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-# -- the notices, from what the store holds ---------------------------------------------------
-
-def _what(operation: str, device: str, rule: str, operation_id: int) -> str:
-    return f"{operation} on {device} (rule {rule}, operation {operation_id})"
-
-
-def _op_labels(device: str, operation: str, rule: str, source_alertname: str,
-               operation_id: int) -> dict[str, str]:
-    return {"device": device, "operation": operation, "rule": rule,
-            "source_alertname": source_alertname, "operation_id": str(operation_id)}
-
-
-def approval_pending(*, operation_id: int, device: str, operation: str, rule: str,
-                     source_alertname: str, since: float, expires_at: float,
-                     url: str = "") -> Notice:
-    return Notice(
-        APPROVAL_PENDING, "warning",
-        _op_labels(device, operation, rule, source_alertname, operation_id),
-        f"{_what(operation, device, rule, operation_id)} waits for approval until"
-        f" {iso(expires_at)}",
-        f"alert-bridge approve {operation_id}  (or: alert-bridge reject {operation_id})",
-        since, url)
-
-
-def operation_failed(*, operation_id: int, device: str, operation: str, rule: str,
-                     source_alertname: str, outcome: str, reason: str, since: float,
-                     url: str = "") -> Notice:
-    why = f" ({reason})" if reason else ""
-    return Notice(
-        OPERATION_FAILED, "warning",
-        _op_labels(device, operation, rule, source_alertname, operation_id),
-        f"{_what(operation, device, rule, operation_id)} ended {outcome}{why}",
-        f"check {device}; alert-bridge audit --device {device}; then"
-        f" alert-bridge ack {operation_id}", since, url)
-
-
-def not_remediated(*, operation_id: int, device: str, operation: str, rule: str,
-                   source_alertname: str, verify: float, why: str, since: float,
-                   url: str = "") -> Notice:
-    return Notice(
-        NOT_REMEDIATED, "critical",
-        _op_labels(device, operation, rule, source_alertname, operation_id),
-        f"{source_alertname} on {device} still fires {format_duration(verify)} after"
-        f" {_what(operation, device, rule, operation_id)}; {why}",
-        f"a person must look at {device}; alert-bridge ack {operation_id} once in hand",
-        since, url)
-
-
-def breaker_open(*, since: float, reason: str, url: str = "") -> Notice:
-    return Notice(
-        BREAKER_OPEN, "critical", {},
-        f"the storm breaker is open: nothing is sent to the device API ({reason})",
-        "look at what tripped it (alert-bridge status), then alert-bridge resume", since, url)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -223,28 +96,6 @@ class Alertmanagers:
                 log.warning("asking %s which alerts fire failed: %s", shown(url),
                             type(exc).__name__)
         return None
-
-
-@dataclass(frozen=True)
-class Told:
-    """A notice as the store remembers it: when it started and ended, and who knows."""
-
-    notice: Notice
-    ended: float | None = None  # None: in force
-    #: The chat webhooks got the message that it started / that it ended.
-    told_start: bool = False
-    told_end: bool = False
-    #: Alertmanager got it with endsAt now (only matters once it ended).
-    told_resolved: bool = False
-
-    @property
-    def done(self) -> bool:
-        """Nothing is left to tell about it: it may be forgotten."""
-        return self.ended is not None and self.told_end and self.told_resolved
-
-
-#: What one round delivered: for each notice key, the flags to set (Told field names).
-Delivered = dict[str, set[str]]
 
 
 @dataclass

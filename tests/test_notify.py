@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from bridge import notify
+from bridge import notices, notify
 from bridge.client import Secret
-from bridge.notify import Alertmanagers, Notice, Notifier, Sender, Told
+from bridge.notices import Failure, LadderEnd, Notice, NoticeState, Pending, Subject, Told
+from bridge.notify import Alertmanagers, Notifier, Sender
 from tests import alertmanager as am
 from tests.helpers import Clock, Receiver, free_port, wait_until
 
@@ -35,10 +36,9 @@ def ours(caplog: pytest.LogCaptureFixture) -> str:
 
 
 def pending(operation_id: int = 42, url: str = "") -> Notice:
-    return notify.approval_pending(
-        operation_id=operation_id, device="core-switch-01", operation="device_factory",
-        rule="wipe-compromised", source_alertname="Compromised", since=T0,
-        expires_at=T0 + 3600, url=url)
+    subject = Subject(operation_id, "core-switch-01", "device_factory", "wipe-compromised",
+                      "Compromised")
+    return notices.approval_pending(Pending(subject, T0, T0 + 3600), url)
 
 
 def test_a_notice_carries_the_labels_routes_match_and_says_what_to_do() -> None:
@@ -60,22 +60,26 @@ def test_a_notice_carries_the_labels_routes_match_and_says_what_to_do() -> None:
     assert notice.key != pending(operation_id=43).key
 
 
-def test_every_notice_names_its_alert_and_severity() -> None:
-    failed = notify.operation_failed(
-        operation_id=7, device="r1", operation="reboot", rule="reboot-r", source_alertname="Down",
-        outcome="unknown", reason="timeout", since=T0)
-    ladder = notify.not_remediated(
-        operation_id=8, device="r1", operation="reboot", rule="reboot-r", source_alertname="Down",
-        verify=900.0, why="it was the last step", since=T0)
-    breaker = notify.breaker_open(since=T0, reason="storm breaker tripped: 51 operations")
-    assert [(n.alertname, n.severity) for n in (failed, ladder, breaker)] == [
-        ("AlertBridgeOperationFailed", "warning"), ("AlertBridgeNotRemediated", "critical"),
-        ("AlertBridgeBreakerOpen", "critical")]
+def test_every_notice_names_its_alert_and_severity_and_links_the_console() -> None:
+    state = NoticeState(
+        failures=(Failure(Subject(7, "r1", "reboot", "reboot-r", "Down"), "unknown", "timeout",
+                          T0),),
+        ladders=(LadderEnd(Subject(8, "r1", "reboot", "reboot-r", "Down"), 900.0,
+                           "it was the last step of rule reboot-r", T0),),
+        breaker_since=T0, breaker_reason="storm breaker tripped: 51 operations")
+    failed, ladder, breaker = notices.notices(
+        state, lambda op: f"https://noc/ui/operations/{op}" if op else "https://noc/ui/")
+    assert [(n.alertname, n.severity, n.url) for n in (failed, ladder, breaker)] == [
+        ("AlertBridgeOperationFailed", "warning", "https://noc/ui/operations/7"),
+        ("AlertBridgeNotRemediated", "critical", "https://noc/ui/operations/8"),
+        ("AlertBridgeBreakerOpen", "critical", "https://noc/ui/")]
     assert failed.summary == "reboot on r1 (rule reboot-r, operation 7) ended unknown (timeout)"
     assert failed.action.endswith("alert-bridge ack 7")
     assert ladder.summary == ("Down on r1 still fires 15m after reboot on r1 (rule reboot-r,"
-                              " operation 8); it was the last step")
+                              " operation 8); no step follows: it was the last step of rule"
+                              " reboot-r")
     assert breaker.labels == {} and breaker.action.endswith("alert-bridge resume")
+    assert notices.notices(NoticeState()) == []
 
 
 def test_chat_text_cannot_ping_a_channel_or_disguise_a_link() -> None:
