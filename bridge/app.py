@@ -265,12 +265,14 @@ def create_app(
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
-        try:  # a reload the master refused shows on every worker's scrape
+        try:  # the master records reloads in the store: any worker answers for the bridge
             ok_at, failed_at = store.get_flag(RELOAD_OK), store.get_flag(RELOAD_FAILED)
         except BridgeError:
             ok_at = failed_at = None  # the store's own gauge says it is down
         if failed_at is not None and (ok_at is None or failed_at > ok_at):
             metrics.note_reload(False, failed_at)
+        else:  # never refused since the start, or a good reload came after the refusal
+            metrics.note_reload(True, ok_at or 0.0)
         # Unauthenticated, like any Prometheus exporter: counts and states, never a secret.
         return Response(metrics.render(), content_type=CONTENT_TYPE)
 

@@ -109,11 +109,14 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     )
     rules = load_rules(settings.rules_path)
     from bridge.dispatch import API_UNAUTHORIZED
+    from bridge.store import RELOAD_FAILED
 
     # Opening the store now fails the start early on an unusable state path. A restart is
-    # how an operator applies a fixed token, so an old "API rejected the token" is cleared.
+    # how an operator applies a fixed token, so an old "API rejected the token" is cleared;
+    # and the file just loaded is valid, so a reload refused before the restart is over.
     store = settings.open_store()
     store.set_flag(API_UNAUTHORIZED, None)
+    store.set_flag(RELOAD_FAILED, None)
     depth = store.queue_depth(time.time())
     store.close()
     setup_logging(settings.log_format)

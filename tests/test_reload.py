@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from bridge.cli import main
 from bridge.rules import parse_rules
 from tests.conftest import RULES, Fake
-from tests.helpers import BridgeProcess, audit, payload, wait_until
+from tests.helpers import BridgeProcess, audit, payload, scrape, value, wait_until
 
 NEW_RULE = """\
   - name: added-later
@@ -20,6 +20,30 @@ NEW_RULE = """\
     device: "{{ labels.device }}"
     operation: sync
 """
+
+
+BAD = RULES + NEW_RULE.replace("operation: sync", "operation: rebot")
+
+
+def refuse(bridge: BridgeProcess) -> None:
+    """Reload a file that fails validation; return once the master has refused it."""
+    refusals = bridge.log().count("rules reload refused")
+    bridge.rules.write_text(BAD)
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: bridge.log().count("rules reload refused") > refusals,
+               what="the refusal in the log")
+
+
+def reload_success(bridge: BridgeProcess) -> float | None:
+    return value(scrape(bridge.url), "alert_bridge_reload_success")
+
+
+def status_rules_line(bridge: BridgeProcess) -> str:
+    result = CliRunner().invoke(main, ["status", "--state", str(bridge.state),
+                                       "--url", bridge.url, "--last", "0"])
+    assert result.exit_code == 0, result.output
+    return "".join(line for line in result.output.splitlines() if line.startswith("Rules:"))
 
 
 def versions(bridge: BridgeProcess, n: int = 12) -> set[str]:
@@ -72,3 +96,30 @@ def test_a_bad_file_is_refused_whole_and_every_worker_keeps_the_old_rules(
                   timeout=10)
     assert [(r.outcome, r.rules_version) for r in audit(bridge)] == [("no_match", new)]
     assert bridge.stop() == 0
+
+
+def test_a_fixed_file_and_a_restart_forget_a_refused_reload(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    bridge = gunicorn_bridge(workers=2)
+    refuse(bridge)
+    assert reload_success(bridge) == 0
+    assert "REFUSED" in status_rules_line(bridge)
+    assert bridge.stop() == 0
+    again = gunicorn_bridge(RULES + NEW_RULE, workers=2, state=bridge.state)
+    assert [reload_success(again) for _ in range(6)] == [1] * 6  # whichever worker answers
+    assert "REFUSED" not in status_rules_line(again)
+
+
+def test_a_good_reload_forgets_a_refused_one_even_back_to_the_running_file(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    bridge = gunicorn_bridge(workers=2)
+    refuse(bridge)
+    assert [reload_success(bridge) for _ in range(6)] == [0] * 6
+    bridge.rules.write_text(RULES)  # what every worker runs: a reload changes no rule
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: status_rules_line(bridge).startswith("Rules:    last reloaded at"),
+               what="the refusal forgotten")
+    assert [reload_success(bridge) for _ in range(6)] == [1] * 6
