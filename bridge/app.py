@@ -66,7 +66,8 @@ def create_app(
                       rules_loaded=lambda: len(app.extensions["bridge"]["rules"].rules))
     dispatcher = None
     if client is not None and not settings.dry_run:
-        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock, metrics=metrics)
+        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock, metrics=metrics,
+                                rules=rules)
         if start_dispatcher:
             dispatcher.start()
 
@@ -231,15 +232,23 @@ def create_app(
     @app.post("/api/operations/<operation_id>/<any(approve, reject):verdict>")
     def settle(operation_id: str, verdict: str) -> tuple[Response, int] | Response:
         def act() -> Response:
-            body = request.get_json(silent=True)
-            who = str(body.get("by", "")) if isinstance(body, dict) else ""
             now = clock()
             op = store.settle(_integer("operation_id", operation_id, 1, MAX_ID),
-                              verdict == "approve", f"{who or 'api'} (HTTP)",
-                              now, max_age=settings.max_age,
+                              verdict == "approve", _operator(), now,
+                              max_age=settings.max_age,
                               release_until=now + settings.failure_cooldown)
             if dispatcher is not None and verdict == "approve":
                 dispatcher.wake()
+            return jsonify(op.to_json())
+
+        return admin(act)
+
+    @app.post("/api/operations/<operation_id>/cancel")
+    def cancel(operation_id: str) -> tuple[Response, int] | Response:
+        def act() -> Response:
+            who = _operator()
+            (op,) = store.cancel(lambda _: f"cancelled by {who}", clock(),
+                                 operation_id=_integer("operation_id", operation_id, 1, MAX_ID))
             return jsonify(op.to_json())
 
         return admin(act)
@@ -362,6 +371,21 @@ def _integer(name: str, text: str, low: int, high: int) -> int:
         return int(text)
     shown = text if len(text) <= 40 else text[:40] + "..."
     raise ParameterError(name, f"must be an integer from {low} to {high}, got {shown!r}")
+
+
+def _operator() -> str:
+    """Who acts over the operator API, for the audit: the optional JSON body {"who": NAME}
+    (approve and reject also read "by", their first name for it)."""
+    if not request.get_data(cache=True):
+        return "api (HTTP)"
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise PayloadError('the body must be empty or a JSON object such as {"who": "alice"}')
+    key = "who" if "who" in body or "by" not in body else "by"
+    name = body.get(key, "")
+    if not isinstance(name, str):
+        raise PayloadError("must be a string: the name recorded in the audit", where=key)
+    return f"{name or 'api'} (HTTP)"
 
 
 def _decision_json(r: Recorded) -> dict[str, object]:

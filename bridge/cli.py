@@ -481,6 +481,29 @@ def reject(operation_id: int, state_path: str | None, who: str | None) -> None:
 
 
 @main.command()
+@click.argument("operation_id", type=OPERATION_ID, metavar="ID")
+@STATE_OPTION
+@AS_OPTION
+@user_errors
+def cancel(operation_id: int, state_path: str | None, who: str | None) -> None:
+    """End an operation that waits to be sent (queued, held or pending approval): it is never
+    sent. For one queued by mistake, or held for a maintenance window you no longer want.
+
+    One that is being sent, or has ended, cannot be cancelled. The cooldown it claimed stays,
+    so the alert that asked for it does not queue it again at once.
+
+    \b
+    Example:
+        alert-bridge audit --outcome held_for_window --json | jq .operation_id
+        alert-bridge cancel 42 --as alice
+    """
+    (op,) = open_store(state_path).cancel(lambda _: f"cancelled by {_person(who)}", time.time(),
+                                          operation_id=operation_id)
+    say(f"Cancelled operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+        " it will not be sent.")
+
+
+@main.command()
 @STATE_OPTION
 @AS_OPTION
 @user_errors

@@ -121,7 +121,7 @@ class Metrics:
             ["rule", "operation", "verdict"], registry=registry)
         self._outcomes = Counter(
             p + "operation_outcomes", "Operations ended, by operation and outcome"
-            " (succeeded, failed, unknown, expired).",
+            " (succeeded, failed, unknown, expired; cancelled when their rule went).",
             ["operation", "outcome"], registry=registry)
         self._api_duration = Histogram(
             p + "api_call_duration_seconds", "Device API calls (each attempt), by operation.",

@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
+import pytest
 import requests
 from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.rules import parse_rules
 from tests.conftest import RULES, Fake
-from tests.helpers import BridgeProcess, audit, payload, scrape, value, wait_until
+from tests.helpers import (
+    BridgeProcess,
+    alert,
+    audit,
+    outcomes,
+    payload,
+    scrape,
+    value,
+    wait_until,
+    webhook,
+)
 
 NEW_RULE = """\
   - name: added-later
@@ -123,3 +135,54 @@ def test_a_good_reload_forgets_a_refused_one_even_back_to_the_running_file(
     wait_until(lambda: status_rules_line(bridge).startswith("Rules:    last reloaded at"),
                what="the refusal forgotten")
     assert [reload_success(bridge) for _ in range(6)] == [1] * 6
+
+
+def waiting_rules() -> str:
+    """A rule held for a window that opens in three hours, and one that waits for approval."""
+    opens = datetime.now(UTC) + timedelta(hours=3)
+    return f"""\
+rules:
+  - name: night-reconf
+    match: ['alertname = "Drift"']
+    device: "{{{{ labels.device }}}}"
+    operation: reconf
+    window: {{start: "{opens:%H:%M}", end: "{opens + timedelta(hours=1):%H:%M}", timezone: UTC}}
+  - name: asked-sync
+    match: ['alertname = "Drift"']
+    device: "{{{{ labels.device }}}}"
+    operation: sync
+    require_approval: true
+"""
+
+
+@pytest.mark.parametrize("how", ["reload", "restart"])
+def test_operations_of_a_removed_or_shadowed_rule_are_cancelled(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake, how: str
+) -> None:
+    held = waiting_rules()
+    bridge = gunicorn_bridge(held, workers=2)
+    drift = webhook(alert("Drift", "r1"))
+    answer = requests.post(bridge.url + "/webhook", data=drift, timeout=10).json()
+    assert answer["summary"] == {"held_for_window": 1, "pending_approval": 1}
+    # night-reconf deleted, asked-sync in shadow mode.
+    kept = held.split("  - name: asked-sync", 1)[1]
+    changed = "rules:\n  - name: asked-sync" + kept.replace("    require_approval: true",
+                                                           "    dry_run: true")
+    bridge.rules.write_text(changed)
+    if how == "reload":
+        assert bridge.proc is not None
+        bridge.proc.send_signal(signal.SIGHUP)
+    else:
+        assert bridge.stop() == 0
+        bridge = gunicorn_bridge(changed, workers=2, state=bridge.state)
+    where = f"{bridge.rules} (rules version {parse_rules(changed).version})"
+    assert sorted((o.rule, o.outcome, o.reason) for o in outcomes(bridge, 2)) == [
+        ("asked-sync", "cancelled", f"rule 'asked-sync' is in shadow mode (dry_run) in {where}"),
+        ("night-reconf", "cancelled", f"rule 'night-reconf' was removed from {where}"),
+    ]
+    wait_until(lambda: "cancelled: rule 'night-reconf' was removed" in bridge.log(),
+               what="the cancellation in the log")
+    # Never sent, and the cooldown released: the shadow rule now reports what it would do.
+    again = requests.post(bridge.url + "/webhook", data=drift, timeout=10).json()
+    assert again["summary"] == {"dry_run": 1}
+    assert fake.calls() == []
