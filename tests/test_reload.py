@@ -35,6 +35,13 @@ NEW_RULE = """\
 
 
 BAD = RULES + NEW_RULE.replace("operation: sync", "operation: rebot")
+#: POST /-/reload is an operator endpoint: it needs one of BRIDGE_ADMIN_TOKENS.
+OPERATOR = {"BRIDGE_ADMIN_TOKENS": "adm-reload-1"}
+AS_OPERATOR = {"Authorization": "Bearer adm-reload-1"}
+
+
+def post_reload(bridge: BridgeProcess) -> requests.Response:
+    return requests.post(bridge.url + "/-/reload", headers=AS_OPERATOR, timeout=5)
 
 
 def refuse(bridge: BridgeProcess) -> None:
@@ -81,7 +88,7 @@ def test_a_changed_file_reaches_every_worker(gunicorn_bridge: Callable[..., Brid
 def test_a_bad_file_is_refused_whole_and_every_worker_keeps_the_old_rules(
     gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
 ) -> None:
-    bridge = gunicorn_bridge(workers=3)
+    bridge = gunicorn_bridge(workers=3, env=OPERATOR)
     (old,) = versions(bridge)
     bridge.rules.write_text(RULES + NEW_RULE.replace("operation: sync", "operation: rebot"))
     assert bridge.proc is not None
@@ -94,13 +101,13 @@ def test_a_bad_file_is_refused_whole_and_every_worker_keeps_the_old_rules(
         status.output
     scrape = requests.get(bridge.url + "/metrics", timeout=5).text
     assert "alert_bridge_reload_success 0.0" in scrape
-    answer = requests.post(bridge.url + "/-/reload", timeout=5)
+    answer = post_reload(bridge)
     assert answer.status_code == 400
     assert answer.json()["error"] == f"rules file invalid: still running version {old}"
     assert any("unknown operation 'rebot'" in p for p in answer.json()["problems"])
     # Fixed: POST /-/reload makes every worker switch.
     bridge.rules.write_text(RULES + NEW_RULE)
-    answer = requests.post(bridge.url + "/-/reload", timeout=5)
+    answer = post_reload(bridge)
     assert answer.status_code == 202
     new = answer.json()["version"]
     wait_until(lambda: versions(bridge) == {new}, timeout=30, what="every worker on new rules")
@@ -186,3 +193,46 @@ def test_operations_of_a_removed_or_shadowed_rule_are_cancelled(
     again = requests.post(bridge.url + "/webhook", data=drift, timeout=10).json()
     assert again["summary"] == {"dry_run": 1}
     assert fake.calls() == []
+
+
+def test_a_second_reload_is_served_while_the_first_drains_a_slow_call(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    # The call stays in flight until the test opens the gate: the worker the first reload
+    # replaced drains it meanwhile (both limits far above how long the test holds it).
+    env = {"BRIDGE_API_TIMEOUT": "120", "BRIDGE_DRAIN_TIMEOUT": "120", **OPERATOR}
+    bridge = gunicorn_bridge(workers=2, env=env)
+    fake.behave(hold=True, times=1)
+    requests.post(bridge.url + "/webhook", data=payload("alertmanager_resolved.json"),
+                  timeout=10)
+    fake.arrived(1)  # and held: the slow call in flight
+    second = RULES + NEW_RULE
+    bridge.rules.write_text(second)
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: versions(bridge) == {parse_rules(second).version},
+               what="every worker on the second rules")
+    third = second + NEW_RULE.replace("added-later", "added-last")
+    bridge.rules.write_text(third)
+    try:
+        answer = post_reload(bridge)
+        assert (answer.status_code, answer.json()["version"]) == (
+            202, parse_rules(third).version)
+        wait_until(lambda: versions(bridge) == {parse_rules(third).version}, timeout=30,
+                   what="every worker on the third rules while the slow call is still held")
+        assert [c["status"] for c in fake.calls()] == [None]  # still held
+    finally:
+        fake.open_gate()
+    assert [(o.outcome, o.reason) for o in outcomes(bridge, 1)] == [("succeeded", "API call")]
+
+
+def test_a_stop_right_after_a_reload_reaches_the_new_workers(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    bridge = gunicorn_bridge(workers=2)
+    bridge.rules.write_text(RULES + NEW_RULE)
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGHUP)
+    bridge.proc.send_signal(signal.SIGTERM)  # while the new workers are still starting
+    assert bridge.stop(timeout=30) == 0  # well within graceful_timeout (35 s)
+    assert "rules reloaded from" in bridge.log()
