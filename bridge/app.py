@@ -194,9 +194,15 @@ def create_app(
         return jsonify(source=notification.source, dry_run=dry_run, state=True,
                        alerts=explanation_json(results))
 
-    def admin(action: Callable[[], Response]) -> tuple[Response, int] | Response:
+    def admin(action: Callable[[], Response | tuple[Response, int]], otherwise: str = "",
+              ) -> tuple[Response, int] | Response:
+        """Run an operator endpoint for a holder of an admin token. Without any configured,
+        every operator endpoint is closed (403), not open: that is the safe default."""
         if not settings.admin_auth.configured:
-            return jsonify(error="the operator API is disabled: set BRIDGE_ADMIN_TOKENS"), 403
+            return jsonify(error="the operator API is disabled: start the bridge with"
+                                 " BRIDGE_ADMIN_TOKENS (or BRIDGE_ADMIN_TOKENS_FILE) set, and"
+                                 " send one of its tokens as Authorization: Bearer TOKEN"
+                                 + otherwise), 403
         if settings.admin_auth.check(request.headers, b"", clock()) is None:
             log.warning("%s %s from %s refused: authentication failed", request.method,
                         request.path, request.remote_addr)
@@ -254,11 +260,12 @@ def create_app(
         return admin(act)
 
     @app.post("/-/reload")
-    def reload() -> tuple[Response, int]:
-        """Validate the rules file; if it is good, have the master reload every worker."""
-        if settings.admin_auth.configured and \
-                settings.admin_auth.check(request.headers, b"", clock()) is None:
-            return jsonify(error="unauthorized"), 401
+    def reload() -> tuple[Response, int] | Response:
+        return admin(reload_rules, "; without it, SIGHUP to the `alert-bridge serve` process"
+                                   " or a change of the rules file reloads the rules")
+
+    def reload_rules() -> tuple[Response, int]:
+        """Validate the rules file; if it changed, have the master reload every worker."""
         try:
             new = load_rules(settings.rules_path)
         except RulesError as exc:
@@ -266,11 +273,21 @@ def create_app(
             log.error("rules reload refused, still running version %s", rules.version)
             return jsonify(error=f"rules file invalid: still running version {rules.version}",
                            problems=[str(p) for p in exc.problems]), 400
+        if new.version == rules.version:
+            # Nothing to replace: asking again and again costs no worker and no call in
+            # flight. The file is valid, though, so a refusal recorded before is over.
+            store.set_flag(RELOAD_OK, clock())
+            return jsonify(status="unchanged", version=new.version,
+                           message=f"the rules are unchanged, version {new.version}:"
+                                   " nothing to reload"), 200
         master = os.environ.get("BRIDGE_MASTER_PID")
         if not master:
             return jsonify(error="reloading needs the server `alert-bridge serve` starts"), 409
         os.kill(int(master), signal.SIGHUP)  # the master validates again and swaps workers
-        return jsonify(status="reloading", version=new.version, previous=rules.version), 202
+        return jsonify(status="reloading", version=new.version, previous=rules.version,
+                       message=f"new workers serve version {new.version} as soon as they"
+                               " start (/-/ready shows it); the old ones finish their calls"
+                               " in flight"), 202
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

@@ -88,7 +88,8 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings, rules=self.rules)
 
     def reload_rules(self) -> bool:
-        """Validate the rules file again; keep the running rules when it fails, whole."""
+        """Validate the rules file again; True when the workers must be replaced to run it.
+        A file that fails is refused whole; one with the running rules' content is a no-op."""
         path, now = self.settings.rules_path, time.time()
         store = self.settings.open_store()
         try:
@@ -102,6 +103,10 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             store.set_flag(RELOAD_OK, now)
         finally:
             store.close()
+        if rules.version == self.rules.version:
+            log.info("rules file %s unchanged (version %s): no worker replaced", path,
+                     rules.version)
+            return False
         log.info("rules reloaded from %s: version %s -> %s (%d rules)", path,
                  self.rules.version, rules.version, len(rules.rules))
         self.rules = rules

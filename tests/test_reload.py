@@ -226,6 +226,48 @@ def test_a_second_reload_is_served_while_the_first_drains_a_slow_call(
     assert [(o.outcome, o.reason) for o in outcomes(bridge, 1)] == [("succeeded", "API call")]
 
 
+def test_reload_over_http_is_closed_without_an_admin_token_and_sighup_still_works(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    bridge = gunicorn_bridge(workers=2)
+    (old,) = versions(bridge)
+    bridge.rules.write_text(RULES + NEW_RULE)
+    refused = requests.post(bridge.url + "/-/reload", timeout=5)
+    assert refused.status_code == 403
+    assert refused.json() == {"error": (
+        "the operator API is disabled: start the bridge with BRIDGE_ADMIN_TOKENS (or"
+        " BRIDGE_ADMIN_TOKENS_FILE) set, and send one of its tokens as Authorization: Bearer"
+        " TOKEN; without it, SIGHUP to the `alert-bridge serve` process or a change of the"
+        " rules file reloads the rules")}
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGHUP)
+    new = parse_rules(RULES + NEW_RULE).version
+    wait_until(lambda: versions(bridge) == {new}, what="every worker on the new rules")
+    assert new != old
+
+
+def test_reloading_an_unchanged_file_replaces_no_worker(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+) -> None:
+    bridge = gunicorn_bridge(workers=2, env=OPERATOR)
+    before = bridge.wait_for_workers(2)
+    (version,) = versions(bridge)
+    answers = [post_reload(bridge) for _ in range(50)]
+    assert {(a.status_code, a.json()["status"], a.json()["version"]) for a in answers} == {
+        (200, "unchanged", version)}
+    assert answers[0].json()["message"] == (
+        f"the rules are unchanged, version {version}: nothing to reload")
+    # A SIGHUP reaches the master after all those answers; it would have replaced the
+    # workers for the first of them already. It finds the file unchanged too.
+    hang_ups = bridge.log().count("Hang up")
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: bridge.log().count("Hang up") > hang_ups
+               and "unchanged (version" in bridge.log(), what="the master's no-op")
+    assert bridge.worker_pids() == before
+    assert bridge.log().count("Booting worker") == 2
+
+
 def test_a_stop_right_after_a_reload_reaches_the_new_workers(
     gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
 ) -> None:
