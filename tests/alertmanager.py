@@ -79,8 +79,10 @@ class Alertmanager(LocalService):
         self.config_path = workdir / "alertmanager.yml"
         self.config_path.write_text(config_text)
 
-    def start(self) -> Alertmanager:
-        self.port = free_port()
+    def start(self, port: int | None = None) -> Alertmanager:
+        """Start on `port` (default: a free one; give one chosen before to tell the bridge
+        where its Alertmanager will be)."""
+        self.port = port or free_port()
         self.spawn(
             [BINARY, f"--config.file={self.config_path}",
              f"--storage.path={self.workdir / 'data'}",

@@ -1,0 +1,241 @@
+"""The closing loop in one process, on a clock the test moves: the bridge served over HTTP, the
+fake device API, a chat webhook on loopback; the dispatcher and the loop stepped by hand."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bridge.audit import AuditRecord, iso
+from bridge.client import Secret
+from tests.conftest import Bridge, Fake
+from tests.helpers import Clock, Receiver, alert, webhook
+
+NOON = 1_800_014_400.0  # 2027-01-15T12:00:00Z
+
+LADDER = """\
+rules:
+  - name: unreachable-router
+    match: ['alertname = "DeviceUnreachable"']
+    device: "{{ labels.device }}"
+    operation: sync
+    cooldown: 1h
+    verify: 10m
+    escalate:
+      - {operation: reboot, verify: 15m}
+"""
+
+WIPE = """\
+rules:
+  - name: wipe-compromised
+    match: ['alertname = "Compromised"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
+"""
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def ladder(make_bridge: Callable[..., Bridge], fake: Fake, receiver: Receiver
+           ) -> tuple[Bridge, Clock]:
+    """A bridge on LADDER whose operations the fake says are done at once."""
+    fake.set_durations(sync=0, reboot=0)
+    clock = Clock(NOON)
+    bridge = make_bridge(LADDER, clock=clock, start_dispatcher=False,
+                         notify_webhooks=(Secret(receiver.url + "/hooks/secret"),))
+    return bridge, clock
+
+
+def unreachable(status: str = "firing", ends_at: float | None = None) -> bytes:
+    made = alert("DeviceUnreachable", "r1", status=status, fingerprint="fp-r1")
+    if ends_at is not None:
+        made["endsAt"] = iso(ends_at)
+    return webhook(made)
+
+
+def loop(bridge: Bridge) -> Any:
+    return bridge.context.loop
+
+
+def send(bridge: Bridge) -> None:
+    """Let the dispatcher send what is due now."""
+    bridge.dispatcher.step()
+
+
+def records(bridge: Bridge, event: str) -> list[AuditRecord]:
+    return [r for r in bridge.audit() if r.event == event]
+
+
+def test_an_operation_whose_alert_resolves_in_its_window_remediated(
+    ladder: tuple[Bridge, Clock], fake: Fake,
+) -> None:
+    bridge, clock = ladder
+    assert bridge.post("/webhook", unreachable()).status_code == 200
+    send(bridge)
+    clock.now += 90
+    bridge.post("/webhook", unreachable("resolved", ends_at=clock.now - 30))
+    (v,) = records(bridge, "verification")
+    assert (v.outcome, v.operation, v.step, v.elapsed, v.operation_id) == (
+        "remediated", "sync", 1, 60.0, 1)
+    assert v.reason == "step 1: the alert resolved 1m after the call, within 10m of its completion"
+    assert loop(bridge).run_once() == []  # nothing left to watch, nothing escalates
+    clock.now += 3600
+    assert loop(bridge).run_once() == []
+    assert [c["json"]["operation"] for c in fake.calls()] == ["sync"]
+
+
+def test_a_ladder_climbs_while_the_alert_fires_and_stops_when_it_resolves(
+    ladder: tuple[Bridge, Clock], fake: Fake,
+) -> None:
+    bridge, clock = ladder
+    bridge.post("/webhook", unreachable())
+    send(bridge)
+    clock.now += 10 * 60 - 1
+    assert loop(bridge).run_once() == []  # the window is still open
+    clock.now += 2
+    (ended,) = loop(bridge).run_once()
+    assert (ended.resolution.outcome, ended.next_operation_id) == ("not_remediated", 2)
+    step2 = records(bridge, "decision")[-1]
+    assert (step2.operation, step2.outcome, step2.step, step2.operation_id) == (
+        "reboot", "execute", 2, 2)
+    assert step2.reason == ("step 2 of 2: sync did not remediate within 10m: rule matched")
+    send(bridge)
+    clock.now += 60
+    bridge.post("/webhook", unreachable("resolved", ends_at=clock.now))
+    sync_v, reboot_v = records(bridge, "verification")
+    assert (sync_v.outcome, reboot_v.outcome, reboot_v.step) == (
+        "not_remediated", "remediated", 2)
+    assert [c["json"]["operation"] for c in fake.calls()] == ["sync", "reboot"]
+    clock.now += 3600
+    assert loop(bridge).run_once() == []
+    assert len(fake.calls()) == 2
+
+
+def test_a_ladder_that_runs_out_tells_a_person_until_the_alert_resolves(
+    ladder: tuple[Bridge, Clock], receiver: Receiver,
+) -> None:
+    bridge, clock = ladder
+    bridge.post("/webhook", unreachable())
+    send(bridge)
+    clock.now += 601
+    loop(bridge).run_once()
+    send(bridge)
+    clock.now += 901
+    (ended,) = loop(bridge).run_once()
+    assert ended.ended_because == "it was the last step of rule unreachable-router"
+    (told,) = receiver.bodies
+    assert told["text"].startswith(
+        "[FIRING] AlertBridgeNotRemediated: DeviceUnreachable on r1 still fires 15m after"
+        " reboot on r1 (rule unreachable-router, operation 2); no step follows: it was the last"
+        " step of rule unreachable-router")
+    assert told["labels"]["alert_bridge"] == "true"
+    loop(bridge).run_once()
+    assert len(receiver.bodies) == 1  # told once, however many rounds
+    clock.now += 60
+    bridge.post("/webhook", unreachable("resolved", ends_at=clock.now))
+    loop(bridge).run_once()
+    assert receiver.bodies[-1]["text"].startswith("[RESOLVED] AlertBridgeNotRemediated")
+
+
+def test_a_failed_operation_tells_a_person_until_acknowledged(
+    ladder: tuple[Bridge, Clock], fake: Fake, receiver: Receiver,
+) -> None:
+    bridge, clock = ladder
+    fake.behave(status=404)
+    bridge.post("/webhook", unreachable())
+    send(bridge)
+    loop(bridge).run_once()
+    (told,) = receiver.texts()
+    assert told.startswith("[FIRING] AlertBridgeOperationFailed: sync on r1 (rule"
+                           " unreachable-router, operation 1) ended failed (not_found)")
+    assert bridge.context.store.acknowledge(1, "alice", clock.now) == "it ended failed"
+    loop(bridge).run_once()
+    assert receiver.texts()[-1].startswith("[RESOLVED] AlertBridgeOperationFailed")
+    ack = [r for r in bridge.audit() if r.outcome == "acknowledged"]
+    assert [(r.event, r.reason, r.operation_id) for r in ack] == [
+        ("operator", "acknowledged by alice: it ended failed", 1)]
+
+
+def test_a_failure_is_not_escalated(ladder: tuple[Bridge, Clock], fake: Fake) -> None:
+    bridge, clock = ladder
+    fake.behave(status=404)
+    bridge.post("/webhook", unreachable())
+    send(bridge)
+    clock.now += 3600
+    assert loop(bridge).run_once() == []
+    assert records(bridge, "verification") == []
+    assert len(fake.calls()) == 1
+
+
+def test_an_alert_that_resolved_before_the_call_ended_is_not_credited(
+    ladder: tuple[Bridge, Clock], fake: Fake,
+) -> None:
+    bridge, clock = ladder
+    bridge.post("/webhook", unreachable())
+    clock.now += 5
+    bridge.post("/webhook", unreachable("resolved", ends_at=clock.now - 1))
+    send(bridge)  # the call ends after the alert resolved
+    (v,) = records(bridge, "verification")
+    assert (v.outcome, v.elapsed) == ("resolved_before", None)
+    clock.now += 3600
+    assert loop(bridge).run_once() == []
+
+
+def test_a_step_waiting_for_approval_is_cancelled_when_the_alert_resolves(
+    make_bridge: Callable[..., Bridge], fake: Fake, receiver: Receiver,
+) -> None:
+    fake.set_durations(sync=0)
+    clock = Clock(NOON)
+    rules = LADDER.replace("{operation: reboot, verify: 15m}",
+                           "{operation: device_factory, allow_destructive: true}")
+    bridge = make_bridge(rules, clock=clock, start_dispatcher=False,
+                         notify_webhooks=(Secret(receiver.url + "/hooks/secret"),))
+    bridge.post("/webhook", unreachable())
+    send(bridge)
+    clock.now += 601
+    (ended,) = loop(bridge).run_once()
+    assert records(bridge, "decision")[-1].outcome == "pending_approval"
+    assert receiver.texts()[-1].startswith("[FIRING] AlertBridgeApprovalPending:"
+                                           " device_factory on r1")
+    bridge.post("/webhook", unreachable("resolved", ends_at=clock.now))
+    cancelled = records(bridge, "outcome")[-1]
+    assert (cancelled.outcome, cancelled.reason, cancelled.operation_id) == (
+        "cancelled", "alert_resolved", ended.next_operation_id)
+    loop(bridge).run_once()
+    assert receiver.texts()[-1].startswith("[RESOLVED] AlertBridgeApprovalPending")
+    assert [c["json"]["operation"] for c in fake.calls()] == ["sync"]
+
+
+def test_the_bridge_never_acts_on_its_own_alerts(make_bridge: Callable[..., Bridge],
+                                                 fake: Fake) -> None:
+    bridge = make_bridge(LADDER, start_dispatcher=False)
+    own = alert("DeviceUnreachable", "r1", alert_bridge="true",
+                annotations={"summary": "told by the bridge"})
+    answer = bridge.post("/webhook", webhook(own)).json()
+    assert answer["summary"] == {"own_alert": 1}
+    (decision,) = answer["alerts"][0]["decisions"]
+    assert (decision["rule"], decision["verdict"]) == (None, "own_alert")
+    assert fake.calls() == []
+
+
+def test_explain_shows_the_ladder_in_progress(ladder: tuple[Bridge, Clock]) -> None:
+    bridge, clock = ladder
+    bridge.post("/webhook", unreachable())
+    send(bridge)
+    answer = bridge.post("/api/explain", unreachable()).json()
+    (rule,) = answer["alerts"][0]["rules"]
+    assert rule["ladder"] == [{
+        "step": 1, "operation": "sync", "operation_id": 1, "state": "watching",
+        "until": iso(NOON + 600),
+        "next": {"step": 2, "operation": "reboot", "at": iso(NOON + 600)}}]
+    assert json.dumps(answer)  # plain JSON
