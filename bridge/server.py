@@ -19,6 +19,7 @@ from bridge.config import Settings
 from bridge.errors import RulesError
 from bridge.rules import RuleSet, load_rules
 from bridge.store import RELOAD_FAILED, RELOAD_OK
+from bridge.web.context import context_of
 
 log = logging.getLogger(__name__)
 #: How often the master looks at the rules file for a change of content.
@@ -40,6 +41,9 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             "worker_class": "gthread",
             "threads": 4,
             "timeout": 60,
+            # Each worker's sender and housekeeping threads start once it has forked and
+            # built its app: threads do not survive a fork.
+            "post_worker_init": _start_background,
             # SIGTERM: workers stop taking requests, then their dispatchers finish the calls
             # in flight (worker_exit below) within the drain timeout.
             "graceful_timeout": math.ceil(settings.drain_timeout) + 5,
@@ -131,11 +135,14 @@ def _digest(path: str) -> str:
         return ""
 
 
+def _start_background(worker: Any) -> None:
+    context_of(worker.wsgi).start()
+
+
 def _drain(server: Any, worker: Any) -> None:
-    app = getattr(worker, "wsgi", None)
-    dispatcher = app.extensions["bridge"]["dispatcher"] if app is not None else None
-    if dispatcher is not None:
-        dispatcher.stop(server.cfg.graceful_timeout - 5)
+    app = getattr(worker, "wsgi", None)  # None when the worker failed to build its app
+    if app is not None:
+        context_of(app).stop(server.cfg.graceful_timeout - 5)
 
 
 def _forget_worker(server: Any, worker: Any) -> None:

@@ -16,6 +16,7 @@ from bridge.config import Settings
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thread
 from bridge.rules import parse_rules
 from bridge.store import SqliteStore
+from bridge.web.context import BridgeContext, context_of
 from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes
 
 # Distinctive, so that finding it anywhere it should not be is unambiguous.
@@ -103,8 +104,12 @@ class Bridge:
         self.server, self.settings, self.url, self.app = server, settings, server.url, app
 
     @property
+    def context(self) -> BridgeContext:
+        return context_of(self.app)
+
+    @property
     def dispatcher(self) -> Any:
-        return self.app.extensions["bridge"]["dispatcher"]
+        return self.context.dispatcher
 
     def audit(self, **filters: Any) -> list[AuditRecord]:
         store = SqliteStore(self.settings.state_path)
@@ -119,8 +124,7 @@ class Bridge:
 
     def stop(self) -> None:
         self.server.close()
-        if self.dispatcher is not None:
-            self.dispatcher.stop(10)
+        self.context.stop(10)
 
     def post(self, path: str, body: bytes | str, **kwargs: Any) -> requests.Response:
         headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
@@ -148,7 +152,9 @@ def make_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge]]:
         kwargs: dict[str, Any] = {"rules": parse_rules(rules, str(rules_path))}
         if clock is not None:
             kwargs["clock"] = clock
-        app = create_app(settings, start_dispatcher=start_dispatcher, **kwargs)
+        app = create_app(settings, **kwargs)
+        if start_dispatcher:  # as the server does once a worker has forked
+            context_of(app).start()
         bridge = Bridge(ThreadServer(app), settings, app)
         started.append(bridge)
         return bridge

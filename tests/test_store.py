@@ -96,7 +96,7 @@ def test_the_write_ahead_log_stays_small_and_the_housekeeper_empties_it(
         largest = max(largest, wal_size(state))
     # At most the limit, and the one transaction that went past it before the checkpoint.
     assert largest < 1.5 * WAL_LIMIT
-    bridge.app.extensions["bridge"]["housekeeper"].run_once()
+    bridge.context.housekeeper.run_once()
     assert wal_size(state) == 0
     assert len(bridge.audit()) == 4000
 
