@@ -250,7 +250,7 @@ def audit(ctx: click.Context, state_path: str | None, device: str | None, rule: 
                 emit(batch)
                 last = batch[-1].id
             else:
-                time.sleep(0.5)  # polling interval of --follow, not a synchronisation
+                time.sleep(0.5)  # SQLite tells no reader of new rows: look again soon
     except KeyboardInterrupt:
         pass
 

@@ -44,7 +44,7 @@ class Housekeeper:
         return pruned
 
     def _run(self) -> None:
-        while not self._stop.wait(self.INTERVAL):  # a period, not a synchronisation
+        while not self._stop.wait(self.INTERVAL):
             try:
                 pruned = self.run_once()
             except BridgeError as exc:
