@@ -13,6 +13,7 @@ from flask import Flask
 
 from bridge.client import DeviceClient
 from bridge.config import Settings
+from bridge.console import init_app as init_console
 from bridge.dispatch import Dispatcher
 from bridge.housekeeping import Housekeeper
 from bridge.intake import Intake
@@ -51,6 +52,7 @@ def create_app(
     answers.init_app(app)
     for blueprint in (webhooks.blueprint, operator.blueprint, lifecycle.blueprint):
         app.register_blueprint(blueprint)
+    init_console(app, clock)
     return app
 
 

@@ -43,7 +43,7 @@ from bridge.client import CallResult
 from bridge.decide import Decision, Key, State
 from bridge.errors import BridgeError
 from bridge.rules import Budget
-from bridge.vocab import Flag
+from bridge.vocab import Flag, Outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -145,6 +145,27 @@ class Cooldown:
                 "rule": self.rule, "operation_id": self.operation_id}
 
 
+@dataclass(frozen=True)
+class AskingAlert:
+    """The alert that asked for an operation, as a person deciding on it needs to see it."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float | None  # None: the payload gave no startsAt
+
+
+@dataclass(frozen=True)
+class DeviceSeen:
+    """A device the audit names: how many records it has and when the newest was written."""
+
+    device: str
+    records: int
+    last_seen: float
+
+
+#: Seconds in the buckets of operations_per_week.
+WEEK = 7 * 86400.0
+
 _OP_COLUMNS = (
     "id, device, operation, rule, state, created, attempts, claim_until, request_id, source,"
     " receiver, group_key, fingerprint, alertname, alert_status, rules_version, expires_at"
@@ -172,6 +193,11 @@ class Store(Protocol):
                answer: Callable[[list[Recorded]], T]) -> T: ...
     def read_state(self, judge: Callable[[State], T]) -> T: ...
     def pending(self, now: float) -> list[Operation]: ...
+    def operation(self, operation_id: int, now: float) -> Operation | None: ...
+    def asking_alerts(self, operation_ids: Sequence[int]) -> dict[int, AskingAlert]: ...
+    def devices(self, containing: str, limit: int) -> list[DeviceSeen]: ...
+    def operations_per_week(self, device: str, now: float, weeks: int) -> list[int]: ...
+    def pause(self, now: float, who: str) -> bool: ...
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
                max_age: float, release_until: float) -> Operation: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
@@ -180,7 +206,7 @@ class Store(Protocol):
     def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
     def queue_depth(self, now: float) -> dict[str, int]: ...
     def outcome_counts(self, since: float) -> dict[str, int]: ...
-    def resume(self, now: float) -> list[str]: ...
+    def resume(self, now: float, who: str | None = None) -> list[str]: ...
     def prune(self, before: float, batch: int = 500) -> int: ...
     def checkpoint(self) -> bool: ...
     def check_writable(self, now: float) -> None: ...
@@ -217,6 +243,8 @@ CREATE TABLE IF NOT EXISTS operations (
     alert_status TEXT NOT NULL,
     rules_version TEXT NOT NULL DEFAULT '',
     labels TEXT NOT NULL,            -- the alert's labels, JSON: budgets group by them
+    annotations TEXT NOT NULL DEFAULT '{}',  -- the alert's annotations, JSON, for a person
+    starts_at REAL,                  -- the alert's startsAt, for a person (NULL: none given)
     hold TEXT NOT NULL,              -- why it waited: '', approval, window, min_age
     claim_until REAL NOT NULL,       -- the cooldown end this operation claimed
     next_attempt REAL NOT NULL,      -- not sent before this time (holds, retry spacing)
@@ -536,13 +564,14 @@ class SqliteStore:
         cur = conn.execute(
             "INSERT INTO operations (device, operation, rule, state, created, updated,"
             " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
-            " rules_version, labels, hold, claim_until, next_attempt, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " rules_version, labels, annotations, starts_at, hold, claim_until, next_attempt,"
+            " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
                 delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
                 d.alert.alertname, d.alert.status, delivery.rules_version,
-                json.dumps(dict(d.alert.labels)), hold,
+                json.dumps(dict(d.alert.labels)), json.dumps(dict(d.alert.annotations)),
+                d.alert.starts_at.timestamp() if d.alert.starts_at else None, hold,
                 d.until, not_before, expires,
             ),
         )
@@ -674,6 +703,49 @@ class SqliteStore:
         )
         return [Operation(*row) for row in rows]
 
+    def operation(self, operation_id: int, now: float) -> Operation | None:
+        """One operation by its id, or None. One still open but past its expiry at `now` reads
+        as expired, swept or not, as everywhere else."""
+        rows = self._read(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?", (operation_id,))
+        if not rows:
+            return None
+        op = Operation(*rows[0])
+        if op.state in (QUEUED, PENDING_APPROVAL) and op.expires_at < now:
+            op = replace(op, state=EXPIRED)
+        return op
+
+    def asking_alerts(self, operation_ids: Sequence[int]) -> dict[int, AskingAlert]:
+        """The alert (labels, annotations, startsAt) that asked for each of these operations."""
+        ids = list(operation_ids)
+        if not ids:
+            return {}
+        rows = self._read(
+            f"SELECT id, labels, annotations, starts_at FROM operations"
+            f" WHERE id IN ({', '.join('?' * len(ids))})", ids)
+        return {op_id: AskingAlert(json.loads(labels), json.loads(annotations), starts_at)
+                for op_id, labels, annotations, starts_at in rows}
+
+    def devices(self, containing: str, limit: int) -> list[DeviceSeen]:
+        """The devices the audit names whose name contains this text (any case), the most
+        recently seen first."""
+        rows = self._read(
+            "SELECT device, count(*), max(ts) FROM audit WHERE device != ''"
+            " AND instr(lower(device), lower(?)) > 0 GROUP BY device"
+            " ORDER BY max(ts) DESC, device LIMIT ?", (containing, limit))
+        return [DeviceSeen(*row) for row in rows]
+
+    def operations_per_week(self, device: str, now: float, weeks: int) -> list[int]:
+        """How many operations alerts asked for on `device` in each of the last `weeks` weeks
+        (7-day spans ending at `now`), oldest first: whether it keeps coming back."""
+        rows = self._read(
+            "SELECT CAST((? - created) / ? AS INTEGER) AS ago, count(*) FROM operations"
+            " WHERE device = ? AND created > ? AND created <= ? GROUP BY ago",
+            (now, WEEK, device, now - weeks * WEEK, now))
+        counts = [0] * weeks
+        for ago, n in rows:
+            counts[weeks - 1 - ago] = n
+        return counts
+
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
                max_age: float, release_until: float) -> Operation:
         """A person's answer to an operation pending approval: queue it, or reject it.
@@ -771,14 +843,27 @@ class SqliteStore:
         with self._write(min(PROBE_WAIT, self._timeout)) as conn:
             _set_meta(conn, Flag.WRITE_CHECKED, now)
 
-    def resume(self, now: float) -> list[str]:
-        """Clear pause and storm breaker; what was set, for the operator to read."""
+    def pause(self, now: float, who: str) -> bool:
+        """Stop sending, by a person's word, audited under `who`; False if already paused."""
+        with self._write() as conn:
+            if _meta(conn, PAUSED, 0.0):
+                return False
+            _set_meta(conn, PAUSED, now)
+            _append(conn, [_operator_row(now, Outcome.SENDING_PAUSED, f"paused by {who}")])
+        return True
+
+    def resume(self, now: float, who: str | None = None) -> list[str]:
+        """Clear pause and storm breaker; what was set, for the operator to read. With `who`,
+        the resumption is audited under that name."""
         with self._write() as conn:
             was = [name for name, flag in (("paused", PAUSED), ("storm breaker open",
                                                                BREAKER_OPEN))
                    if _meta(conn, flag, 0.0)]
             conn.execute("DELETE FROM meta WHERE key IN (?, ?)", (PAUSED, BREAKER_OPEN))
             _set_meta(conn, RESUMED, now)
+            if who is not None:
+                reason = f"resumed by {who} (was: {', '.join(was) or 'running'})"
+                _append(conn, [_operator_row(now, Outcome.SENDING_RESUMED, reason)])
         return was
 
     def get_flag(self, key: str) -> float | None:
@@ -795,7 +880,7 @@ class SqliteStore:
     def audit(self, query: AuditQuery) -> list[AuditRecord]:
         where: list[str] = ["id > ?"]
         params: list[object] = [query.after_id]
-        for column in ("device", "rule", "outcome"):
+        for column in ("device", "rule", "outcome", "operation_id"):
             value = getattr(query, column)
             if value is not None:
                 where.append(f"{column} = ?")
@@ -803,6 +888,9 @@ class SqliteStore:
         if query.since is not None:
             where.append("ts >= ?")
             params.append(query.since)
+        if query.before_id is not None:
+            where.append("id < ?")
+            params.append(query.before_id)
         sql = f"SELECT {', '.join(COLUMNS)} FROM audit WHERE {' AND '.join(where)}"
         if query.limit is None:
             rows = self._read(sql + " ORDER BY id", params)
@@ -983,6 +1071,8 @@ _ADDED_COLUMNS = (
     ("audit", "rules_version", "TEXT NOT NULL DEFAULT ''"),
     ("operations", "rules_version", "TEXT NOT NULL DEFAULT ''"),
     ("cooldowns", "operation_id", "INTEGER"),
+    ("operations", "annotations", "TEXT NOT NULL DEFAULT '{}'"),
+    ("operations", "starts_at", "REAL"),
 )
 
 
@@ -1047,6 +1137,12 @@ def _operation_row(now: float, event: str, op: Operation, outcome: str, reason: 
         op.alertname, op.alert_status, op.rule, op.device, op.operation, outcome, reason,
         status_code, execution_id, error, op.id, op.attempts, op.rules_version,
     )
+
+
+def _operator_row(now: float, outcome: str, reason: str) -> tuple:
+    """An audit record of a person's action on the whole bridge (no alert, no device)."""
+    return (now, OPERATOR, "", "", "", "", "", "", "", "", "", "", outcome, reason,
+            None, None, "", None, None, "")
 
 
 def _meta(conn: sqlite3.Connection, key: str, default: float) -> float:

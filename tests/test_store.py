@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from bridge.store import PAUSED, WAL_LIMIT, SqliteStore, StoreError
+from bridge.audit import AuditQuery
+from bridge.store import PAUSED, WAL_LIMIT, AskingAlert, DeviceSeen, SqliteStore, StoreError
+from tests import test_guards as guards
 from tests.conftest import Bridge
 from tests.helpers import BridgeProcess, payload, payload_json, wait_until
 
@@ -158,3 +160,114 @@ def test_a_small_volume_holds_the_state_and_the_bridge_recovers_when_space_is_fr
         assert (post(), store_up()) == (200, "1.0")
     finally:
         bridge.stop()  # before the volume goes
+
+
+# -- the queries the console reads ------------------------------------------------------------
+
+WIPE = "defaults: {approval_timeout: 1h, cooldown: 1m}\n" + guards.WIPE
+DAY = guards.NOON
+Clock = guards.Clock
+
+
+def owned(device: str, **annotations: str) -> bytes:
+    return json.dumps({
+        "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
+        "alerts": [{"status": "firing", "labels": {"alertname": "Owned", "device": device},
+                    "annotations": annotations, "startsAt": "2027-01-15T11:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z"}]}).encode()
+
+
+def test_an_operation_reads_with_the_alert_that_asked_and_expires_where_it_is_read(
+    make_bridge: Callable[..., Bridge],
+) -> None:
+    bridge = make_bridge(WIPE, clock=Clock(DAY), start_dispatcher=False)
+    bridge.post("/webhook", owned("r1", summary="r1 was taken over"))
+    store = SqliteStore(bridge.settings.state_path)
+    try:
+        op = store.operation(1, DAY)
+        assert op is not None and (op.device, op.state) == ("r1", "pending_approval")
+        assert store.asking_alerts([1, 99]) == {1: AskingAlert(
+            {"alertname": "Owned", "device": "r1"}, {"summary": "r1 was taken over"},
+            DAY - 3600)}
+        assert store.asking_alerts([]) == {}
+        late = store.operation(1, DAY + 3601)  # past the approval timeout, no sweep yet
+        assert late is not None and late.state == "expired"
+        assert store.operation(2, DAY) is None
+    finally:
+        store.close()
+
+
+def test_the_audit_filters_by_operation_and_pages_backwards(
+    make_bridge: Callable[..., Bridge],
+) -> None:
+    bridge = make_bridge(WIPE, clock=Clock(DAY), start_dispatcher=False)
+    for device in ("r1", "r2", "r3"):
+        bridge.post("/webhook", owned(device))
+    store = SqliteStore(bridge.settings.state_path)
+    try:
+        store.settle(2, False, "alice", DAY, max_age=600, release_until=DAY)
+        timeline = store.audit(AuditQuery(operation_id=2, limit=None))
+        assert [(r.event, r.outcome) for r in timeline] == [
+            ("decision", "pending_approval"), ("outcome", "rejected")]
+        newest = store.audit(AuditQuery(limit=2))
+        older = store.audit(AuditQuery(limit=2, before_id=newest[0].id))
+        assert [r.id for r in older + newest] == [1, 2, 3, 4]
+        assert store.audit(AuditQuery(limit=2, before_id=1)) == []
+    finally:
+        store.close()
+
+
+def test_devices_are_found_by_part_of_their_name_most_recent_first(
+    make_bridge: Callable[..., Bridge],
+) -> None:
+    clock = Clock(DAY)
+    bridge = make_bridge(WIPE, clock=clock, start_dispatcher=False)
+    for device in ("core-switch-01", "office-router-01", "core-switch-02", "core-switch-01"):
+        clock.now += 60
+        bridge.post("/webhook", owned(device))
+    store = SqliteStore(bridge.settings.state_path)
+    try:
+        found = store.devices("SWITCH", 10)
+        assert found == [DeviceSeen("core-switch-01", 2, DAY + 240),
+                         DeviceSeen("core-switch-02", 1, DAY + 180)]
+        assert [d.device for d in store.devices("", 2)] == ["core-switch-01", "core-switch-02"]
+        assert store.devices("nowhere", 10) == []
+    finally:
+        store.close()
+
+
+def test_operations_per_week_count_what_alerts_asked_for_on_one_device(
+    make_bridge: Callable[..., Bridge],
+) -> None:
+    clock = Clock(DAY)
+    bridge = make_bridge(WIPE, clock=clock, start_dispatcher=False)
+    # Twenty days ago once, then three times within the last seven days (a cooldown of 1m
+    # lets each ask).
+    for days_ago in (20, 6, 5, 0):
+        clock.now = DAY - days_ago * 86400
+        bridge.post("/webhook", owned("r1"))
+    bridge.post("/webhook", owned("r2"))
+    store = SqliteStore(bridge.settings.state_path)
+    try:
+        assert store.operations_per_week("r1", DAY, 4) == [0, 1, 0, 3]
+        assert store.operations_per_week("r1", DAY, 1) == [3]
+        assert store.operations_per_week("nobody", DAY, 2) == [0, 0]
+    finally:
+        store.close()
+
+
+def test_pause_and_resume_are_audited_under_the_persons_name(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        assert store.pause(DAY, "alice (console, admin)") is True
+        assert store.pause(DAY + 1, "bob") is False  # already paused: nothing recorded
+        assert store.get_flag(PAUSED) == DAY
+        assert store.resume(DAY + 2, "carol") == ["paused"]
+        assert store.resume(DAY + 3) == []  # without a name, as before: not audited
+        records = store.audit(AuditQuery(limit=None))
+        assert [(r.event, r.outcome, r.reason) for r in records] == [
+            ("operator", "sending_paused", "paused by alice (console, admin)"),
+            ("operator", "sending_resumed", "resumed by carol (was: paused)")]
+        assert store.verify_audit().ok
+    finally:
+        store.close()
