@@ -72,7 +72,8 @@ def _context(settings: Settings, rules: RuleSet | None, store: Store | None,
                       rules_loaded=len(rules.rules))
     dispatcher = None
     if client is not None and not settings.dry_run:
-        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock, metrics=metrics)
+        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock, metrics=metrics,
+                                rules=rules)
     return BridgeContext(
         settings=settings, rules=rules, store=store, metrics=metrics,
         intake=Intake(settings, rules, store, metrics=metrics, dispatcher=dispatcher,

@@ -200,6 +200,9 @@ class Store(Protocol):
     def pause(self, now: float, who: str) -> bool: ...
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
                max_age: float, release_until: float) -> Operation: ...
+    def cancel(self, why: Callable[[Operation], str | None], now: float, *,
+               operation_id: int | None = None,
+               release_until: float | None = None) -> list[Operation]: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
     def finish(self, op: Operation, result: CallResult, now: float, *,
                retry_at: float | None = None, release_until: float | None = None) -> None: ...
@@ -535,20 +538,34 @@ class SqliteStore:
         """Cancel the held operations of an alert that resolved: their audit rows, to append."""
         # An alert that resolves before its rule's min_age was a flap: its held operation
         # is dropped, which is what min_age is for.
-        rows = conn.execute(
-            f"UPDATE operations SET state = ?, updated = ? WHERE fingerprint = ? AND state = ?"
-            f" AND hold = 'min_age' AND attempts = 0 RETURNING {_OP_COLUMNS}",
-            (CANCELLED, now, fingerprint, QUEUED),
+        ids = conn.execute(
+            "SELECT id FROM operations WHERE fingerprint = ? AND state = ? AND hold = 'min_age'"
+            " AND attempts = 0", (fingerprint, QUEUED),
         ).fetchall()
-        audit = []
-        for row in rows:
-            op = Operation(*row)
-            self._release(conn, op, now)
-            audit.append(_operation_row(
-                now, OUTCOME, op, CANCELLED, "resolved_before_min_age", None, None,
-                "the alert resolved before the rule's min_age: not sent",
-            ))
+        audit: list[tuple] = []
+        for (op_id,) in ids:
+            self._cancel(conn, op_id, "resolved_before_min_age", now, now, audit,
+                         error="the alert resolved before the rule's min_age: not sent")
         return audit
+
+    def _cancel(self, conn: sqlite3.Connection, operation_id: int, reason: str, now: float,
+                release_until: float | None, audit: list[tuple], error: str = "",
+                ) -> Operation | None:
+        """The one way an operation ends CANCELLED: only while it waits (queued, held or
+        pending approval, and not past its expiry), never once a sender holds it. Appends its
+        audit row to `audit`; None when it no longer waits."""
+        row = conn.execute(
+            f"UPDATE operations SET state = ?, updated = ? WHERE id = ? AND state IN (?, ?)"
+            f" AND expires_at >= ? RETURNING {_OP_COLUMNS}",
+            (CANCELLED, now, operation_id, QUEUED, PENDING_APPROVAL, now),
+        ).fetchone()
+        if row is None:
+            return None
+        op = Operation(*row)
+        if release_until is not None:
+            self._release(conn, op, release_until)
+        audit.append(_operation_row(now, OUTCOME, op, CANCELLED, reason, None, None, error))
+        return op
 
     def _queue(self, conn: sqlite3.Connection, delivery: Delivery, d: Decision, now: float,
                max_age: float, approval_timeout: float) -> int:
@@ -758,14 +775,7 @@ class SqliteStore:
         with self._write() as conn:
             _, audit = self._expire(conn, now, release_until, operation_id)
             _append(conn, audit)
-            row = conn.execute(
-                f"SELECT {_OP_COLUMNS}, next_attempt, hold FROM operations WHERE id = ?",
-                (operation_id,),
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"no operation {operation_id}", status=404)
-            *fields, not_before, hold = row
-            op = Operation(*fields)
+            op, not_before, hold = _operation(conn, operation_id)
             refusal = _not_pending(op, hold)
             if refusal is None:
                 self._answer(conn, op, approve, who, now, max(now, not_before) + max_age)
@@ -788,6 +798,50 @@ class SqliteStore:
                          (REJECTED, now, op.id))
             event, outcome, reason = OUTCOME, REJECTED, f"rejected by {who}"
         _append(conn, [_operation_row(now, event, op, outcome, reason, None, None, "")])
+
+    def cancel(self, why: Callable[[Operation], str | None], now: float, *,
+               operation_id: int | None = None,
+               release_until: float | None = None) -> list[Operation]:
+        """End operations that wait to be sent (queued, held, pending approval) as CANCELLED,
+        each audited with the reason `why` gives it; `why` returning None leaves one waiting.
+
+        With `operation_id`, that one operation: StoreError 404 when there is none, 409 when
+        it no longer waits (being sent, or ended). Without, every waiting one `why` names.
+        `release_until` shortens the cooldown each one claimed; None keeps it.
+        """
+        if operation_id is None:
+            # Read first, outside the write lock: dispatchers ask every second, and there is
+            # almost never anything to cancel.
+            rows = self._read(f"SELECT {_OP_COLUMNS} FROM operations WHERE state IN (?, ?)"
+                              " AND expires_at >= ? ORDER BY id", (QUEUED, PENDING_APPROVAL, now))
+            reasons = {op.id: reason for op in (Operation(*r) for r in rows)
+                       if (reason := why(op)) is not None}
+            if not reasons:
+                return []
+        ended: list[Operation] = []
+        audit: list[tuple] = []
+        with self._write() as conn:
+            if operation_id is not None:
+                op, _, _ = _operation(conn, operation_id)
+                reason = why(op)
+                if op.state not in (QUEUED, PENDING_APPROVAL) or reason is None:
+                    raise StoreError(
+                        f"operation {operation_id} is {op.state}: only an operation that"
+                        " waits to be sent (queued, held or pending approval) can be cancelled",
+                        status=409,
+                    )
+                if op.expires_at < now:  # the sweep records it EXPIRED; nothing to cancel
+                    raise StoreError(f"operation {operation_id} expired at"
+                                     f" {iso(op.expires_at)}: it can no longer be cancelled",
+                                     status=409)
+                reasons = {op.id: reason}
+            for op_id, reason in reasons.items():
+                # One a sender took since it was read is not touched: it is on its way.
+                cancelled = self._cancel(conn, op_id, reason, now, release_until, audit)
+                if cancelled is not None:
+                    ended.append(cancelled)
+            _append(conn, audit)
+        return ended
 
     def _release(self, conn: sqlite3.Connection, op: Operation, until: float) -> None:
         # Only the cooldown this operation claimed, and only ever shorter.
@@ -1119,6 +1173,19 @@ def _not_pending(op: Operation, hold: str) -> StoreError | None:
         return StoreError(f"operation {op.id} expired at {iso(op.expires_at)}"
                           " (approval timeout)", status=409)
     return StoreError(f"operation {op.id} is {op.state}, not pending approval", status=409)
+
+
+def _operation(conn: sqlite3.Connection, operation_id: int) -> tuple[Operation, float, str]:
+    """An operation, the time before which it is not sent, and why it waits; StoreError 404
+    if there is none."""
+    row = conn.execute(
+        f"SELECT {_OP_COLUMNS}, next_attempt, hold FROM operations WHERE id = ?",
+        (operation_id,),
+    ).fetchone()
+    if row is None:
+        raise StoreError(f"no operation {operation_id}", status=404)
+    *fields, not_before, hold = row
+    return Operation(*fields), not_before, hold
 
 
 def _decision_row(now: float, delivery: Delivery, d: Decision, op_id: int | None) -> tuple:

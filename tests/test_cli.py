@@ -296,10 +296,11 @@ def test_the_kill_switch_works_whatever_the_settings(runner: CliRunner, state_fi
 def test_pending_and_approve_link_to_the_console_when_the_external_url_is_set(
     runner: CliRunner, make_bridge: Callable[..., Bridge], tmp_path: Path
 ) -> None:
-    from tests.test_guards import WIPE, am
+    from tests.helpers import alert, webhook
+    from tests.test_guards import WIPE
 
     bridge = make_bridge(WIPE, start_dispatcher=False)
-    bridge.post("/webhook", am({"labels": {"alertname": "Owned", "device": "r1"}}))
+    bridge.post("/webhook", webhook(alert("Owned", "r1")))
     state = str(tmp_path / "state.db")
     env = {"BRIDGE_EXTERNAL_URL": "https://noc.example.net/bridge/"}
     link = "https://noc.example.net/bridge/ui/operations/1"

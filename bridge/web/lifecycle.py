@@ -1,21 +1,14 @@
-"""The bridge as a running service: liveness and readiness probes, rules reload, metrics."""
+"""The bridge as a running service: liveness and readiness probes, and its metrics."""
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from bridge.audit import iso
-from bridge.errors import BridgeError, RulesError
+from bridge.errors import BridgeError
 from bridge.metrics import CONTENT_TYPE
-from bridge.rules import load_rules
 from bridge.vocab import Flag
 from bridge.web.context import context
-
-log = logging.getLogger(__name__)
 
 blueprint = Blueprint("lifecycle", __name__)
 
@@ -50,37 +43,17 @@ def ready() -> tuple[Response, int]:
     ), 200
 
 
-@blueprint.post("/-/reload")
-def reload() -> tuple[Response, int]:
-    """Validate the rules file; if it is good, have the master reload every worker."""
-    ctx = context()
-    settings, running = ctx.settings, ctx.rules.version
-    if settings.admin_auth.configured and \
-            settings.admin_auth.check(request.headers, b"", ctx.clock()) is None:
-        return jsonify(error="unauthorized"), 401
-    try:
-        new = load_rules(settings.rules_path)
-    except RulesError as exc:
-        ctx.store.set_flag(Flag.RELOAD_FAILED, ctx.clock())
-        log.error("rules reload refused, still running version %s", running)
-        return jsonify(error=f"rules file invalid: still running version {running}",
-                       problems=[str(p) for p in exc.problems]), 400
-    master = os.environ.get("BRIDGE_MASTER_PID")
-    if not master:
-        return jsonify(error="reloading needs the server `alert-bridge serve` starts"), 409
-    os.kill(int(master), signal.SIGHUP)  # the master validates again and swaps workers
-    return jsonify(status="reloading", version=new.version, previous=running), 202
-
-
 @blueprint.get("/metrics")
 def metrics() -> Response:
     ctx = context()
-    try:  # a reload the master refused shows on every worker's scrape
+    try:  # the master records reloads in the store: any worker answers for the bridge
         ok_at = ctx.store.get_flag(Flag.RELOAD_OK)
         failed_at = ctx.store.get_flag(Flag.RELOAD_FAILED)
     except BridgeError:
         ok_at = failed_at = None  # the store's own gauge says it is down
     if failed_at is not None and (ok_at is None or failed_at > ok_at):
         ctx.metrics.note_reload(False, failed_at)
+    else:  # never refused since the start, or a good reload came after the refusal
+        ctx.metrics.note_reload(True, ok_at or 0.0)
     # Unauthenticated, like any Prometheus exporter: counts and states, never a secret.
     return Response(ctx.metrics.render(), content_type=CONTENT_TYPE)
