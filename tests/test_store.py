@@ -1,23 +1,637 @@
-"""The SQLite state store on real files: writers wait their turn within a bound, and the
-write-ahead log stays small."""
+"""The store's contract, stated once against the Store protocol and run on every engine
+(the `store` fixture: one parameter per engine); then what only SQLite has: its schema
+versions on real files, writers that wait their turn within a bound, a small write-ahead log."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from bridge.store import PAUSED, WAL_LIMIT, SqliteStore, StoreError
+from bridge.audit import AuditQuery, Delivery
+from bridge.client import CallResult
+from bridge.decide import decide
+from bridge.payloads import Alert
+from bridge.rules import RuleSet, parse_rules
+from bridge.store import (
+    SCHEMA_VERSION,
+    WAL_LIMIT,
+    Claim,
+    Operation,
+    Recorded,
+    SqliteStore,
+    Store,
+    StoreError,
+)
+from bridge.vocab import Event, Flag, OpState, Verdict
 from tests.conftest import Bridge
 from tests.helpers import BridgeProcess, payload, payload_json, wait_until
+
+NOW = 1_800_000_000.0
+MAX_AGE = 600.0
+APPROVAL_TIMEOUT = 1800.0
+DELIVERY = Delivery("req-1", "alertmanager", "bridge", "{}:{}", "v1")
+
+#: One rule per kind of operation the contract needs; no budgets, a wide breaker.
+RULES = """\
+defaults: {cooldown: 1h, give_up: {after: 2, within: 1d}}
+budgets: []
+breaker: {max: 1000, per: 5m}
+rules:
+  - name: reboot-down
+    match: ['alertname = "DeviceDown"']
+    device: "{{ labels.device }}"
+    operation: reboot
+  - name: sync-drift
+    match: ['alertname = "Drift"']
+    device: "{{ labels.device }}"
+    operation: sync
+    status: any
+    min_age: 5m
+  - name: reset-dead
+    match: ['alertname = "Dead"']
+    device: "{{ labels.device }}"
+    operation: factory
+    allow_destructive: true
+"""
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A new, empty store on each engine."""
+    opened = SqliteStore(tmp_path / "state.db", timeout=10)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def alert(device: str, alertname: str = "DeviceDown", *, status: str = "firing",
+          starts_at: float | None = None, **labels: str) -> Alert:
+    return Alert(status, {"alertname": alertname, "device": device, **labels}, {},
+                 datetime.fromtimestamp(starts_at, UTC) if starts_at is not None else None,
+                 None, f"{alertname}-{device}", "")
+
+
+def deliver(store: Store, *alerts: Alert, now: float = NOW, rules: str | RuleSet = RULES,
+            answer: Callable[[list[Recorded]], Any] = lambda recorded: recorded) -> Any:
+    """What a webhook does: judge the alerts and commit, in one transaction."""
+    ruleset = parse_rules(rules) if isinstance(rules, str) else rules
+    return store.record(
+        DELIVERY, lambda state: decide(alerts, ruleset, state, now, dry_run=False), now,
+        max_age=MAX_AGE, approval_timeout=APPROVAL_TIMEOUT, answer=answer,
+    )
+
+
+def verdicts(recorded: list[Recorded]) -> list[str]:
+    return [r.decision.verdict for r in recorded]
+
+
+def claim(store: Store, now: float = NOW, *, concurrency: int = 4, spacing: float = 0.0,
+          lease: float = 60.0) -> Claim:
+    return store.claim(now, concurrency=concurrency, spacing=spacing, lease=lease)
+
+
+def claimed(store: Store, now: float = NOW, **limits: Any) -> Operation:
+    op = claim(store, now, **limits).operation
+    assert op is not None, "nothing to claim"
+    return op
+
+
+def result(outcome: str = "succeeded", kind: str = "ok", status: int | None = 200) -> CallResult:
+    return CallResult(outcome, kind, status, "exec-1" if outcome == "succeeded" else None,
+                      "" if outcome == "succeeded" else "boom", True, 0.1)
+
+
+def outcomes(store: Store) -> list[tuple[str, str, str]]:
+    """(device, outcome, reason) of every outcome record, oldest first."""
+    return [(r.device, r.outcome, r.reason)
+            for r in store.audit(AuditQuery(limit=None)) if r.event == Event.OUTCOME]
+
+
+# -- claims: one operation per (device, operation) per cooldown ----------------------------
+
+
+def test_a_cooldown_is_claimed_once_and_listed(store: Store) -> None:
+    first = deliver(store, alert("r1"), alert("r2"))
+    assert verdicts(first) == [Verdict.EXECUTE, Verdict.EXECUTE]
+    assert all(r.operation_id for r in first)
+    again = deliver(store, alert("r1"), now=NOW + 60)
+    assert verdicts(again) == [Verdict.COOLDOWN]
+    assert again[0].decision.until == NOW + 3600
+    assert store.active_cooldowns(NOW) == {("r1", "reboot"): NOW + 3600,
+                                           ("r2", "reboot"): NOW + 3600}
+    listed = store.cooldowns(NOW, device="r1")
+    assert [(c.device, c.operation, c.until, c.rule, c.operation_id) for c in listed] == [
+        ("r1", "reboot", NOW + 3600, "reboot-down", first[0].operation_id)]
+    assert [c.device for c in store.cooldowns(NOW)] == ["r1", "r2"]
+    assert store.cooldowns(NOW + 3600) == [] and store.active_cooldowns(NOW + 3600) == {}
+
+
+def test_a_failing_answer_commits_nothing(store: Store) -> None:
+    def fail(_: list[Recorded]) -> None:
+        raise RuntimeError("the answer could not be built")
+
+    with pytest.raises(RuntimeError):
+        deliver(store, alert("r1"), answer=fail)
+    assert store.active_cooldowns(NOW) == {}
+    assert store.audit(AuditQuery(limit=None)) == []
+    assert verdicts(deliver(store, alert("r1"))) == [Verdict.EXECUTE]
+
+
+def test_read_state_judges_without_writing(store: Store) -> None:
+    deliver(store, alert("r1"))
+    ruleset = parse_rules(RULES)
+    judged = store.read_state(
+        lambda state: decide([alert("r1"), alert("r2")], ruleset, state, NOW, dry_run=False))
+    assert [d.verdict for d in judged] == [Verdict.COOLDOWN, Verdict.EXECUTE]
+    assert list(store.active_cooldowns(NOW)) == [("r1", "reboot")]
+
+
+# -- the queue: queued -> sending -> an end, or queued again -------------------------------
+
+
+def test_claims_take_the_oldest_due_operation_and_mark_it_sending(store: Store) -> None:
+    ids = [r.operation_id for r in deliver(store, alert("r1"), alert("r2"))]
+    assert store.queue_depth(NOW) == {"pending_approval": 0, "queued": 2, "sending": 0}
+    first = claimed(store)
+    assert (first.id, first.device, first.state, first.attempts) == (
+        ids[0], "r1", OpState.SENDING, 1)
+    assert (first.rule, first.request_id, first.rules_version) == ("reboot-down", "req-1", "v1")
+    assert claimed(store).id == ids[1]
+    assert claim(store) == Claim(None, 0.0)
+    assert store.queue_depth(NOW) == {"pending_approval": 0, "queued": 0, "sending": 2}
+
+
+def test_at_most_concurrency_operations_are_sending(store: Store) -> None:
+    deliver(store, alert("r1"), alert("r2"))
+    op = claimed(store, concurrency=1)
+    assert claim(store, concurrency=1).operation is None
+    store.finish(op, result(), NOW)
+    assert claimed(store, concurrency=1).device == "r2"
+
+
+def test_never_two_operations_on_one_device_at_once(store: Store) -> None:
+    reset = deliver(store, alert("r1"), alert("r1", "Dead"), alert("r2"))[1].operation_id
+    store.settle(reset, True, "ann", NOW, max_age=MAX_AGE, release_until=NOW)
+    first = claimed(store)
+    assert (first.device, first.operation) == ("r1", "reboot")
+    assert claimed(store).device == "r2"  # r1's reset waits behind its reboot
+    assert claim(store).operation is None
+    store.finish(first, result(), NOW)
+    then = claimed(store)
+    assert (then.device, then.operation) == ("r1", "factory")
+
+
+def test_the_rate_limit_spaces_the_claims(store: Store) -> None:
+    deliver(store, alert("r1"), alert("r2"))
+    claimed(store, spacing=2.0)
+    waiting = claim(store, NOW + 0.5, spacing=2.0)
+    assert (waiting.operation, waiting.wait) == (None, 1.5)
+    assert claimed(store, NOW + 2.0, spacing=2.0).device == "r2"
+
+
+def test_a_success_ends_the_operation_and_keeps_its_cooldown(store: Store) -> None:
+    deliver(store, alert("r1"))
+    op = claimed(store)
+    store.finish(op, result(), NOW + 1)
+    assert store.queue_depth(NOW) == {"pending_approval": 0, "queued": 0, "sending": 0}
+    assert outcomes(store) == [("r1", "succeeded", "API call")]
+    (record,) = store.audit(AuditQuery(outcome="succeeded"))
+    assert (record.execution_id, record.status_code, record.attempt, record.operation_id) == (
+        "exec-1", 200, 1, op.id)
+    assert store.active_cooldowns(NOW + 2) == {("r1", "reboot"): NOW + 3600}
+    assert store.outcome_counts(NOW) == {"succeeded": 1}
+
+
+def test_a_failure_ends_the_operation_and_shortens_its_cooldown(store: Store) -> None:
+    deliver(store, alert("r1"))
+    op = claimed(store)
+    store.finish(op, result("failed", "rejected", 400), NOW + 1, release_until=NOW + 300)
+    assert outcomes(store) == [("r1", "failed", "rejected")]
+    assert store.active_cooldowns(NOW + 2) == {("r1", "reboot"): NOW + 300}
+    # Never longer than it was.
+    deliver(store, alert("r2"))
+    store.finish(claimed(store), result("failed", "rejected", 400), NOW, release_until=NOW + 9e9)
+    assert store.active_cooldowns(NOW)[("r2", "reboot")] == NOW + 3600
+
+
+def test_a_retry_queues_the_operation_again_not_before_its_time(store: Store) -> None:
+    deliver(store, alert("r1"))
+    op = claimed(store)
+    store.finish(op, result("failed", "server_error", 503), NOW + 1, retry_at=NOW + 10)
+    (attempt,) = [r for r in store.audit(AuditQuery(limit=None)) if r.event == Event.ATTEMPT]
+    assert attempt.reason.startswith("server_error; next attempt at ")
+    assert store.queue_depth(NOW + 1)["queued"] == 1
+    assert claim(store, NOW + 9).operation is None
+    again = claimed(store, NOW + 10)
+    assert (again.id, again.attempts) == (op.id, 2)
+
+
+def test_an_expired_lease_ends_unknown_and_a_late_answer_is_kept_beside_it(store: Store) -> None:
+    deliver(store, alert("r1"))
+    op = claimed(store, lease=30.0)
+    assert store.end_stale(NOW + 30, NOW + 300) == []  # not yet past its lease
+    (lost,) = store.end_stale(NOW + 31, NOW + 300)
+    assert (lost.id, lost.state) == (op.id, OpState.UNKNOWN)
+    assert outcomes(store) == [("r1", "unknown", "lost_in_flight")]
+    assert store.active_cooldowns(NOW + 31) == {("r1", "reboot"): NOW + 3600}  # kept: it may
+    store.finish(op, result(), NOW + 40)  # ... have reached the device: the answer says so
+    late = store.audit(AuditQuery(limit=1))[0]
+    assert (late.event, late.outcome, late.reason) == (
+        Event.ATTEMPT, "succeeded", "ok; arrived after the lease ran out")
+    assert outcomes(store) == [("r1", "unknown", "lost_in_flight")]
+    assert claim(store, NOW + 41).operation is None
+
+
+def test_an_operation_past_its_maximum_age_is_never_sent_and_expires(store: Store) -> None:
+    deliver(store, alert("r1"))
+    too_late = NOW + MAX_AGE + 1
+    assert claim(store, too_late).operation is None  # before any sweep
+    assert store.queue_depth(too_late)["queued"] == 0
+    (ended,) = store.end_stale(too_late, too_late + 60)
+    assert ended.state == OpState.EXPIRED
+    assert outcomes(store) == [("r1", "expired", "max_age")]
+    assert store.active_cooldowns(too_late) == {("r1", "reboot"): too_late + 60}
+
+
+# -- holds -----------------------------------------------------------------------------------
+
+
+def test_a_held_operation_waits_for_min_age_and_a_resolve_cancels_it(store: Store) -> None:
+    (held,) = deliver(store, alert("s1", "Drift", starts_at=NOW - 60))
+    assert held.decision.verdict == Verdict.HELD_MIN_AGE
+    assert claim(store, NOW + 239).operation is None
+    assert claim(store, NOW + 240).operation is not None  # 5 minutes after it started
+    deliver(store, alert("s2", "Drift", starts_at=NOW))
+    deliver(store, alert("s2", "Drift", status="resolved", starts_at=NOW), now=NOW + 10)
+    assert outcomes(store) == [("s2", "cancelled", "resolved_before_min_age")]
+    assert store.active_cooldowns(NOW + 10).get(("s2", "sync")) is None
+
+
+# -- budgets, give-up and the storm breaker: counts over what was queued ---------------------
+
+BUDGETS = """\
+budgets:
+  - {name: reboots, operation: reboot, max: 3, per: 1h}
+  - {name: per-site, operation: sync, group_by: site, max: 1, per: 1h}
+breaker: {max: 1000, per: 5m}
+rules:
+  - name: reboot-down
+    match: ['alertname = "DeviceDown"', 'site = ""']
+    device: "{{ labels.device }}"
+    operation: reboot
+  - name: sync-site
+    match: ['alertname = "Drift"']
+    device: "{{ labels.device }}"
+    operation: sync
+"""
+
+
+def test_budgets_count_what_was_queued_in_their_window(store: Store) -> None:
+    first = deliver(store, *(alert(f"r{i}") for i in range(5)), rules=BUDGETS)
+    assert verdicts(first) == [Verdict.EXECUTE] * 3 + [Verdict.HELD_BY_BUDGET] * 2
+    assert verdicts(deliver(store, alert("r9"), now=NOW + 60, rules=BUDGETS)) == [
+        Verdict.HELD_BY_BUDGET]
+    # Failed operations count (they were sent); those never sent do not.
+    store.finish(claimed(store, NOW + 60), result("failed", "rejected", 400), NOW + 60)
+    store.end_stale(NOW + 3599, NOW + 3599)  # the other two expire unsent: room for two
+    assert verdicts(deliver(store, alert("r5"), alert("r6"), alert("r7"), now=NOW + 3599,
+                            rules=BUDGETS)) == [Verdict.EXECUTE, Verdict.EXECUTE,
+                                                Verdict.HELD_BY_BUDGET]
+    assert verdicts(deliver(store, alert("r8"), now=NOW + 3601 + 3600, rules=BUDGETS)) == [
+        Verdict.EXECUTE]
+
+
+def test_a_budget_grouped_by_a_label_counts_each_value_apart(store: Store) -> None:
+    drift = partial(alert, alertname="Drift")
+    assert verdicts(deliver(store, drift("a1", site="north"), drift("b1", site="south"),
+                            rules=BUDGETS)) == [Verdict.EXECUTE, Verdict.EXECUTE]
+    assert verdicts(deliver(store, drift("a2", site="north"), drift("c1", site="east"),
+                            now=NOW + 1, rules=BUDGETS)) == [
+        Verdict.HELD_BY_BUDGET, Verdict.EXECUTE]
+
+
+def test_give_up_counts_operations_sent_to_the_device(store: Store) -> None:
+    deliver(store, alert("r1"))
+    store.finish(claimed(store), result(), NOW)
+    deliver(store, alert("r1"), now=NOW + 3601)
+    failed = claimed(store, NOW + 3601)
+    store.finish(failed, result("failed", "rejected", 400), NOW + 3601, release_until=NOW + 3601)
+    deliver(store, alert("r1"), now=NOW + 3602)  # a failed one does not count: 2 sent now
+    store.finish(claimed(store, NOW + 3602), result(), NOW + 3602)
+    assert verdicts(deliver(store, alert("r1"), now=NOW + 7203)) == [Verdict.GAVE_UP]
+
+
+def test_the_storm_breaker_trips_stops_claims_and_resume_clears_it(store: Store) -> None:
+    storm = RULES.replace("breaker: {max: 1000, per: 5m}", "breaker: {max: 3, per: 5m}")
+    assert verdicts(deliver(store, *(alert(f"r{i}") for i in range(5)), rules=storm)) == [
+        Verdict.EXECUTE] * 3 + [Verdict.BREAKER_OPEN] * 2
+    assert store.get_flag(Flag.BREAKER_OPEN) == NOW
+    assert claim(store).operation is None
+    assert verdicts(deliver(store, alert("r7"), now=NOW + 1, rules=storm)) == [
+        Verdict.BREAKER_OPEN]
+    assert store.resume(NOW + 2) == ["storm breaker open"]
+    assert store.get_flag(Flag.BREAKER_OPEN) is None
+    assert store.get_flag(Flag.RESUMED) == NOW + 2
+    assert claim(store, NOW + 2).operation is not None
+    # Demand counts from the resume on.
+    assert verdicts(deliver(store, alert("r8"), alert("r9"), now=NOW + 3, rules=storm)) == [
+        Verdict.EXECUTE, Verdict.EXECUTE]
+
+
+# -- approvals -------------------------------------------------------------------------------
+
+
+def test_an_approved_operation_is_queued_and_sent(store: Store) -> None:
+    (asked,) = deliver(store, alert("r1", "Dead"))
+    assert asked.decision.verdict == Verdict.PENDING_APPROVAL
+    assert [op.id for op in store.pending(NOW)] == [asked.operation_id]
+    assert store.queue_depth(NOW)["pending_approval"] == 1
+    assert claim(store).operation is None
+    approved = store.settle(asked.operation_id, True, "ann", NOW + 60, max_age=MAX_AGE,
+                            release_until=NOW)
+    assert (approved.state, store.pending(NOW + 60)) == (OpState.QUEUED, [])
+    record = store.audit(AuditQuery(limit=None))[-1]
+    assert (record.event, record.outcome, record.reason) == (
+        Event.APPROVAL, "approved", "approved by ann")
+    # The maximum age counts from the approval.
+    assert claim(store, NOW + 60 + MAX_AGE + 1).operation is None
+    assert claimed(store, NOW + 60 + MAX_AGE).id == asked.operation_id
+
+
+def test_a_rejected_operation_is_never_sent_and_keeps_its_cooldown(store: Store) -> None:
+    (asked,) = deliver(store, alert("r1", "Dead"))
+    rejected = store.settle(asked.operation_id, False, "bob", NOW, max_age=MAX_AGE,
+                            release_until=NOW)
+    assert rejected.state == OpState.REJECTED
+    assert outcomes(store) == [("r1", "rejected", "rejected by bob")]
+    assert claim(store).operation is None
+    assert ("r1", "factory") in store.active_cooldowns(NOW)
+    with pytest.raises(StoreError, match=f"operation {asked.operation_id} is rejected,"
+                                         " not pending approval") as refused:
+        store.settle(asked.operation_id, True, "ann", NOW, max_age=MAX_AGE, release_until=NOW)
+    assert refused.value.status == 409
+    with pytest.raises(StoreError, match="no operation 999") as missing:
+        store.settle(999, True, "ann", NOW, max_age=MAX_AGE, release_until=NOW)
+    assert missing.value.status == 404
+
+
+def test_an_answer_past_the_approval_timeout_is_refused_and_expires_it(store: Store) -> None:
+    (asked,) = deliver(store, alert("r1", "Dead"))
+    late = NOW + APPROVAL_TIMEOUT + 1
+    assert store.pending(late) == [] and store.queue_depth(late)["pending_approval"] == 0
+    with pytest.raises(StoreError, match="expired at .* \\(approval timeout\\)") as refused:
+        store.settle(asked.operation_id, True, "ann", late, max_age=MAX_AGE,
+                     release_until=late + 60)
+    assert refused.value.status == 409
+    assert outcomes(store) == [("r1", "expired", "approval_timeout")]  # kept: one record
+    assert store.active_cooldowns(late) == {("r1", "factory"): late + 60}
+    assert store.end_stale(late, late) == []
+
+
+# -- flags -----------------------------------------------------------------------------------
+
+
+def test_flags_are_set_read_and_cleared(store: Store) -> None:
+    assert store.get_flag(Flag.PAUSED) is None
+    store.set_flag(Flag.PAUSED, NOW)
+    store.set_flag(Flag.PAUSED, NOW + 1)
+    assert store.get_flag(Flag.PAUSED) == NOW + 1
+    store.set_flag(Flag.API_UNAUTHORIZED, NOW)
+    store.set_flag(Flag.API_UNAUTHORIZED, None)
+    assert store.get_flag(Flag.API_UNAUTHORIZED) is None
+    store.check_writable(NOW + 2)
+    assert store.get_flag(Flag.WRITE_CHECKED) == NOW + 2
+    store.ping()
+
+
+def test_pause_stops_claims_and_resume_says_what_it_cleared(store: Store) -> None:
+    deliver(store, alert("r1"))
+    store.set_flag(Flag.PAUSED, NOW)
+    assert claim(store).operation is None
+    assert verdicts(deliver(store, alert("r2"))) == [Verdict.PAUSED]
+    assert store.resume(NOW + 1) == ["paused"]
+    assert store.resume(NOW + 2) == []
+    assert claimed(store, NOW + 2).device == "r1"
+
+
+# -- cooldowns cleared by hand ---------------------------------------------------------------
+
+
+def test_a_cooldown_cleared_by_hand_is_audited_and_the_device_remediable(store: Store) -> None:
+    (first,) = deliver(store, alert("r1"))
+    with pytest.raises(StoreError, match=f"operation {first.operation_id} is still queued") \
+            as refused:
+        store.clear_cooldowns("r1", None, "ann", NOW)
+    assert refused.value.status == 409
+    store.finish(claimed(store), result(), NOW)
+    (cleared,) = store.clear_cooldowns("r1", "reboot", "ann", NOW + 1)
+    assert (cleared.device, cleared.operation_id) == ("r1", first.operation_id)
+    record = store.audit(AuditQuery(limit=1))[0]
+    assert (record.event, record.outcome, record.device, record.operation_id) == (
+        Event.OPERATOR, "cooldown_cleared", "r1", first.operation_id)
+    assert record.reason.startswith("cleared by ann; it ran until ")
+    assert store.active_cooldowns(NOW + 1) == {}
+    assert verdicts(deliver(store, alert("r1"), now=NOW + 2)) == [Verdict.EXECUTE]
+    with pytest.raises(StoreError, match="no cooldown in force on r2 \\(sync\\)") as missing:
+        store.clear_cooldowns("r2", "sync", "ann", NOW)
+    assert missing.value.status == 404
+
+
+# -- the audit: a hash chain, read back by filters, pruned from the oldest -------------------
+
+
+def test_every_write_chains_its_audit_records(store: Store) -> None:
+    deliver(store, alert("r1"), alert("x", "NoSuchAlert"))
+    store.finish(claimed(store), result(), NOW + 1)
+    records = store.audit(AuditQuery(limit=None))
+    assert [(r.id, r.event, r.outcome) for r in records] == [
+        (1, "decision", "execute"), (2, "decision", "no_match"), (3, "outcome", "succeeded")]
+    assert records[0].prev_hash == "0" * 64
+    assert [r.prev_hash for r in records[1:]] == [r.hash for r in records[:-1]]
+    report = store.verify_audit()
+    assert (report.ok, report.records, report.head_id, report.head_hash) == (
+        True, 3, 3, records[-1].hash)
+
+
+def test_audit_queries_filter_and_page(store: Store) -> None:
+    for i in range(4):
+        deliver(store, alert(f"r{i}"), now=NOW + i)
+    every = store.audit(AuditQuery(limit=None))
+    assert [r.device for r in store.audit(AuditQuery(device="r2"))] == ["r2"]
+    assert len(store.audit(AuditQuery(rule="reboot-down", outcome="execute"))) == 4
+    assert store.audit(AuditQuery(outcome="failed")) == []
+    assert [r.id for r in store.audit(AuditQuery(since=NOW + 2))] == [3, 4]
+    assert [r.id for r in store.audit(AuditQuery(limit=2))] == [3, 4]  # the newest
+    assert [r.id for r in store.audit(AuditQuery(limit=2, after_id=1, oldest_first=True))] == [
+        2, 3]
+    assert every[0].to_json()["time"] == "2027-01-15T08:00:00.000Z"
+
+
+def test_pruning_keeps_the_newest_record_and_open_operations(store: Store) -> None:
+    deliver(store, alert("r1"), alert("r2"))
+    store.finish(claimed(store), result(), NOW)  # r1 ends; r2 stays queued
+    assert store.prune(NOW + 10, batch=2) == 2
+    assert store.prune(NOW + 10) == 0  # the newest record always stays
+    (kept,) = store.audit(AuditQuery(limit=None))
+    assert kept.id == 3
+    report = store.verify_audit()
+    assert (report.ok, report.first_id, report.records) == (True, 3, 1)
+    assert store.queue_depth(NOW)["queued"] == 1
+    # The chain goes on from the record that stayed, past the ids that went.
+    deliver(store, alert("r3"), now=NOW + 11)
+    assert [r.id for r in store.audit(AuditQuery(limit=None))] == [3, 4]
+    assert store.verify_audit().ok
+
+
+# -- SQLite only: schema versions on real files -----------------------------------------------
+
+#: What a bridge from before schema versions (and before the hash chain, rules versions and
+#: operation ids in cooldowns) left behind, with a record, a cooldown and a queued operation.
+UNVERSIONED = """
+CREATE TABLE cooldowns (device TEXT NOT NULL, operation TEXT NOT NULL, until REAL NOT NULL,
+    rule TEXT NOT NULL, PRIMARY KEY (device, operation));
+CREATE TABLE operations (id INTEGER PRIMARY KEY, device TEXT NOT NULL,
+    operation TEXT NOT NULL, rule TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,
+    updated REAL NOT NULL, request_id TEXT NOT NULL, source TEXT NOT NULL,
+    receiver TEXT NOT NULL, group_key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    alertname TEXT NOT NULL, alert_status TEXT NOT NULL, labels TEXT NOT NULL,
+    hold TEXT NOT NULL, claim_until REAL NOT NULL, next_attempt REAL NOT NULL,
+    expires_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, lease_until REAL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,
+    event TEXT NOT NULL, request_id TEXT NOT NULL, source TEXT NOT NULL,
+    receiver TEXT NOT NULL, group_key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    alertname TEXT NOT NULL, alert_status TEXT NOT NULL, rule TEXT NOT NULL,
+    device TEXT NOT NULL, operation TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL,
+    status_code INTEGER, execution_id TEXT, error TEXT NOT NULL, operation_id INTEGER,
+    attempt INTEGER);
+INSERT INTO cooldowns VALUES ('r1', 'reboot', 1800003600.0, 'reboot-down');
+INSERT INTO operations (device, operation, rule, state, created, updated, request_id, source,
+    receiver, group_key, fingerprint, alertname, alert_status, labels, hold, claim_until,
+    next_attempt, expires_at) VALUES ('r1', 'reboot', 'reboot-down', 'queued', 1800000000.0,
+    1800000000.0, 'req-0', 'alertmanager', 'bridge', '{}:{}', 'DeviceDown-r1', 'DeviceDown',
+    'firing', '{"alertname": "DeviceDown", "device": "r1"}', '', 1800003600.0, 1800000000.0,
+    1800000600.0);
+INSERT INTO audit (ts, event, request_id, source, receiver, group_key, fingerprint, alertname,
+    alert_status, rule, device, operation, outcome, reason, error, operation_id)
+    VALUES (1800000000.0, 'decision', 'req-0', 'alertmanager', 'bridge', '{}:{}',
+    'DeviceDown-r1', 'DeviceDown', 'firing', 'reboot-down', 'r1', 'reboot', 'execute',
+    'rule matched', '', 1);
+"""
+
+
+def old_state_file(path: Path, script: str = UNVERSIONED) -> Path:
+    with sqlite3.connect(path) as conn:
+        conn.executescript(script)
+    conn.close()
+    return path
+
+
+def user_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    conn.close()
+    return int(version)
+
+
+def test_a_state_file_from_before_schema_versions_is_upgraded(tmp_path: Path) -> None:
+    state = old_state_file(tmp_path / "old.db")
+    store = SqliteStore(state)
+    try:
+        (cooldown,) = store.cooldowns(NOW)
+        assert (cooldown.device, cooldown.operation_id) == ("r1", None)
+        assert store.verify_audit().summary().startswith("OK: 1 record, chain intact, head 1")
+        op = claimed(store)
+        assert (op.device, op.rules_version) == ("r1", "")
+        store.finish(op, result(), NOW)
+        assert store.verify_audit().records == 2
+    finally:
+        store.close()
+    assert user_version(state) == SCHEMA_VERSION
+
+
+def test_a_state_file_of_todays_tables_without_a_version_is_taken_as_is(tmp_path: Path) -> None:
+    made = SqliteStore(tmp_path / "state.db")
+    deliver(made, alert("r1"))
+    head = made.verify_audit().head_hash
+    made.close()
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.execute("PRAGMA user_version = 0")  # as a bridge before versions left it
+    conn.close()
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        assert store.verify_audit().head_hash == head
+        assert verdicts(deliver(store, alert("r1"))) == [Verdict.COOLDOWN]
+    finally:
+        store.close()
+    assert user_version(tmp_path / "state.db") == SCHEMA_VERSION
+
+
+def test_a_state_file_of_a_newer_bridge_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    SqliteStore(state).close()
+    newer = SCHEMA_VERSION + 1
+    with sqlite3.connect(state) as conn:
+        conn.execute(f"PRAGMA user_version = {newer}")
+    conn.close()
+    refusal = (f"state store {state}: its schema is version {newer}, newer than this bridge"
+               f" knows (up to version {SCHEMA_VERSION}): run the bridge version that wrote"
+               " it, or a newer one")
+    store = SqliteStore(state)
+    with pytest.raises(StoreError, match=refusal.replace("(", "\\(").replace(")", "\\)")):
+        store.ping()
+    store.close()
+    from click.testing import CliRunner
+
+    from bridge.cli import main
+
+    listing = CliRunner().invoke(main, ["audit", "--state", str(state)])
+    assert (listing.exit_code, listing.output) == (1, f"Error: {refusal}\n")
+    assert user_version(state) == newer
+
+
+OPENER = """
+import os, sys, time
+from bridge.store import SqliteStore
+go = sys.argv[2]
+deadline = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.01)
+store = SqliteStore(sys.argv[1])
+print(store.verify_audit().summary())
+store.close()
+"""
+
+
+def test_several_processes_opening_an_old_file_at_once_upgrade_it_once(tmp_path: Path) -> None:
+    state = old_state_file(tmp_path / "old.db")
+    go = tmp_path / "go"
+    openers = [subprocess.Popen([sys.executable, "-c", OPENER, str(state), str(go)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(4)]
+    go.touch()  # all of them open the file at once
+    answers = [p.communicate(timeout=60) for p in openers]
+    assert [p.returncode for p in openers] == [0] * 4, answers
+    assert len({out for out, _ in answers}) == 1
+    assert answers[0][0].startswith("OK: 1 record, chain intact")
+    assert user_version(state) == SCHEMA_VERSION
+
+
+# -- SQLite only: writers wait their turn, the write-ahead log stays small --------------------
 
 
 @contextmanager
@@ -58,12 +672,12 @@ def test_a_writer_gives_up_at_its_timeout_and_leaves_no_lock_behind(tmp_path: Pa
         with holding_the_turn(holder):
             for waiting_in in (holder, other):  # behind the thread lock, behind the flock
                 with pytest.raises(StoreError, match=busy):
-                    bounded(partial(waiting_in.set_flag, PAUSED, 1.0))
+                    bounded(partial(waiting_in.set_flag, Flag.PAUSED, 1.0))
         # The turn `other` gave up on came to it later: it went straight back.
         late = SqliteStore(state, timeout=10)
-        bounded(lambda: late.set_flag(PAUSED, 2.0))
-        bounded(lambda: other.set_flag(PAUSED, 3.0))
-        assert late.get_flag(PAUSED) == 3.0
+        bounded(lambda: late.set_flag(Flag.PAUSED, 2.0))
+        bounded(lambda: other.set_flag(Flag.PAUSED, 3.0))
+        assert late.get_flag(Flag.PAUSED) == 3.0
         late.close()
     finally:
         holder.close()
