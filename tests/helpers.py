@@ -23,7 +23,7 @@ import requests
 from werkzeug.serving import make_server
 
 from bridge.audit import AuditQuery, AuditRecord
-from bridge.store import SqliteStore
+from bridge.store import SqliteStore, open_store
 
 PAYLOADS = Path(__file__).parent / "payloads"
 ROOT = Path(__file__).parent.parent
@@ -117,8 +117,8 @@ def make_disk_full(mocker: Any, store: SqliteStore) -> None:
 
 
 def read_audit(state: str | Path) -> list[AuditRecord]:
-    """Every audit record of a state file, oldest first."""
-    store = SqliteStore(state)
+    """Every audit record of a state (a file, or a PostgreSQL URL), oldest first."""
+    store = open_store(str(state))
     try:
         return store.audit(AuditQuery(limit=None))
     finally:
@@ -161,7 +161,7 @@ class ThreadServer:
 class BridgeProcess:
     """`python -m bridge serve` under real gunicorn, as an operator would start it."""
 
-    def __init__(self, workdir: Path, rules: Path, state: Path, env: dict[str, str],
+    def __init__(self, workdir: Path, rules: Path, state: Path | str, env: dict[str, str],
                  workers: int = 3, extra_args: tuple[str, ...] = ()) -> None:
         self.workdir, self.rules, self.state = workdir, rules, state
         self.env = {**os.environ, **env}

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -34,10 +35,12 @@ from bridge.store import (
     SqliteStore,
     Store,
     StoreError,
+    open_store,
 )
 from bridge.vocab import Event, Flag, OpState, Verdict
+from tests import postgres
 from tests.conftest import Bridge
-from tests.helpers import BridgeProcess, payload, payload_json, wait_until
+from tests.helpers import BridgeProcess, free_port, payload, payload_json, wait_until
 
 NOW = 1_800_000_000.0
 MAX_AGE = 600.0
@@ -68,14 +71,24 @@ rules:
 """
 
 
-@pytest.fixture(params=["sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+@pytest.fixture
+def replicas(state_location: str) -> Iterator[Callable[[], Store]]:
+    """Opens the state once more, as another process (or replica) would; closed at the end."""
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        opened.append(open_store(state_location, timeout=10))
+        return opened[-1]
+
+    yield open_one
+    for one in opened:
+        one.close()
+
+
+@pytest.fixture
+def store(replicas: Callable[[], Store]) -> Store:
     """A new, empty store on each engine."""
-    opened = SqliteStore(tmp_path / "state.db", timeout=10)
-    try:
-        yield opened
-    finally:
-        opened.close()
+    return replicas()
 
 
 def alert(device: str, alertname: str = "DeviceDown", *, status: str = "firing",
@@ -495,6 +508,249 @@ def test_pruning_keeps_the_newest_record_and_open_operations(store: Store) -> No
     deliver(store, alert("r3"), now=NOW + 11)
     assert [r.id for r in store.audit(AuditQuery(limit=None))] == [3, 4]
     assert store.verify_audit().ok
+
+
+# -- several processes (or replicas) at once: every limit is global ---------------------------
+
+THREE_OPERATIONS = """\
+budgets: []
+breaker: {max: 10000, per: 5m}
+rules:
+  - {name: reboot, match: ['alertname = "A"'], device: "{{ labels.device }}", operation: reboot}
+  - {name: sync, match: ['alertname = "B"'], device: "{{ labels.device }}", operation: sync}
+  - {name: reconf, match: ['alertname = "C"'], device: "{{ labels.device }}", operation: reconf}
+"""
+
+
+BUDGET_OF_20 = """\
+budgets: [{name: reboots, operation: reboot, max: 20, per: 1h}]
+breaker: {max: 10000, per: 5m}
+rules:
+  - {name: reboot, match: ['alertname = "DeviceDown"'], device: "{{ labels.device }}",
+     operation: reboot}
+"""
+
+
+def in_parallel(work: Callable[[int], object], n: int) -> list[object]:
+    """Run work(0) ... work(n - 1) in n threads at once; their results, or their error."""
+    start = threading.Barrier(n)
+
+    def run(i: int) -> object:
+        start.wait(30)
+        return work(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def test_senders_of_several_replicas_keep_the_limits_together(
+    store: Store, replicas: Callable[[], Store]
+) -> None:
+    devices = [f"d{i}" for i in range(8)]
+    deliver(store, *(alert(d, name) for d in devices for name in "ABC"),
+            rules=THREE_OPERATIONS)
+    handles = [replicas() for _ in range(3)]  # three replicas, four senders each
+    lock = threading.Lock()
+    in_flight: dict[int, str] = {}
+    seen: list[tuple[int, int]] = []  # (operations in flight, of them on its device) per claim
+    sent: list[int] = []
+
+    def sender(i: int) -> None:
+        mine, deadline = handles[i % 3], time.monotonic() + 60
+        while time.monotonic() < deadline:
+            op = mine.claim(NOW, concurrency=3, spacing=0.0, lease=60.0).operation
+            if op is None:
+                with lock:
+                    if len(sent) == 24:
+                        return
+                continue
+            with lock:
+                seen.append((len(in_flight) + 1,
+                             sum(d == op.device for d in in_flight.values()) + 1))
+                in_flight[op.id] = op.device
+                sent.append(op.id)
+            mine.queue_depth(NOW)  # a moment in flight, as a call would be
+            with lock:
+                del in_flight[op.id]
+            mine.finish(op, result(), NOW)
+        raise AssertionError(f"sender {i}: not all sent within 60 s")
+
+    in_parallel(sender, 12)
+    assert sorted(sent) == list(range(1, 25))  # each once
+    assert max(n for n, _ in seen) <= 3
+    assert max(same for _, same in seen) == 1
+    assert store.outcome_counts(NOW) == {"succeeded": 24}
+    assert store.verify_audit().ok
+
+
+def test_500_reboots_from_several_replicas_against_a_budget_of_20_queue_20(
+    store: Store, replicas: Callable[[], Store]
+) -> None:
+    rules = parse_rules(BUDGET_OF_20)
+    handles = [replicas() for _ in range(3)]
+
+    def webhooks(i: int) -> list[str]:
+        return [v for n in range(50)
+                for v in verdicts(deliver(handles[i % 3], alert(f"r{i}-{n}"), rules=rules))]
+
+    answers = [v for vs in in_parallel(webhooks, 10) for v in vs]  # type: ignore[union-attr]
+    assert len(answers) == 500
+    assert answers.count(Verdict.EXECUTE) == 20
+    assert answers.count(Verdict.HELD_BY_BUDGET) == 480
+    assert store.queue_depth(NOW)["queued"] == 20
+    report = store.verify_audit()
+    assert (report.ok, report.records) == (True, 500)
+
+
+# -- PostgreSQL only: connections, failures, locks --------------------------------------------
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[Callable[..., Store]]:
+    """Opens stores on the session's database, emptied first; all closed at the end."""
+    postgres.empty(postgres_url)
+    opened: list[Store] = []
+
+    def open_one(url: str = postgres_url, **options: Any) -> Store:
+        opened.append(open_store(url, **{"timeout": 10.0, **options}))
+        return opened[-1]
+
+    yield open_one
+    for one in opened:
+        one.close()
+
+
+def test_a_claim_never_waits_for_a_decision_in_progress(pg: Callable[..., Store]) -> None:
+    store = pg()
+    deliver(store, alert("r1"))
+    deciding, decided = threading.Event(), threading.Event()
+
+    def slow_judge(state: Any) -> list[Any]:
+        deciding.set()
+        decided.wait(30)  # holds the decision lock meanwhile
+        return []
+
+    webhook = threading.Thread(target=store.read_state, args=(slow_judge,))
+    webhook.start()
+    try:
+        assert deciding.wait(10)
+        op = bounded(lambda: claim(pg()).operation, within=5)
+        assert op is not None and op.device == "r1"  # type: ignore[attr-defined]
+        # ... while another decision waits its turn, within its timeout.
+        with pytest.raises(StoreError, match="locked by another writer, or no connection"
+                                             " free, for more than 0.5s"):
+            bounded(lambda: pg(timeout=0.5).read_state(lambda state: None))
+    finally:
+        decided.set()
+        webhook.join(10)
+
+
+def test_a_server_gone_and_back_costs_one_failed_call_at_most(
+    pg: Callable[..., Store], postgres_url: str
+) -> None:
+    store = pg()
+    deliver(store, alert("r1"))
+    store.ping()
+    assert postgres.cut_connections(postgres_url) >= 1  # every pooled connection dies
+    store.set_flag(Flag.PAUSED, NOW)  # on a fresh connection: the dead ones are dropped
+    assert store.get_flag(Flag.PAUSED) == NOW
+    assert verdicts(deliver(store, alert("r2"))) == [Verdict.PAUSED]
+
+
+def test_a_connection_cut_mid_transaction_commits_nothing(
+    pg: Callable[..., Store], postgres_url: str
+) -> None:
+    store = pg()
+
+    def cut_while_deciding(state: Any) -> list[Any]:
+        postgres.cut_connections(postgres_url)
+        return decide([alert("r1")], parse_rules(RULES), state, NOW, dry_run=False)
+
+    with pytest.raises(StoreError) as failed:
+        store.record(DELIVERY, cut_while_deciding, NOW, max_age=MAX_AGE,
+                     approval_timeout=APPROVAL_TIMEOUT, answer=lambda recorded: recorded)
+    assert failed.value.status == 503
+    assert failed.value.message.startswith(f"state store {store.where}: ")
+    assert store.active_cooldowns(NOW) == {} and store.audit(AuditQuery()) == []
+    assert verdicts(deliver(store, alert("r1"))) == [Verdict.EXECUTE]
+
+
+def test_an_unreachable_server_is_a_503_that_names_it_without_its_password(
+    pg: Callable[..., Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql://bridge:pw-Secret-42@127.0.0.1:{port}/state?sslmode=disable"
+    store = pg(url, timeout=1.0)
+    assert "pw-Secret-42" not in repr(store)
+    assert store.where == f"postgresql://bridge@127.0.0.1:{port}/state"
+    with pytest.raises(StoreError) as failed:
+        store.ping()
+    assert failed.value.status == 503
+    assert failed.value.message.startswith(f"state store postgresql://bridge@127.0.0.1:{port}")
+    assert "pw-Secret-42" not in failed.value.message
+    assert "pw-Secret-42" not in caplog.text
+
+
+def test_the_password_file_is_read_and_never_shown(
+    pg: Callable[..., Store], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("file-Secret-7\n")
+    url = f"postgresql://bridge@127.0.0.1:{free_port()}/state"  # nothing listens there
+    store = pg(url, password_file=str(secret), timeout=1.0)
+    with pytest.raises(StoreError) as failed:
+        store.ping()
+    assert "file-Secret-7" not in failed.value.message + repr(store) + caplog.text
+    missing = pg(url, password_file=str(tmp_path / "nope"))
+    with pytest.raises(StoreError, match="BRIDGE_STATE_PASSWORD_FILE .*nope: No such file"):
+        missing.ping()
+
+
+def test_each_process_makes_its_own_connections_after_fork(
+    pg: Callable[..., Store], postgres_url: str
+) -> None:
+    import multiprocessing
+
+    def sessions() -> set[int]:
+        with postgres.connection(postgres_url) as conn:
+            return {pid for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'alert-bridge'")}
+
+    store = pg()
+    deliver(store, alert("r1"))  # the parent's pool is open and in use
+    parents = sessions()
+    made: multiprocessing.SimpleQueue[set[int]] = multiprocessing.get_context(
+        "fork").SimpleQueue()
+
+    def child() -> None:
+        deliver(store, alert("r2"), now=NOW + 1)
+        made.put(sessions() - parents)
+
+    worker = multiprocessing.get_context("fork").Process(target=child)
+    worker.start()
+    worker.join(30)
+    assert worker.exitcode == 0
+    assert made.get(), "the child used the parent's connections"
+    # The parent's connections are its own still: the child neither used nor closed them.
+    assert parents <= sessions()
+    assert verdicts(deliver(store, alert("r3"), now=NOW + 2)) == [Verdict.EXECUTE]
+    assert sorted(store.active_cooldowns(NOW + 2)) == [("r1", "reboot"), ("r2", "reboot"),
+                                                     ("r3", "reboot")]
+
+
+def test_a_database_of_a_newer_bridge_is_refused(
+    pg: Callable[..., Store], postgres_url: str
+) -> None:
+    with postgres.connection(postgres_url) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (SCHEMA_VERSION + 1,))
+    try:
+        with pytest.raises(StoreError, match=f"its schema is version {SCHEMA_VERSION + 1},"
+                                             " newer than this bridge knows"):
+            pg().ping()
+    finally:
+        with postgres.connection(postgres_url) as conn:
+            conn.execute("DELETE FROM schema_migrations WHERE version > %s", (SCHEMA_VERSION,))
 
 
 # -- SQLite only: schema versions on real files -----------------------------------------------

@@ -1,15 +1,15 @@
 """The store's logic, written once in SQL that every engine runs: claims, queue, audit.
 
-An engine (sqlite.py) supplies connections, transactions and the few words its SQL spells
-differently, through a Tx; everything that decides what is written lives here. Statements use
-`?` for parameters; a Tx translates them when its engine wants another mark.
+An engine (sqlite.py, postgres.py) supplies connections, transactions and the few words its
+SQL spells differently, through a Tx; everything that decides what is written lives here.
+Statements use `?` for parameters; a Tx translates them when its engine wants another mark.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any, Protocol, TypeVar
@@ -216,7 +216,7 @@ class Tx:
         found = self.execute(sql, params).fetchone()
         return found[0] if found else None
 
-    def stream(self, sql: str, params: Sequence[object] = ()) -> Iterator[Row]:
+    def stream(self, sql: str, params: Sequence[object] = ()) -> Generator[Row, None, None]:
         """Rows one at a time, for a result too large to hold (the whole audit)."""
         cursor = self.execute(sql, params)
         names = [d[0] for d in cursor.description]
@@ -348,8 +348,9 @@ class SqlStore:
         """Walk the whole audit chain, in one read snapshot: writers carry on meanwhile."""
         with self._reading(snapshot=True) as tx:
             written = tx.audit_written()
-            records = tx.stream(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id")
-            return verify_chain((AuditRecord(**r) for r in records), written)
+            # Closed inside the transaction even when the walk stops at a break early.
+            with closing(tx.stream(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id")) as rows:
+                return verify_chain((AuditRecord(**r) for r in rows), written)
 
     # -- decisions ------------------------------------------------------------------------
 
