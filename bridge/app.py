@@ -18,6 +18,7 @@ from bridge import payloads
 from bridge.audit import MAX_ID, AuditQuery, Delivery, iso
 from bridge.client import DeviceClient
 from bridge.config import Settings
+from bridge.console import init_app as init_console
 from bridge.decide import TRIPPED, decide, explain, explanation_json, summarize
 from bridge.dispatch import API_UNAUTHORIZED, Dispatcher
 from bridge.errors import BridgeError, ParameterError, PayloadError, RulesError
@@ -88,6 +89,7 @@ def create_app(
         "settings": settings, "rules": rules, "store": store, "dispatcher": dispatcher,
         "metrics": metrics, "housekeeper": housekeeper,
     }
+    init_console(app, clock)
 
     @app.before_request
     def _request_id_and_auth() -> tuple[Response, int] | None:
@@ -409,7 +411,7 @@ class Housekeeper:
         return pruned
 
     def _run(self) -> None:
-        while not self._stop.wait(self.INTERVAL):  # a period, not a synchronisation
+        while not self._stop.wait(self.INTERVAL):
             try:
                 pruned = self.run_once()
             except BridgeError as exc:

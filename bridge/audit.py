@@ -210,7 +210,12 @@ class AuditQuery:
     rule: str | None = None
     outcome: str | None = None
     since: float | None = None  # epoch seconds
+    #: Only the records of this operation: its decision, approval, attempts and outcome. Give
+    #: its device too: the audit is indexed by device.
+    operation_id: int | None = None
     after_id: int = 0
+    #: Only records older than this one (paging backwards from the newest); None: no bound.
+    before_id: int | None = None
     #: The newest `limit` records that pass the filters, returned oldest first; None: all.
     limit: int | None = 50
     #: Page forwards instead: the oldest `limit` records after `after_id`.

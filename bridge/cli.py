@@ -19,6 +19,8 @@ from click.core import ParameterSource
 from bridge.audit import MAX_ID, AuditQuery, format_rows, format_table, iso, to_json_line
 from bridge.config import (
     Settings,
+    external_url_from_env,
+    operation_url,
     parse_bind,
     state_password_file_from_env,
     state_path_from_env,
@@ -256,7 +258,7 @@ def audit(ctx: click.Context, state_path: str | None, device: str | None, rule: 
                 emit(batch)
                 last = batch[-1].id
             else:
-                time.sleep(0.5)  # polling interval of --follow, not a synchronisation
+                time.sleep(0.5)  # SQLite tells no reader of new rows: look again soon
     except KeyboardInterrupt:
         pass
 
@@ -394,25 +396,32 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
 def pending(state_path: str | None, as_json: bool) -> None:
     """List operations waiting for a person's approval.
 
+    With BRIDGE_EXTERNAL_URL set, each comes with the address of its page in the console.
+
     \b
     Example:
         alert-bridge pending && alert-bridge approve 42
     """
     import json
 
+    external = external_url_from_env()
     ops = open_store(state_path).pending(time.time())
     if as_json:
         for op in ops:
-            click.echo(json.dumps(op.to_json()))
+            link = {"console_url": operation_url(external, op.id)} if external else {}
+            click.echo(json.dumps({**op.to_json(), **link}))
         return
     if not ops:
         say("No operation is waiting for approval.")
         return
-    click.echo(format_rows(
-        ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT"),
-        [(str(op.id), iso(op.created)[:-5].replace("T", " "), op.rule, op.device,
-          op.operation, f"{op.alertname}[{op.fingerprint[:8]}]") for op in ops],
-    ))
+    header: tuple[str, ...] = ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT")
+    rows: list[tuple[str, ...]] = [
+        (str(op.id), iso(op.created)[:-5].replace("T", " "), op.rule, op.device, op.operation,
+         f"{op.alertname}[{op.fingerprint[:8]}]") for op in ops]
+    if external:
+        header += ("CONSOLE",)
+        rows = [(*row, operation_url(external, op.id)) for row, op in zip(rows, ops, strict=True)]
+    click.echo(format_rows(header, rows))
 
 
 def _settle(state_path: str | None, operation_id: int, approve: bool, who: str | None) -> None:
@@ -427,6 +436,8 @@ def _settle(state_path: str | None, operation_id: int, approve: bool, who: str |
     else:
         say(f"Rejected operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
                    " it will not be sent.")
+    if settings.external_url:
+        say(f"Console: {operation_url(settings.external_url, op.id)}")
 
 
 def _person(who: str | None) -> str:
@@ -471,33 +482,35 @@ def reject(operation_id: int, state_path: str | None, who: str | None) -> None:
 
 @main.command()
 @STATE_OPTION
+@AS_OPTION
 @user_errors
-def pause(state_path: str | None) -> None:
+def pause(state_path: str | None, who: str | None) -> None:
     """Stop sending operations (the kill switch); webhooks are still received and audited.
+
+    The pause is audited (outcome sending_paused) under the name given by --as.
 
     \b
     Example:
-        alert-bridge pause && alert-bridge status
+        alert-bridge pause --as alice && alert-bridge status
     """
-    from bridge.store import PAUSED
-
-    store = open_store(state_path)
-    if store.get_flag(PAUSED) is None:
-        store.set_flag(PAUSED, time.time())
+    open_store(state_path).pause(time.time(), _person(who))
     say("Paused: no operation is sent until `alert-bridge resume`.")
 
 
 @main.command()
 @STATE_OPTION
+@AS_OPTION
 @user_errors
-def resume(state_path: str | None) -> None:
+def resume(state_path: str | None, who: str | None) -> None:
     """Resume sending after `pause`, or after the storm breaker tripped.
+
+    The resumption is audited (outcome sending_resumed) under the name given by --as.
 
     \b
     Example:
-        alert-bridge status && alert-bridge resume
+        alert-bridge status && alert-bridge resume --as alice
     """
-    was = open_store(state_path).resume(time.time())
+    was = open_store(state_path).resume(time.time(), _person(who))
     say(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
 
 

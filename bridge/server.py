@@ -106,7 +106,7 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
         """SIGHUP ourselves when the rules file's content changes (not its mere mtime)."""
         last = _digest(self.settings.rules_path)
         while True:
-            time.sleep(WATCH_INTERVAL)  # a polling period, not a synchronisation
+            time.sleep(WATCH_INTERVAL)
             current = _digest(self.settings.rules_path)
             if current != last:
                 last = current

@@ -17,7 +17,7 @@ from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thr
 from bridge.rules import parse_rules
 from bridge.store import open_store
 from tests import postgres
-from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes
+from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes, wait_until
 
 # Distinctive, so that finding it anywhere it should not be is unambiguous.
 TOKEN = "tok-7Hq2-ZXv9-never-show-me"
@@ -66,8 +66,17 @@ class Fake:
         r.raise_for_status()
         return r.json()["calls"]
 
+    def arrived(self, n: int = 1) -> list[dict[str, Any]]:
+        """Wait until `n` calls have reached the fake (a held call counts once it is held);
+        the first `n` of them."""
+        got = wait_until(lambda: (lambda c: c if len(c) >= n else None)(self.calls()),
+                         what=f"{n} call(s) at the fake")
+        return got[:n]
+
     def behave(self, **behaviour: Any) -> None:
-        requests.post(f"{self.control}/behaviour", json=behaviour, timeout=5).raise_for_status()
+        """Queue a behaviour (POST /_fake/behaviour), which the fake must accept with 201."""
+        r = requests.post(f"{self.control}/behaviour", json=behaviour, timeout=5)
+        assert r.status_code == 201, r.text
 
     def set_token(self, token: str) -> None:
         """The API rotates its token: only `token` is accepted from now on."""
@@ -106,7 +115,7 @@ def fake_api(fake_server: FakeApiServer) -> Iterator[FakeApiServer]:
     """The fake device API, as it was at its start: no calls, no behaviours, full inventory."""
     fake_server.reset()
     yield fake_server
-    fake_server.reset()  # also wakes calls still delayed by a behaviour
+    fake_server.reset()  # also wakes calls still delayed or held by a behaviour
 
 
 @pytest.fixture

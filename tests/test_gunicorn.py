@@ -96,8 +96,7 @@ def test_every_writer_gives_up_within_the_state_timeout(
 
 def test_several_workers_really_serve(gunicorn_bridge: Callable[..., BridgeProcess]) -> None:
     bridge = gunicorn_bridge(workers=3)
-    wait_until(lambda: bridge.log().count("Booting worker with pid") >= 3,
-               what="three gunicorn workers")
+    bridge.wait_for_workers(3)
 
 
 def test_a_restart_keeps_cooldowns(gunicorn_bridge: Callable[..., BridgeProcess],
@@ -119,8 +118,11 @@ def test_sighup_reaches_the_server_and_it_keeps_serving(
 ) -> None:
     bridge = gunicorn_bridge(workers=2)
     assert bridge.proc is not None
+    old = bridge.wait_for_workers(2)
     bridge.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "Hang up" in bridge.log(), what="gunicorn to log the SIGHUP")
+    # gunicorn answers SIGHUP by replacing every worker.
+    wait_until(lambda: (lambda w: len(w) == 2 and not w & old)(bridge.worker_pids()),
+               what="two new workers after SIGHUP")
     wait_until(lambda: requests.get(bridge.url + "/-/ready", timeout=2).status_code == 200,
                what="ready after SIGHUP")
     assert bridge.stop(signal.SIGTERM) == 0
@@ -129,15 +131,16 @@ def test_sighup_reaches_the_server_and_it_keeps_serving(
 def test_kill_9_loses_nothing_and_sends_nothing_twice(
     gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
 ) -> None:
-    # One call at a time, each slow: when the crash comes, one operation is in flight and
-    # two are queued. A 2 s read timeout makes the in-flight lease short (about 10 s).
+    # One call at a time, the first held by the fake: when the crash comes, one operation is
+    # in flight and two are queued. A 2 s read timeout makes the in-flight lease short (about
+    # 10 s).
     env = {"BRIDGE_CONCURRENCY": "1", "BRIDGE_API_TIMEOUT": "2"}
     first = gunicorn_bridge(workers=2, env=env)
-    fake.behave(delay=1.5, times=1)
+    fake.behave(hold=True, times=1)
     answer = requests.post(first.url + "/webhook", timeout=30,
                            data=payload("alertmanager_firing_multi.json")).json()
     assert answer["summary"] == {"execute": 3}
-    wait_until(lambda: len(fake.calls()) == 1, what="the first call to be in flight")
+    fake.arrived(1)
     first.crash()
     second = gunicorn_bridge(workers=2, env=env, state=first.state)
     ended = outcomes(second, 3, timeout=60)
@@ -155,11 +158,17 @@ def test_kill_9_loses_nothing_and_sends_nothing_twice(
 def test_sigterm_drains_calls_in_flight(gunicorn_bridge: Callable[..., BridgeProcess],
                                         fake: Fake) -> None:
     bridge = gunicorn_bridge(workers=2)
-    fake.behave(delay=2.0)
+    fake.behave(hold=True, times=1)
     requests.post(bridge.url + "/webhook", data=payload("alertmanager_resolved.json"),
                   timeout=30)
-    wait_until(lambda: len(fake.calls()) == 1, what="the call to be in flight")
-    assert bridge.stop(signal.SIGTERM) == 0
+    fake.arrived(1)
+    workers = bridge.wait_for_workers(2)
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGTERM)
+    # The idle worker leaves at once; the one with the call waits for its answer.
+    assert bridge.wait_for_workers(1) < workers and bridge.proc.poll() is None
+    fake.open_gate()
+    assert bridge.proc.wait(30) == 0
     assert [(r.event, r.outcome) for r in audit(bridge)] == [
         ("decision", "execute"), ("outcome", "succeeded")]
 

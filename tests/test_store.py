@@ -29,7 +29,9 @@ from bridge.rules import RuleSet, parse_rules
 from bridge.store import (
     SCHEMA_VERSION,
     WAL_LIMIT,
+    AskingAlert,
     Claim,
+    DeviceSeen,
     Operation,
     Recorded,
     SqliteStore,
@@ -92,8 +94,10 @@ def store(replicas: Callable[[], Store]) -> Store:
 
 
 def alert(device: str, alertname: str = "DeviceDown", *, status: str = "firing",
-          starts_at: float | None = None, **labels: str) -> Alert:
-    return Alert(status, {"alertname": alertname, "device": device, **labels}, {},
+          starts_at: float | None = None, annotations: dict[str, str] | None = None,
+          **labels: str) -> Alert:
+    return Alert(status, {"alertname": alertname, "device": device, **labels},
+                 annotations or {},
                  datetime.fromtimestamp(starts_at, UTC) if starts_at is not None else None,
                  None, f"{alertname}-{device}", "")
 
@@ -509,6 +513,72 @@ def test_pruning_keeps_the_newest_record_and_open_operations(store: Store) -> No
     assert [r.id for r in store.audit(AuditQuery(limit=None))] == [3, 4]
     assert store.verify_audit().ok
 
+
+
+# -- what the operator console and the CLI read ------------------------------------------------
+
+
+def test_an_operation_reads_with_the_alert_that_asked_and_expires_where_it_is_read(
+    store: Store,
+) -> None:
+    (asked,) = deliver(store, alert("r1", "Dead", starts_at=NOW - 3600,
+                                    annotations={"summary": "r1 was taken over"}))
+    op = store.operation(asked.operation_id, NOW)
+    assert op is not None and (op.device, op.state) == ("r1", OpState.PENDING_APPROVAL)
+    assert store.asking_alerts([asked.operation_id, 99]) == {asked.operation_id: AskingAlert(
+        {"alertname": "Dead", "device": "r1"}, {"summary": "r1 was taken over"}, NOW - 3600)}
+    assert store.asking_alerts([]) == {}
+    late = store.operation(asked.operation_id, NOW + APPROVAL_TIMEOUT + 1)  # no sweep yet
+    assert late is not None and late.state == OpState.EXPIRED
+    assert store.operation(99, NOW) is None
+
+
+def test_the_audit_filters_by_operation_and_pages_backwards(store: Store) -> None:
+    ids = [r.operation_id for r in deliver(store, *(alert(d, "Dead") for d in ("r1", "r2", "r3")))]
+    store.settle(ids[1], False, "alice", NOW, max_age=MAX_AGE, release_until=NOW)
+    timeline = store.audit(AuditQuery(device="r2", operation_id=ids[1], limit=None))
+    assert [(r.event, r.outcome) for r in timeline] == [
+        ("decision", "pending_approval"), ("outcome", "rejected")]
+    newest = store.audit(AuditQuery(limit=2))
+    older = store.audit(AuditQuery(limit=2, before_id=newest[0].id))
+    assert [r.id for r in older + newest] == [1, 2, 3, 4]
+    assert store.audit(AuditQuery(limit=2, before_id=1)) == []
+
+
+def test_devices_are_found_by_part_of_their_name_most_recent_first(store: Store) -> None:
+    for n, device in enumerate(("core-switch-01", "office-router-01", "core-switch-02",
+                                "core-switch-01"), 1):
+        deliver(store, alert(device, "Drift"), now=NOW + 60 * n)
+    found = store.devices("SWITCH", 10)
+    assert found == [DeviceSeen("core-switch-01", 2, NOW + 240),
+                     DeviceSeen("core-switch-02", 1, NOW + 180)]
+    assert [d.device for d in store.devices("", 2)] == ["core-switch-01", "core-switch-02"]
+    assert store.devices("nowhere", 10) == []
+    assert store.devices("%", 10) == []  # the text itself, not a pattern
+
+
+def test_operations_per_week_count_what_alerts_asked_for_on_one_device(store: Store) -> None:
+    # Twenty days ago once, then three times within the last seven days (a cooldown of 1h
+    # lets each ask).
+    for days_ago in (20, 6, 5, 0):
+        deliver(store, alert("r1"), now=NOW - days_ago * 86400)
+    deliver(store, alert("r2"))
+    assert store.operations_per_week("r1", NOW, 4) == [0, 1, 0, 3]
+    assert store.operations_per_week("r1", NOW, 1) == [3]
+    assert store.operations_per_week("nobody", NOW, 2) == [0, 0]
+
+
+def test_pause_and_resume_are_audited_under_the_persons_name(store: Store) -> None:
+    assert store.pause(NOW, "alice (console, admin)") is True
+    assert store.pause(NOW + 1, "bob") is False  # already paused: nothing recorded
+    assert store.get_flag(Flag.PAUSED) == NOW
+    assert store.resume(NOW + 2, "carol") == ["paused"]
+    assert store.resume(NOW + 3) == []  # without a name, as before: not audited
+    records = store.audit(AuditQuery(limit=None))
+    assert [(r.event, r.outcome, r.reason) for r in records] == [
+        ("operator", "sending_paused", "paused by alice (console, admin)"),
+        ("operator", "sending_resumed", "resumed by carol (was: paused)")]
+    assert store.verify_audit().ok
 
 # -- several processes (or replicas) at once: every limit is global ---------------------------
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from bridge.store.base import (
     PROBE_WAIT,
+    WEEK,
+    AskingAlert,
     Claim,
     Cooldown,
+    DeviceSeen,
     Operation,
     Recorded,
     Store,
@@ -41,6 +44,7 @@ def open_store(location: str, *, timeout: float = 30.0,
 
 __all__ = [
     "BREAKER_OPEN", "PAUSED", "POOL_SIZE", "PROBE_WAIT", "RELOAD_FAILED", "RELOAD_OK",
-    "SCHEMA_VERSION", "WAL_LIMIT", "Claim", "Cooldown", "Operation", "PostgresStore",
+    "SCHEMA_VERSION", "WAL_LIMIT", "WEEK", "AskingAlert", "Claim", "Cooldown", "DeviceSeen",
+    "Operation", "PostgresStore",
     "Recorded", "SqliteStore", "Store", "StoreError", "is_url", "open_store",
 ]

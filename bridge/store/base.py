@@ -123,6 +123,28 @@ class Cooldown:
 
 
 @dataclass(frozen=True)
+class AskingAlert:
+    """The alert that asked for an operation, as a person deciding on it needs to see it."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float | None  # None: the payload gave no startsAt
+
+
+@dataclass(frozen=True)
+class DeviceSeen:
+    """A device the audit names: how many records it has and when the newest was written."""
+
+    device: str
+    records: int
+    last_seen: float
+
+
+#: Seconds in the buckets of operations_per_week.
+WEEK = 7 * 86400.0
+
+
+@dataclass(frozen=True)
 class Claim:
     """The operation a sender may send now, or None and how long to wait for the rate limit."""
 
@@ -152,6 +174,11 @@ class Store(Protocol):
                answer: Callable[[list[Recorded]], T]) -> T: ...
     def read_state(self, judge: Callable[[State], T]) -> T: ...
     def pending(self, now: float) -> list[Operation]: ...
+    def operation(self, operation_id: int, now: float) -> Operation | None: ...
+    def asking_alerts(self, operation_ids: Sequence[int]) -> dict[int, AskingAlert]: ...
+    def devices(self, containing: str, limit: int) -> list[DeviceSeen]: ...
+    def operations_per_week(self, device: str, now: float, weeks: int) -> list[int]: ...
+    def pause(self, now: float, who: str) -> bool: ...
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
                max_age: float, release_until: float) -> Operation: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
@@ -160,7 +187,7 @@ class Store(Protocol):
     def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
     def queue_depth(self, now: float) -> dict[str, int]: ...
     def outcome_counts(self, since: float) -> dict[str, int]: ...
-    def resume(self, now: float) -> list[str]: ...
+    def resume(self, now: float, who: str | None = None) -> list[str]: ...
     def prune(self, before: float, batch: int = 500) -> int: ...
     def checkpoint(self) -> bool: ...
     def check_writable(self, now: float) -> None: ...
@@ -227,6 +254,11 @@ class Tx:
         """An expression for the text at `key` of the JSON object in `column` (NULL if none).
 
         `key` is a label name, checked at load ([a-zA-Z_][a-zA-Z0-9_]*): safe in the SQL."""
+        raise NotImplementedError
+
+    def contains(self, column: str) -> str:
+        """An expression true where the text in `column` contains the parameter's text, in
+        any case (one `?`)."""
         raise NotImplementedError
 
     def audit_written(self) -> int:
@@ -303,6 +335,49 @@ class SqlStore:
         )
         return [Operation.of(r) for r in rows]
 
+    def operation(self, operation_id: int, now: float) -> Operation | None:
+        """One operation by its id, or None. One still open but past its expiry at `now` reads
+        as expired, swept or not, as everywhere else."""
+        rows = self._read(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?", (operation_id,))
+        if not rows:
+            return None
+        op = Operation.of(rows[0])
+        if op.state in (OpState.QUEUED, OpState.PENDING_APPROVAL) and op.expires_at < now:
+            op = replace(op, state=OpState.EXPIRED)
+        return op
+
+    def asking_alerts(self, operation_ids: Sequence[int]) -> dict[int, AskingAlert]:
+        """The alert (labels, annotations, startsAt) that asked for each of these operations."""
+        ids = list(operation_ids)
+        if not ids:
+            return {}
+        rows = self._read(
+            f"SELECT id, labels, annotations, starts_at FROM operations"
+            f" WHERE id IN ({', '.join('?' * len(ids))})", ids)
+        return {r["id"]: AskingAlert(_json(r["labels"]), _json(r["annotations"]), r["starts_at"])
+                for r in rows}
+
+    def devices(self, containing: str, limit: int) -> list[DeviceSeen]:
+        """The devices the audit names whose name contains this text (any case), the most
+        recently seen first."""
+        with self._reading() as tx:
+            rows = tx.rows(
+                "SELECT device, count(*) AS records, max(ts) AS last_seen FROM audit"
+                f" WHERE device != '' AND {tx.contains('device')} GROUP BY device"
+                " ORDER BY max(ts) DESC, device LIMIT ?", (containing, limit))
+        return [DeviceSeen(**r) for r in rows]
+
+    def operations_per_week(self, device: str, now: float, weeks: int) -> list[int]:
+        """How many operations alerts asked for on `device` in each of the last `weeks` weeks
+        (7-day spans ending at `now`), oldest first: whether it keeps coming back."""
+        rows = self._read(
+            "SELECT created FROM operations WHERE device = ? AND created > ? AND created <= ?",
+            (device, now - weeks * WEEK, now))
+        counts = [0] * weeks
+        for r in rows:
+            counts[weeks - 1 - int((now - r["created"]) / WEEK)] += 1
+        return counts
+
     def outcome_counts(self, since: float) -> dict[str, int]:
         """How many operations ended with each outcome since then."""
         rows = self._read(
@@ -327,7 +402,7 @@ class SqlStore:
     def audit(self, query: AuditQuery) -> list[AuditRecord]:
         where: list[str] = ["id > ?"]
         params: list[object] = [query.after_id]
-        for column in ("device", "rule", "outcome"):
+        for column in ("device", "rule", "outcome", "operation_id"):
             value = getattr(query, column)
             if value is not None:
                 where.append(f"{column} = ?")
@@ -335,6 +410,9 @@ class SqlStore:
         if query.since is not None:
             where.append("ts >= ?")
             params.append(query.since)
+        if query.before_id is not None:
+            where.append("id < ?")
+            params.append(query.before_id)
         sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)}"
         if query.limit is None:
             rows = self._read(sql + " ORDER BY id", params)
@@ -545,14 +623,29 @@ class SqlStore:
             _append(tx, entries)
         return cleared
 
-    def resume(self, now: float) -> list[str]:
-        """Clear pause and storm breaker; what was set, for the operator to read."""
+    def pause(self, now: float, who: str) -> bool:
+        """Stop sending, by a person's word, audited under `who`; False if already paused."""
+        with self._write() as tx:
+            if _meta(tx, Flag.PAUSED):
+                return False
+            _set_meta(tx, Flag.PAUSED, now)
+            _append(tx, [_entry(now, Event.OPERATOR, outcome=Outcome.SENDING_PAUSED,
+                                reason=f"paused by {who}")])
+        return True
+
+    def resume(self, now: float, who: str | None = None) -> list[str]:
+        """Clear pause and storm breaker; what was set, for the operator to read. With `who`,
+        the resumption is audited under that name."""
         with self._write() as tx:
             was = [name for name, flag in (("paused", Flag.PAUSED),
                                            ("storm breaker open", Flag.BREAKER_OPEN))
                    if _meta(tx, flag)]
             tx.execute("DELETE FROM meta WHERE key IN (?, ?)", (Flag.PAUSED, Flag.BREAKER_OPEN))
             _set_meta(tx, Flag.RESUMED, now)
+            if who is not None:
+                reason = f"resumed by {who} (was: {', '.join(was) or 'running'})"
+                _append(tx, [_entry(now, Event.OPERATOR, outcome=Outcome.SENDING_RESUMED,
+                                    reason=reason)])
         return was
 
     def set_flag(self, key: str, value: float | None) -> None:
@@ -651,13 +744,16 @@ def _queue(tx: Tx, delivery: Delivery, d: Decision, now: float, max_age: float,
     op_id = int(tx.value(
         "INSERT INTO operations (device, operation, rule, state, created, updated,"
         " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
-        " rules_version, labels, hold, claim_until, next_attempt, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        " rules_version, labels, annotations, starts_at, hold, claim_until, next_attempt,"
+        " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
         (
             d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
             delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
             d.alert.alertname, d.alert.status, delivery.rules_version,
-            json.dumps(dict(d.alert.labels)), hold, d.until, not_before, expires,
+            json.dumps(dict(d.alert.labels)), json.dumps(dict(d.alert.annotations)),
+            d.alert.starts_at.timestamp() if d.alert.starts_at else None, hold, d.until,
+            not_before, expires,
         ),
     ))
     tx.execute(
@@ -761,6 +857,11 @@ def _not_pending(op: Operation, hold: str) -> StoreError | None:
         return StoreError(f"operation {op.id} expired at {iso(op.expires_at)}"
                           " (approval timeout)", status=409)
     return StoreError(f"operation {op.id} is {op.state}, not pending approval", status=409)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value: SQLite gives its text, PostgreSQL (jsonb) the value itself."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _meta(tx: Tx, key: str, default: float = 0.0) -> float:

@@ -73,6 +73,9 @@ class PostgresTx(Tx):
             for values in cursor:
                 yield dict(zip(names, values, strict=True))
 
+    def contains(self, column: str) -> str:
+        return f"strpos(lower({column}), lower(?)) > 0"
+
     def audit_written(self) -> int:
         return int(self.value("SELECT id FROM audit_written"))
 

@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS operations (
     alert_status TEXT NOT NULL,
     rules_version TEXT NOT NULL DEFAULT '',
     labels TEXT NOT NULL,            -- the alert's labels, JSON: budgets group by them
+    annotations TEXT NOT NULL DEFAULT '{}',  -- the alert's annotations, JSON, for a person
+    starts_at REAL,                  -- the alert's startsAt, for a person (NULL: none given)
     hold TEXT NOT NULL,              -- why it waited: '', approval, window, min_age
     claim_until REAL NOT NULL,       -- the cooldown end this operation claimed
     next_attempt REAL NOT NULL,      -- not sent before this time (holds, retry spacing)
@@ -145,6 +147,8 @@ CREATE TABLE IF NOT EXISTS operations (
     alert_status text NOT NULL,
     rules_version text NOT NULL DEFAULT '',
     labels jsonb NOT NULL,
+    annotations jsonb NOT NULL DEFAULT '{}',
+    starts_at double precision,
     hold text NOT NULL,
     claim_until double precision NOT NULL,
     next_attempt double precision NOT NULL,
@@ -192,6 +196,8 @@ _UNVERSIONED_COLUMNS = (
     ("audit", "rules_version", "TEXT NOT NULL DEFAULT ''"),
     ("operations", "rules_version", "TEXT NOT NULL DEFAULT ''"),
     ("cooldowns", "operation_id", "INTEGER"),
+    ("operations", "annotations", "TEXT NOT NULL DEFAULT '{}'"),
+    ("operations", "starts_at", "REAL"),
 )
 
 

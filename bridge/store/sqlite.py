@@ -31,6 +31,9 @@ class SqliteTx(Tx):
     def json_text(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.{key}')"
 
+    def contains(self, column: str) -> str:
+        return f"instr(lower({column}), lower(?)) > 0"
+
     def audit_written(self) -> int:
         # AUTOINCREMENT remembers the highest id ever inserted, explicit ids included.
         return int(self.value(
