@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from bridge.client import CallResult, DeviceClient
 from bridge.errors import BridgeError
 from bridge.store import Operation, Store
+from bridge.vocab import CallKind, CallOutcome
 
 if TYPE_CHECKING:
     from bridge.metrics import Metrics
@@ -41,9 +42,9 @@ REPEATABLE_AFTER_AMBIGUITY = frozenset({"sync"})
 # Answers that say the operation did not start, so sending it again is safe for any
 # operation: the server failed to initiate it (5xx except 504), the request never left, or
 # the device was busy or offline.
-_BACKOFF = frozenset({"server_error", "connect_error"})
-_BUSY = frozenset({"busy", "unprocessable"})
-_AMBIGUOUS = frozenset({"timeout", "invalid_response"})
+_BACKOFF = frozenset({CallKind.SERVER_ERROR, CallKind.CONNECT_ERROR})
+_BUSY = frozenset({CallKind.BUSY, CallKind.UNPROCESSABLE})
+_AMBIGUOUS = frozenset({CallKind.TIMEOUT, CallKind.INVALID_RESPONSE})
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,11 @@ def next_step(op: Operation, result: CallResult, now: float, policy: DispatchPol
               rng: random.Random) -> Step:
     """Decide, from one attempt's result, whether the operation is retried or ended."""
     kind = result.kind
-    if kind == "server_error" and result.status_code == 504:
+    if kind == CallKind.SERVER_ERROR and result.status_code == 504:
         # A gateway timeout means the request may have reached the API behind the gateway.
-        kind = "timeout"
-        result = replace(result, outcome="unknown")
-    if result.outcome == "succeeded":
+        kind = CallKind.TIMEOUT
+        result = replace(result, outcome=CallOutcome.UNKNOWN)
+    if result.outcome == CallOutcome.SUCCEEDED:
         return Step(result)
     if kind in _AMBIGUOUS and op.operation not in REPEATABLE_AFTER_AMBIGUITY:
         return Step(result)
