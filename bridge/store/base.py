@@ -164,6 +164,9 @@ _ENDS_AS = {CallOutcome.SUCCEEDED: OpState.SUCCEEDED, CallOutcome.FAILED: OpStat
 class Store(Protocol):
     """What the bridge needs from a state backend: SQLite (one server) or PostgreSQL."""
 
+    #: Where the state is, as messages and logs show it (never a password).
+    where: str
+
     def ping(self) -> None: ...
     def active_cooldowns(self, now: float) -> dict[Key, float]: ...
     def cooldowns(self, now: float, device: str | None = None) -> list[Cooldown]: ...
@@ -811,6 +814,7 @@ def _expire(tx: Tx, now: float, release_until: float,
 
 def _answer(tx: Tx, op: Operation, approve: bool, who: str, now: float,
             expires_at: float) -> None:
+    outcome: str
     if approve:
         tx.execute(
             "UPDATE operations SET state = ?, updated = ?, hold = ?, expires_at = ?"

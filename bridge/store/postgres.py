@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -65,7 +65,7 @@ class PostgresTx(Tx):
     def json_text(self, column: str, key: str) -> str:
         return f"({column} ->> '{key}')"
 
-    def stream(self, sql: str, params: Any = ()) -> Iterator[dict[str, Any]]:
+    def stream(self, sql: str, params: Any = ()) -> Generator[dict[str, Any], None, None]:
         # A server-side cursor: the rows come in batches, not all at once.
         with self.conn.cursor(name="bridge_stream") as cursor:
             cursor.execute(_translate(sql), tuple(params))
@@ -105,7 +105,7 @@ class PostgresStore(SqlStore):
             raise StoreError("BRIDGE_STATE is not a valid PostgreSQL URL (expected"
                              " postgresql://USER@HOST:PORT/DBNAME)") from None
         self._url = url
-        self._secrets = [s for s in (params.get("password"),) if s]
+        self._secrets: list[str] = [str(params["password"])] if params.get("password") else []
         self.where = _shown(params)
         self._timeout = timeout
         self._password_file = password_file
