@@ -155,7 +155,8 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _transaction(self, begin: str, wait: float, lock: Lock, *,
-                     setup: bool = False) -> Iterator[PostgresTx]:
+                     deadline: float | None = None, setup: bool = False
+                     ) -> Iterator[PostgresTx]:
         """A transaction on a pooled connection, committed when the block ends.
 
         A connection found dead at BEGIN (the server restarted since it was pooled) is
@@ -164,9 +165,9 @@ class PostgresStore(SqlStore):
         """
         import psycopg
 
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + wait if deadline is None else deadline
         if not (self._ready or setup):
-            self._upgrade(deadline)
+            self._upgrade(deadline, wait)
         pool, conn = self._begin(begin, deadline, wait, lock)
         try:
             yield PostgresTx(conn)
@@ -216,24 +217,28 @@ class PostgresStore(SqlStore):
                 raise self._failed(exc, wait) from exc
         raise AssertionError("unreachable")
 
-    def _upgrade(self, deadline: float) -> None:
+    def _upgrade(self, deadline: float, wait: float) -> None:
         """Create or upgrade the schema, once per store, under an advisory lock: of several
         replicas starting at once, one upgrades and the others then find it done."""
         with self._upgrade_lock:
             if self._ready:
                 return
-            with self._transaction("BEGIN", max(0.01, deadline - time.monotonic()), Lock.NONE,
+            with self._transaction("BEGIN", wait, Lock.NONE, deadline=deadline,
                                    setup=True) as tx:
                 tx.execute("SELECT pg_advisory_xact_lock(?, ?)", (_NAMESPACE, _MIGRATION_KEY))
                 upgrade(tx, "postgres", self.where)
             self._ready = True
 
     def _failed(self, exc: Exception, wait: float) -> StoreError:
-        sqlstate = getattr(exc, "sqlstate", None) or ""
-        if sqlstate == "55P03" or type(exc).__name__ == "PoolTimeout":  # lock_not_available
-            setting = " (BRIDGE_STATE_TIMEOUT)" if wait == self._timeout else ""
-            return StoreError(f"state store {self.where}: locked by another writer, or no"
-                              f" connection free, for more than {wait:g}s{setting}")
+        setting = " (BRIDGE_STATE_TIMEOUT)" if wait == self._timeout else ""
+        if getattr(exc, "sqlstate", None) == "55P03":  # lock_not_available: lock_timeout
+            return StoreError(f"state store {self.where}: locked by another writer for more"
+                              f" than {wait:g}s{setting}")
+        if type(exc).__name__ == "PoolTimeout":
+            # The pool logs why it could not connect (psycopg.pool), each time it tries.
+            return StoreError(f"state store {self.where}: no connection within {wait:g}s"
+                              f"{setting}: the database is unreachable, or all {POOL_SIZE}"
+                              " connections of this process are busy")
         return StoreError(f"state store {self.where}: {_scrub(exc, *self._secrets)}")
 
     @contextmanager
