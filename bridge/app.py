@@ -66,7 +66,8 @@ def create_app(
                       rules_loaded=lambda: len(app.extensions["bridge"]["rules"].rules))
     dispatcher = None
     if client is not None and not settings.dry_run:
-        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock, metrics=metrics)
+        dispatcher = Dispatcher(store, client, settings.policy(), clock=clock, metrics=metrics,
+                                rules=rules)
         if start_dispatcher:
             dispatcher.start()
 
@@ -193,9 +194,15 @@ def create_app(
         return jsonify(source=notification.source, dry_run=dry_run, state=True,
                        alerts=explanation_json(results))
 
-    def admin(action: Callable[[], Response]) -> tuple[Response, int] | Response:
+    def admin(action: Callable[[], Response | tuple[Response, int]], otherwise: str = "",
+              ) -> tuple[Response, int] | Response:
+        """Run an operator endpoint for a holder of an admin token. Without any configured,
+        every operator endpoint is closed (403), not open: that is the safe default."""
         if not settings.admin_auth.configured:
-            return jsonify(error="the operator API is disabled: set BRIDGE_ADMIN_TOKENS"), 403
+            return jsonify(error="the operator API is disabled: start the bridge with"
+                                 " BRIDGE_ADMIN_TOKENS (or BRIDGE_ADMIN_TOKENS_FILE) set, and"
+                                 " send one of its tokens as Authorization: Bearer TOKEN"
+                                 + otherwise), 403
         if settings.admin_auth.check(request.headers, b"", clock()) is None:
             log.warning("%s %s from %s refused: authentication failed", request.method,
                         request.path, request.remote_addr)
@@ -231,12 +238,10 @@ def create_app(
     @app.post("/api/operations/<operation_id>/<any(approve, reject):verdict>")
     def settle(operation_id: str, verdict: str) -> tuple[Response, int] | Response:
         def act() -> Response:
-            body = request.get_json(silent=True)
-            who = str(body.get("by", "")) if isinstance(body, dict) else ""
             now = clock()
             op = store.settle(_integer("operation_id", operation_id, 1, MAX_ID),
-                              verdict == "approve", f"{who or 'api'} (HTTP)",
-                              now, max_age=settings.max_age,
+                              verdict == "approve", _operator(), now,
+                              max_age=settings.max_age,
                               release_until=now + settings.failure_cooldown)
             if dispatcher is not None and verdict == "approve":
                 dispatcher.wake()
@@ -244,12 +249,23 @@ def create_app(
 
         return admin(act)
 
+    @app.post("/api/operations/<operation_id>/cancel")
+    def cancel(operation_id: str) -> tuple[Response, int] | Response:
+        def act() -> Response:
+            who = _operator()
+            (op,) = store.cancel(lambda _: f"cancelled by {who}", clock(),
+                                 operation_id=_integer("operation_id", operation_id, 1, MAX_ID))
+            return jsonify(op.to_json())
+
+        return admin(act)
+
     @app.post("/-/reload")
-    def reload() -> tuple[Response, int]:
-        """Validate the rules file; if it is good, have the master reload every worker."""
-        if settings.admin_auth.configured and \
-                settings.admin_auth.check(request.headers, b"", clock()) is None:
-            return jsonify(error="unauthorized"), 401
+    def reload() -> tuple[Response, int] | Response:
+        return admin(reload_rules, "; without it, SIGHUP to the `alert-bridge serve` process"
+                                   " or a change of the rules file reloads the rules")
+
+    def reload_rules() -> tuple[Response, int]:
+        """Validate the rules file; if it changed, have the master reload every worker."""
         try:
             new = load_rules(settings.rules_path)
         except RulesError as exc:
@@ -257,20 +273,32 @@ def create_app(
             log.error("rules reload refused, still running version %s", rules.version)
             return jsonify(error=f"rules file invalid: still running version {rules.version}",
                            problems=[str(p) for p in exc.problems]), 400
+        if new.version == rules.version:
+            # Nothing to replace: asking again and again costs no worker and no call in
+            # flight. The file is valid, though, so a refusal recorded before is over.
+            store.set_flag(RELOAD_OK, clock())
+            return jsonify(status="unchanged", version=new.version,
+                           message=f"the rules are unchanged, version {new.version}:"
+                                   " nothing to reload"), 200
         master = os.environ.get("BRIDGE_MASTER_PID")
         if not master:
             return jsonify(error="reloading needs the server `alert-bridge serve` starts"), 409
         os.kill(int(master), signal.SIGHUP)  # the master validates again and swaps workers
-        return jsonify(status="reloading", version=new.version, previous=rules.version), 202
+        return jsonify(status="reloading", version=new.version, previous=rules.version,
+                       message=f"new workers serve version {new.version} as soon as they"
+                               " start (/-/ready shows it); the old ones finish their calls"
+                               " in flight"), 202
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
-        try:  # a reload the master refused shows on every worker's scrape
+        try:  # the master records reloads in the store: any worker answers for the bridge
             ok_at, failed_at = store.get_flag(RELOAD_OK), store.get_flag(RELOAD_FAILED)
         except BridgeError:
             ok_at = failed_at = None  # the store's own gauge says it is down
         if failed_at is not None and (ok_at is None or failed_at > ok_at):
             metrics.note_reload(False, failed_at)
+        else:  # never refused since the start, or a good reload came after the refusal
+            metrics.note_reload(True, ok_at or 0.0)
         # Unauthenticated, like any Prometheus exporter: counts and states, never a secret.
         return Response(metrics.render(), content_type=CONTENT_TYPE)
 
@@ -360,6 +388,21 @@ def _integer(name: str, text: str, low: int, high: int) -> int:
         return int(text)
     shown = text if len(text) <= 40 else text[:40] + "..."
     raise ParameterError(name, f"must be an integer from {low} to {high}, got {shown!r}")
+
+
+def _operator() -> str:
+    """Who acts over the operator API, for the audit: the optional JSON body {"who": NAME}
+    (approve and reject also read "by", their first name for it)."""
+    if not request.get_data(cache=True):
+        return "api (HTTP)"
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise PayloadError('the body must be empty or a JSON object such as {"who": "alice"}')
+    key = "who" if "who" in body or "by" not in body else "by"
+    name = body.get(key, "")
+    if not isinstance(name, str):
+        raise PayloadError("must be a string: the name recorded in the audit", where=key)
+    return f"{name or 'api'} (HTTP)"
 
 
 def _decision_json(r: Recorded) -> dict[str, object]:

@@ -111,11 +111,14 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     )
     rules = load_rules(settings.rules_path)
     from bridge.dispatch import API_UNAUTHORIZED
+    from bridge.store import RELOAD_FAILED
 
     # Opening the store now fails the start early on an unusable state path. A restart is
-    # how an operator applies a fixed token, so an old "API rejected the token" is cleared.
+    # how an operator applies a fixed token, so an old "API rejected the token" is cleared;
+    # and the file just loaded is valid, so a reload refused before the restart is over.
     store = settings.open_store()
     store.set_flag(API_UNAUTHORIZED, None)
+    store.set_flag(RELOAD_FAILED, None)
     depth = store.queue_depth(time.time())
     state = store.where  # never a password
     store.close()
@@ -478,6 +481,29 @@ def reject(operation_id: int, state_path: str | None, who: str | None) -> None:
         alert-bridge reject 42 --as alice
     """
     _settle(state_path, operation_id, False, who)
+
+
+@main.command()
+@click.argument("operation_id", type=OPERATION_ID, metavar="ID")
+@STATE_OPTION
+@AS_OPTION
+@user_errors
+def cancel(operation_id: int, state_path: str | None, who: str | None) -> None:
+    """End an operation that waits to be sent (queued, held or pending approval): it is never
+    sent. For one queued by mistake, or held for a maintenance window you no longer want.
+
+    One that is being sent, or has ended, cannot be cancelled. The cooldown it claimed stays,
+    so the alert that asked for it does not queue it again at once.
+
+    \b
+    Example:
+        alert-bridge audit --outcome held_for_window --json | jq .operation_id
+        alert-bridge cancel 42 --as alice
+    """
+    (op,) = open_store(state_path).cancel(lambda _: f"cancelled by {_person(who)}", time.time(),
+                                          operation_id=operation_id)
+    say(f"Cancelled operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+        " it will not be sent.")
 
 
 @main.command()

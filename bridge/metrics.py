@@ -121,7 +121,7 @@ class Metrics:
             ["rule", "operation", "verdict"], registry=registry)
         self._outcomes = Counter(
             p + "operation_outcomes", "Operations ended, by operation and outcome"
-            " (succeeded, failed, unknown, expired).",
+            " (succeeded, failed, unknown, expired; cancelled when their rule went).",
             ["operation", "outcome"], registry=registry)
         self._api_duration = Histogram(
             p + "api_call_duration_seconds", "Device API calls (each attempt), by operation.",
@@ -130,15 +130,17 @@ class Metrics:
             p + "api_responses", "Device API answers by HTTP status, or by the kind of failure"
             " when there was none (timeout, connect_error, invalid_response, invalid_request).",
             ["status"], registry=registry)
-        # Several workers, each with its own view of its last reload: any worker whose last
-        # attempt failed makes the bridge's 0; the time is the latest success of any worker.
+        # The answering worker sets these from the state store just before each scrape (see
+        # app.py), so the most recent value is the bridge's: a worker that no scrape reached
+        # since a reload was refused, then fixed, does not keep the old 0 in the sum.
         self._reload_success = Gauge(
             p + "reload_success", "1 if the last attempt to load the rules succeeded, else 0.",
-            registry=registry, multiprocess_mode="livemin")
+            registry=registry, multiprocess_mode="livemostrecent")
         self._reload_time = Gauge(
             p + "reload_timestamp_seconds",
             "When the rules were last loaded successfully, in seconds since the epoch.",
             registry=registry, multiprocess_mode="livemax")
+        self._last_loaded = 0.0
         self.note_reload(True, started)
 
     def render(self) -> bytes:
@@ -192,11 +194,14 @@ class Metrics:
 
     @_never_raises
     def note_reload(self, ok: bool, when: float) -> None:
-        """Record an attempt to (re)load the rules (a refused one is read from the store's
-        flags at scrape time, so that every worker shows it)."""
+        """Record an attempt to (re)load the rules: whether it succeeded, and when. Every scrape
+        sets it from the store's flags (see app.py), so that every worker shows what the
+        master did; the time of the last success never goes back (to a reload older than
+        this worker's own start)."""
         self._reload_success.set(1 if ok else 0)
         if ok:
-            self._reload_time.set(when)
+            self._last_loaded = max(self._last_loaded, when)
+            self._reload_time.set(self._last_loaded)
 
 
 class StateCollector:

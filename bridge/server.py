@@ -23,6 +23,8 @@ from bridge.store import RELOAD_FAILED, RELOAD_OK
 log = logging.getLogger(__name__)
 #: How often the master looks at the rules file for a change of content.
 WATCH_INTERVAL = 2.0
+#: Signals that stop a worker: held back from a new worker until it has its own handlers.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 class BridgeServer(BaseApplication):  # type: ignore[misc]
@@ -39,11 +41,14 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             # Threads let one worker wait on the device API while it answers other webhooks.
             "worker_class": "gthread",
             "threads": 4,
-            "timeout": 60,
+            # A draining worker sends no heartbeat: past this the master would kill it with
+            # its calls in flight, so it outlasts the drain.
+            "timeout": max(60, math.ceil(settings.drain_timeout) + 15),
             # SIGTERM: workers stop taking requests, then their dispatchers finish the calls
             # in flight (worker_exit below) within the drain timeout.
             "graceful_timeout": math.ceil(settings.drain_timeout) + 5,
             "worker_exit": _drain,
+            "post_worker_init": _take_stop_signals,
             # A dead worker's live gauges leave /metrics (its counters stay in the totals).
             "child_exit": _forget_worker,
             "proc_name": "alert-bridge",
@@ -83,20 +88,25 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings, rules=self.rules)
 
     def reload_rules(self) -> bool:
-        """Validate the rules file again; keep the running rules when it fails, whole."""
+        """Validate the rules file again; True when the workers must be replaced to run it.
+        A file that fails is refused whole; one with the running rules' content is a no-op."""
         path, now = self.settings.rules_path, time.time()
         store = self.settings.open_store()
         try:
             try:
                 rules = load_rules(path)
             except RulesError as exc:
+                store.set_flag(RELOAD_FAILED, now)  # first: whoever reads the log finds it
                 log.error("rules reload refused, still running version %s: %s",
                           self.rules.version, "; ".join(str(p) for p in exc.problems))
-                store.set_flag(RELOAD_FAILED, now)
                 return False
             store.set_flag(RELOAD_OK, now)
         finally:
             store.close()
+        if rules.version == self.rules.version:
+            log.info("rules file %s unchanged (version %s): no worker replaced", path,
+                     rules.version)
+            return False
         log.info("rules reloaded from %s: version %s -> %s (%d rules)", path,
                  self.rules.version, rules.version, len(rules.rules))
         self.rules = rules
@@ -119,8 +129,30 @@ class _ReloadingArbiter(Arbiter):  # type: ignore[misc]
     worker (gracefully: each drains its calls in flight) with workers on the new rules."""
 
     def handle_hup(self) -> None:
-        if self.app.reload_rules():
-            super().handle_hup()
+        self.log.info("Hang up: %s", self.master_name)
+        if not self.app.reload_rules():
+            return
+        # Not gunicorn's reload(): after starting the new workers it waits, up to
+        # graceful_timeout, for the old ones to exit, and the master handles no signal
+        # meanwhile; a second reload (or a stop) then waited behind a slow device call that
+        # an old worker was draining. Nothing else reload() does applies: a reload changes
+        # the rules, never the server's settings. The master's loop sends the old workers
+        # SIGTERM again while they drain, which a gthread worker takes as the same request.
+        for _ in range(self.num_workers):
+            self.spawn_worker()
+        self.manage_workers()  # SIGTERM to the oldest workers: every old one
+
+    def spawn_worker(self) -> int:
+        # From its fork until it installs its own handlers, a worker runs the master's, which
+        # only queue a signal for a master loop the worker never runs: a stop signal sent then
+        # (a stop just after a reload started workers) was lost, and the stop waited
+        # graceful_timeout for a worker that never heard it. Blocked, the signal waits for
+        # the worker instead (_take_stop_signals); in the master it waits for the fork only.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().spawn_worker()  # type: ignore[no-any-return]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _digest(path: str) -> str:
@@ -136,6 +168,12 @@ def _drain(server: Any, worker: Any) -> None:
     dispatcher = app.extensions["bridge"]["dispatcher"] if app is not None else None
     if dispatcher is not None:
         dispatcher.stop(server.cfg.graceful_timeout - 5)
+
+
+def _take_stop_signals(worker: Any) -> None:
+    """The worker's handlers are in place (gunicorn's post_worker_init): a stop signal that
+    arrived since the fork is handled now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _forget_worker(server: Any, worker: Any) -> None:

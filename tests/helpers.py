@@ -177,6 +177,24 @@ def outcomes(bridge: BridgeProcess, n: int, timeout: float = 30) -> list[AuditRe
     return wait_for_outcomes(bridge.state, n, timeout)
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample a GET /metrics answers, keyed by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(url + "/metrics", timeout=10)  # a new connection: any worker may answer
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
 class ThreadServer:
     """A WSGI app served over real HTTP by werkzeug in a background thread."""
 

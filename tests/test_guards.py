@@ -262,7 +262,9 @@ def test_approval_over_http_needs_an_admin_token(make_bridge: Callable[..., Brid
     closed = make_bridge(WIPE)
     r = requests.post(closed.url + "/api/operations/1/approve", timeout=5)
     assert (r.status_code, r.json()) == (
-        403, {"error": "the operator API is disabled: set BRIDGE_ADMIN_TOKENS"})
+        403, {"error": "the operator API is disabled: start the bridge with BRIDGE_ADMIN_TOKENS"
+                       " (or BRIDGE_ADMIN_TOKENS_FILE) set, and send one of its tokens as"
+                       " Authorization: Bearer TOKEN"})
     closed.stop()
     bridge = make_bridge(WIPE, admin_auth=InboundAuth(bearer_tokens=(Secret("admin-1"),)))
     bridge.post("/webhook", webhook(alert("Owned", "r1")))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from tests import postgres
-from tests.conftest import Fake
+from tests.conftest import RULES, Fake
 from tests.helpers import BridgeProcess, audit, outcomes, payload, wait_until
 
 
@@ -124,8 +124,10 @@ def test_sighup_reaches_the_server_and_it_keeps_serving(
     bridge = gunicorn_bridge(workers=2)
     assert bridge.proc is not None
     old = bridge.wait_for_workers(2)
+    # SIGHUP with new rules replaces every worker (with the same rules it changes nothing:
+    # tests/test_reload.py).
+    bridge.rules.write_text(RULES + "# changed\n")
     bridge.proc.send_signal(signal.SIGHUP)
-    # gunicorn answers SIGHUP by replacing every worker.
     wait_until(lambda: (lambda w: len(w) == 2 and not w & old)(bridge.worker_pids()),
                what="two new workers after SIGHUP")
     wait_until(lambda: requests.get(bridge.url + "/-/ready", timeout=2).status_code == 200,

@@ -29,9 +29,19 @@ from bridge.cli import main
 from bridge.client import Secret
 from bridge.dispatch import API_UNAUTHORIZED
 from bridge.metrics import MULTIPROC_ENV, Metrics
-from bridge.store import BREAKER_OPEN, SqliteStore, StoreError
+from bridge.store import BREAKER_OPEN, RELOAD_FAILED, RELOAD_OK, SqliteStore, StoreError
 from tests.conftest import RULES, TOKEN, Bridge, Fake
-from tests.helpers import ROOT, BridgeProcess, make_disk_full, need, payload, wait_until
+from tests.helpers import (
+    ROOT,
+    BridgeProcess,
+    Samples,
+    make_disk_full,
+    need,
+    payload,
+    scrape,
+    value,
+    wait_until,
+)
 
 ALERT_RULES = ROOT / "docs" / "prometheus-alerts.yml"
 WEBHOOK_TOKEN = "wh-Zq81-never-in-metrics"
@@ -43,21 +53,6 @@ RESOLVED = payload("alertmanager_resolved.json")  # 1 alert: reconf-on-resolve, 
 MULTI = payload("alertmanager_firing_multi.json")  # 3 alerts: sync-high-load, execute
 LEGACY = payload("grafana_legacy_alerting_evalmatch_tags.json")  # 1 alert: legacy-cpu, execute
 UNIFIED = payload("grafana_unified_resolved.json")  # 1 alert: no_match
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(url: str) -> Samples:
-    r = requests.get(url + "/metrics", timeout=10)  # a new connection: any worker may answer
-    assert r.status_code == 200, r.text
-    assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
-
 
 def by_labels(samples: Samples, name: str, *keys: str) -> dict[tuple[str, ...], float]:
     """Every sample of `name`, keyed by the values of `keys`; zero samples left out."""
@@ -218,16 +213,15 @@ def test_state_gauges_are_read_from_the_store_at_scrape_time(
 
     assert CliRunner().invoke(main, ["resume", "--state", state]).exit_code == 0
     other.set_flag(API_UNAUTHORIZED, None)
-    other.close()
     assert gauges() == {**before, "queue_queued": 3, "queue_pending_approval": 1}
 
-    # The reload code reports through the app's metrics.
-    metrics = bridge.app.extensions["bridge"]["metrics"]
-    metrics.note_reload(False, time.time() + 100)
+    # The master records each reload in the store, as it refuses or accepts the file.
+    other.set_flag(RELOAD_FAILED, time.time() + 100)
     samples = scrape(bridge.url)
     assert value(samples, "alert_bridge_reload_success") == 0
     assert value(samples, "alert_bridge_reload_timestamp_seconds") == reload_time
-    metrics.note_reload(True, 2_000_000_000.0)
+    other.set_flag(RELOAD_OK, 2_000_000_000.0)
+    other.close()
     samples = scrape(bridge.url)
     assert value(samples, "alert_bridge_reload_success") == 1
     assert value(samples, "alert_bridge_reload_timestamp_seconds") == 2_000_000_000.0
@@ -351,7 +345,7 @@ def test_every_worker_answers_the_same_exact_totals(
     bridge = gunicorn_bridge(workers=3)
     directory = metrics_dir(bridge)
     assert directory.is_dir() and oct(directory.stat().st_mode & 0o777) == "0o700"
-    wait_until(lambda: len(list(directory.glob("gauge_livemin_*.db"))) == 3,
+    wait_until(lambda: len(list(directory.glob("gauge_livemostrecent_*.db"))) == 3,
                what="three workers with their metrics")
 
     def post(_: int) -> int:
@@ -395,8 +389,8 @@ def test_every_worker_answers_the_same_exact_totals(
     # A worker that dies takes its live gauges along; what it counted stays in the totals.
     victim = max(per_worker, key=lambda pid: per_worker[pid])
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: not (directory / f"gauge_livemin_{victim}.db").exists()
-               and len(list(directory.glob("gauge_livemin_*.db"))) == 3,
+    wait_until(lambda: not (directory / f"gauge_livemostrecent_{victim}.db").exists()
+               and len(list(directory.glob("gauge_livemostrecent_*.db"))) == 3,
                what="the dead worker forgotten and its replacement started")
     for _ in range(6):
         assert value(scrape(bridge.url), "alert_bridge_webhooks_total", source="alertmanager",

@@ -419,6 +419,51 @@ def test_an_answer_past_the_approval_timeout_is_refused_and_expires_it(store: St
     assert store.end_stale(late, late) == []
 
 
+
+# -- cancellation ------------------------------------------------------------------------------
+
+
+def test_cancel_ends_what_waits_and_never_what_a_sender_holds(store: Store) -> None:
+    ids = [r.operation_id for r in deliver(store, alert("r1"), alert("r2"), alert("r3", "Dead"),
+                                           alert("r4"))]
+    sending = claimed(store)
+    assert sending.id == ids[0]
+    ended = store.cancel(lambda op: None if op.device == "r4" else "rule_removed", NOW + 1,
+                         release_until=NOW + 1)
+    assert [op.id for op in ended] == ids[1:3]  # r1 is on its way, r4 was not named
+    assert outcomes(store) == [("r2", "cancelled", "rule_removed"),
+                               ("r3", "cancelled", "rule_removed")]
+    assert sorted(store.active_cooldowns(NOW + 1)) == [("r1", "reboot"), ("r4", "reboot")]
+    assert store.pending(NOW + 1) == []
+    assert claimed(store, NOW + 1).device == "r4"
+    assert store.cancel(lambda op: "rule_removed", NOW + 2) == []  # nothing waits now
+
+
+def test_cancel_one_by_id_says_why_it_cannot(store: Store) -> None:
+    ids = [r.operation_id for r in deliver(store, alert("r1"), alert("r2"), alert("r3"))]
+
+    def by(op: Operation) -> str:
+        return "cancelled by ann"
+
+    (ended,) = store.cancel(by, NOW, operation_id=ids[1])
+    assert (ended.id, ended.state) == (ids[1], OpState.CANCELLED)
+    assert store.active_cooldowns(NOW)[("r2", "reboot")] == NOW + 3600  # kept: no release
+    with pytest.raises(StoreError, match="no operation 99") as missing:
+        store.cancel(by, NOW, operation_id=99)
+    assert missing.value.status == 404
+    sending = claimed(store)
+    for done in (sending.id, ids[1]):
+        state = "sending" if done == sending.id else "cancelled"
+        with pytest.raises(StoreError, match=f"operation {done} is {state}: only an operation"
+                                             " that waits to be sent") as refused:
+            store.cancel(by, NOW, operation_id=done)
+        assert refused.value.status == 409
+    too_late = NOW + MAX_AGE + 1
+    with pytest.raises(StoreError, match=f"operation {ids[2]} expired at .*: it can no longer"
+                                         " be cancelled") as expired:
+        store.cancel(by, too_late, operation_id=ids[2])
+    assert expired.value.status == 409
+
 # -- flags -----------------------------------------------------------------------------------
 
 

@@ -185,6 +185,8 @@ class RuleSet:
         init=False, repr=False, compare=False, default_factory=dict
     )
     _unindexed: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
+    _by_name: Mapping[str, Rule] = field(init=False, repr=False, compare=False,
+                                         default_factory=dict)
 
     def __post_init__(self) -> None:
         TOP.check(self)  # rules, budgets (each valid, names unique) and breaker
@@ -201,6 +203,18 @@ class RuleSet:
                 rest.append(i)
         object.__setattr__(self, "_by_alertname", {k: tuple(v) for k, v in by_name.items()})
         object.__setattr__(self, "_unindexed", tuple(rest))
+        object.__setattr__(self, "_by_name", {rule.name: rule for rule in self.rules})
+
+    def why_not_sent(self, rule_name: str) -> str | None:
+        """Why these rules no longer send what the rule of that name queued (it is gone, or in
+        shadow mode now), or None when they still do."""
+        rule = self._by_name.get(rule_name)
+        where = f"{self.path} (rules version {self.version})"
+        if rule is None:
+            return f"rule {rule_name!r} was removed from {where}"
+        if rule.dry_run:
+            return f"rule {rule_name!r} is in shadow mode (dry_run) in {where}"
+        return None
 
     def candidates(self, labels: Mapping[str, str]) -> list[Rule]:
         """The rules that may match these labels, in file order (others certainly do not)."""

@@ -184,6 +184,9 @@ class Store(Protocol):
     def pause(self, now: float, who: str) -> bool: ...
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
                max_age: float, release_until: float) -> Operation: ...
+    def cancel(self, why: Callable[[Operation], str | None], now: float, *,
+               operation_id: int | None = None,
+               release_until: float | None = None) -> list[Operation]: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
     def finish(self, op: Operation, result: CallResult, now: float, *,
                retry_at: float | None = None, release_until: float | None = None) -> None: ...
@@ -579,19 +582,46 @@ class SqlStore:
         with self._write() as tx:
             _, entries = _expire(tx, now, release_until, operation_id)
             _append(tx, entries)
-            row = tx.row(
-                f"SELECT {_OP_COLUMNS}, next_attempt, hold FROM operations WHERE id = ?",
-                (operation_id,),
-            )
-            if row is None:
-                raise StoreError(f"no operation {operation_id}", status=404)
-            op = Operation.of(row)
-            refusal = _not_pending(op, row["hold"])
+            op, not_before, hold = _stored(tx, operation_id)
+            refusal = _not_pending(op, hold)
             if refusal is None:
-                _answer(tx, op, approve, who, now, max(now, row["next_attempt"]) + max_age)
+                _answer(tx, op, approve, who, now, max(now, not_before) + max_age)
         if refusal is not None:
             raise refusal  # after the commit: the expiry it found is kept
         return replace(op, state=OpState.QUEUED if approve else OpState.REJECTED)
+
+    def cancel(self, why: Callable[[Operation], str | None], now: float, *,
+               operation_id: int | None = None,
+               release_until: float | None = None) -> list[Operation]:
+        """End operations that wait to be sent (queued, held, pending approval) as CANCELLED,
+        each audited with the reason `why` gives it; `why` returning None leaves one waiting.
+
+        With `operation_id`, that one operation: StoreError 404 when there is none, 409 when
+        it no longer waits (being sent, or ended). Without, every waiting one `why` names.
+        `release_until` shortens the cooldown each one claimed; None keeps it.
+        """
+        if operation_id is None:
+            # Read first, outside the write lock: dispatchers ask every second, and there is
+            # almost never anything to cancel.
+            rows = self._read(f"SELECT {_OP_COLUMNS} FROM operations WHERE state IN (?, ?)"
+                              " AND expires_at >= ? ORDER BY id",
+                              (OpState.QUEUED, OpState.PENDING_APPROVAL, now))
+            reasons = {op.id: reason for op in (Operation.of(r) for r in rows)
+                       if (reason := why(op)) is not None}
+            if not reasons:
+                return []
+        ended: list[Operation] = []
+        entries: list[Row] = []
+        with self._write() as tx:
+            if operation_id is not None:
+                reasons = {operation_id: _cancellable(tx, operation_id, why, now)}
+            for op_id, reason in reasons.items():
+                # One a sender took since it was read is not touched: it is on its way.
+                cancelled = _cancel(tx, op_id, reason, now, release_until, entries)
+                if cancelled is not None:
+                    ended.append(cancelled)
+            _append(tx, entries)
+        return ended
 
     # -- operators and housekeeping -------------------------------------------------------
 
@@ -774,19 +804,49 @@ def _cancel_immature(tx: Tx, fingerprint: str, now: float) -> list[Row]:
     # An alert that resolves before its rule's min_age was a flap: its held operation
     # is dropped, which is what min_age is for.
     rows = tx.rows(
-        f"UPDATE operations SET state = ?, updated = ? WHERE fingerprint = ? AND state = ?"
-        f" AND hold = ? AND attempts = 0 RETURNING {_OP_COLUMNS}",
-        (OpState.CANCELLED, now, fingerprint, OpState.QUEUED, Hold.MIN_AGE),
+        "SELECT id FROM operations WHERE fingerprint = ? AND state = ? AND hold = ?"
+        " AND attempts = 0", (fingerprint, OpState.QUEUED, Hold.MIN_AGE),
     )
-    entries = []
+    entries: list[Row] = []
     for row in rows:
-        op = Operation.of(row)
-        _release(tx, op, now)
-        entries.append(_operation_entry(
-            now, Event.OUTCOME, op, OpState.CANCELLED, "resolved_before_min_age",
-            error="the alert resolved before the rule's min_age: not sent",
-        ))
+        _cancel(tx, row["id"], "resolved_before_min_age", now, now, entries,
+                error="the alert resolved before the rule's min_age: not sent")
     return entries
+
+
+def _cancel(tx: Tx, operation_id: int, reason: str, now: float, release_until: float | None,
+            entries: list[Row], error: str = "") -> Operation | None:
+    """The one way an operation ends CANCELLED: only while it waits (queued, held or
+    pending approval, and not past its expiry), never once a sender holds it. Appends its
+    audit entry to `entries`; None when it no longer waits."""
+    row = tx.row(
+        f"UPDATE operations SET state = ?, updated = ? WHERE id = ? AND state IN (?, ?)"
+        f" AND expires_at >= ? RETURNING {_OP_COLUMNS}",
+        (OpState.CANCELLED, now, operation_id, OpState.QUEUED, OpState.PENDING_APPROVAL, now),
+    )
+    if row is None:
+        return None
+    op = Operation.of(row)
+    if release_until is not None:
+        _release(tx, op, release_until)
+    entries.append(_operation_entry(now, Event.OUTCOME, op, OpState.CANCELLED, reason,
+                                    error=error))
+    return op
+
+
+def _cancellable(tx: Tx, operation_id: int, why: Callable[[Operation], str | None],
+                 now: float) -> str:
+    """Why this one operation is cancelled; StoreError 404 or 409 when it cannot be."""
+    op, _, _ = _stored(tx, operation_id)
+    reason = why(op)
+    if op.state not in (OpState.QUEUED, OpState.PENDING_APPROVAL) or reason is None:
+        raise StoreError(
+            f"operation {operation_id} is {op.state}: only an operation that waits to be"
+            " sent (queued, held or pending approval) can be cancelled", status=409)
+    if op.expires_at < now:  # the sweep records it EXPIRED; nothing to cancel
+        raise StoreError(f"operation {operation_id} expired at {iso(op.expires_at)}: it can"
+                         " no longer be cancelled", status=409)
+    return reason
 
 
 def _expire(tx: Tx, now: float, release_until: float,
@@ -851,6 +911,16 @@ def _refuse_if_open(tx: Tx, cooldowns: list[Cooldown]) -> None:
                 f"{c.operation} on {c.device}: operation {row['id']} is still {row['state']};"
                 " clearing its cooldown would let an alert queue a second one. Wait for it to"
                 " end (or reject it, if it is pending approval)", status=409)
+
+
+def _stored(tx: Tx, operation_id: int) -> tuple[Operation, float, str]:
+    """An operation, the time before which it is not sent, and why it waits; StoreError 404
+    if there is none."""
+    row = tx.row(f"SELECT {_OP_COLUMNS}, next_attempt, hold FROM operations WHERE id = ?",
+                 (operation_id,))
+    if row is None:
+        raise StoreError(f"no operation {operation_id}", status=404)
+    return Operation.of(row), row["next_attempt"], row["hold"]
 
 
 def _not_pending(op: Operation, hold: str) -> StoreError | None:
