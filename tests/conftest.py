@@ -15,8 +15,9 @@ from bridge.client import Secret, TokenSource
 from bridge.config import Settings
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thread
 from bridge.rules import parse_rules
-from bridge.store import SqliteStore
+from bridge.store import open_store
 from bridge.web.context import BridgeContext, context_of
+from tests import postgres
 from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes, wait_until
 
 # Distinctive, so that finding it anywhere it should not be is unambiguous.
@@ -88,6 +89,23 @@ class Fake:
 
 
 @pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own, with the store's schema: its URL."""
+    with postgres.fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new, empty state is, on each engine: a SQLite file, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    url = request.getfixturevalue("postgres_url")
+    postgres.empty(url)
+    return url
+
+
+@pytest.fixture(scope="session")
 def fake_server() -> Iterator[FakeApiServer]:
     with start_fake_api_in_thread(token=TOKEN, devices=[*DEFAULT_DEVICES, *DEVICES]) as server:
         yield server
@@ -121,7 +139,7 @@ class Bridge:
         return self.context.dispatcher
 
     def audit(self, **filters: Any) -> list[AuditRecord]:
-        store = SqliteStore(self.settings.state_path)
+        store = open_store(self.settings.state_path)
         try:
             return store.audit(AuditQuery(limit=None, **filters))
         finally:
@@ -184,7 +202,7 @@ def gunicorn_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge
     procs: list[BridgeProcess] = []
 
     def start(rules: str = RULES, workers: int = 3, env: dict[str, str] | None = None,
-              state: Path | None = None) -> BridgeProcess:
+              state: Path | str | None = None) -> BridgeProcess:
         rules_path = tmp_path / "rules.yaml"
         rules_path.write_text(rules)
         proc = BridgeProcess(
