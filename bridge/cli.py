@@ -22,6 +22,7 @@ from bridge.config import (
     external_url_from_env,
     operation_url,
     parse_bind,
+    state_password_file_from_env,
     state_path_from_env,
 )
 from bridge.errors import BridgeError, PayloadError, RulesError
@@ -32,7 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 STATE_OPTION = click.option(
     "--state", "state_path", metavar="PATH", default=None,
-    help="State database (cooldowns, queue, audit). [env BRIDGE_STATE; default ./bridge-state.db]",
+    help="State (cooldowns, queue, audit): a SQLite file, or a postgresql:// URL."
+         " [env BRIDGE_STATE; default ./bridge-state.db]",
 )
 
 
@@ -118,13 +120,13 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     store.set_flag(API_UNAUTHORIZED, None)
     store.set_flag(RELOAD_FAILED, None)
     depth = store.queue_depth(time.time())
+    state = store.where  # never a password
     store.close()
     setup_logging(settings.log_format)
     log = logging.getLogger("bridge")
     log.info(
         "alert-bridge: %d rules from %s (version %s), state %s, device API %s",
-        len(rules.rules), settings.rules_path, rules.version, settings.state_path,
-        settings.api_url,
+        len(rules.rules), settings.rules_path, rules.version, state, settings.api_url,
     )
     if depth["queued"] or depth["sending"]:
         log.info("resuming: %d operations queued, %d were being sent when the bridge stopped",
@@ -282,7 +284,7 @@ def verify(ctx: click.Context, state_path: str | None) -> None:
     store = open_store(state_path or ctx.obj)
     report = store.verify_audit()
     if not report.ok:
-        fail(f"{store.path}: {report.problem}")
+        fail(f"{store.where}: {report.problem}")
     say(report.summary())
 
 
@@ -297,13 +299,14 @@ def _to_subcommand(ctx: click.Context, state_path: str | None, listed: str) -> N
 
 
 def open_store(state_path: str | None) -> Any:
-    """The state store of an existing bridge; never creates one by mistake."""
-    from bridge.store import SqliteStore
+    """The state store of an existing bridge; never creates a state file by mistake."""
+    from bridge.store import is_url
+    from bridge.store import open_store as open_state
 
-    path = state_path_from_env(given=state_path)
-    if not os.path.exists(path):
-        fail(f"{path}: no such state file (has the bridge run here? see --state)")
-    return SqliteStore(path)
+    location = state_path_from_env(given=state_path)
+    if not is_url(location) and not os.path.exists(location):
+        fail(f"{location}: no such state file (has the bridge run here? see --state)")
+    return open_state(location, password_file=state_password_file_from_env())
 
 
 def _last_id(store: Any) -> int:
@@ -355,7 +358,7 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
         return explain_alerts(notification.alerts, rules, state, now, dry_run=dry_run,
                               device_pattern=settings.device_regex)
 
-    have_state = os.path.exists(settings.state_path)
+    have_state = settings.state_is_url or os.path.exists(settings.state_path)
     results = settings.open_store().read_state(judge) if have_state \
         else judge(EmptyState())
     if as_json:

@@ -20,7 +20,7 @@ from bridge.client import Secret, TokenSource
 from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
 from bridge.rules import parse_duration
-from bridge.store import SqliteStore
+from bridge.store import Store, is_url, open_store
 
 DEFAULT_API_URL = "https://control.zequenze.com/api/v1"
 # A device name as inventories write them: letters, digits and . _ : @ - , at most 128
@@ -39,7 +39,10 @@ class Settings:
     rules_path: str = "rules.yaml"
     bind: str = DEFAULT_BIND
     workers: int = 2
-    state_path: str = "bridge-state.db"
+    # A SQLite path, or a PostgreSQL URL that may hold a password: kept out of the repr.
+    state_path: str = field(default="bridge-state.db", repr=False)
+    #: BRIDGE_STATE_PASSWORD_FILE: the PostgreSQL password, when the URL does not hold it.
+    state_password_file: str | None = None
     api_url: str = DEFAULT_API_URL
     # A TokenSource for BRIDGE_API_TOKEN_FILE: the file is read again whenever it changes.
     api_token: Secret | TokenSource | None = field(default=None, repr=True)
@@ -105,6 +108,7 @@ class Settings:
             rules_path=env.get("BRIDGE_RULES") or cls.rules_path,
             bind=env.get("BRIDGE_BIND") or cls.bind,
             state_path=state_path_from_env(env),
+            state_password_file=state_password_file_from_env(env),
             api_url=env.get("BRIDGE_API_URL") or DEFAULT_API_URL,
             api_token=_token(env),
             dry_run_requested=_flag(env, "BRIDGE_DRY_RUN"),
@@ -189,9 +193,15 @@ class Settings:
                 f"BRIDGE_SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters (for"
                 " example the output of `openssl rand -base64 32`)")
 
-    def open_store(self) -> SqliteStore:
-        """The state store, with the bound every write waits within."""
-        return SqliteStore(self.state_path, timeout=self.state_timeout)
+    def open_store(self) -> Store:
+        """The state store (SQLite, or PostgreSQL for a URL), with the bound every write
+        waits within."""
+        return open_store(self.state_path, timeout=self.state_timeout,
+                          password_file=self.state_password_file)
+
+    @property
+    def state_is_url(self) -> bool:
+        return is_url(self.state_path)
 
     @property
     def device_regex(self) -> re.Pattern[str]:
@@ -216,6 +226,12 @@ def state_path_from_env(env: Mapping[str, str] | None = None, given: str | None 
     """
     env = os.environ if env is None else env
     return given or env.get("BRIDGE_STATE") or Settings.state_path
+
+
+def state_password_file_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """BRIDGE_STATE_PASSWORD_FILE, read alone like the state's location."""
+    env = os.environ if env is None else env
+    return env.get("BRIDGE_STATE_PASSWORD_FILE") or None
 
 
 def external_url_from_env(env: Mapping[str, str] | None = None) -> str:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.errors import BridgeError
+from bridge.vocab import Flag
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -79,10 +80,11 @@ def _never_raises(method: F) -> F:
 class Metrics:
     """The metrics of one bridge app; build it in the process that serves the app.
 
-    `rules_loaded` is called at scrape time, so a reload that swaps the rules shows at once.
+    `rules_loaded` is how many rules the app serves: a reload replaces the workers, and with
+    them their Metrics.
     """
 
-    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: Callable[[], int],
+    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: int,
                  started: float, clock: Callable[[], float] = time.time) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
@@ -226,7 +228,7 @@ class Metrics:
 class StateCollector:
     """Gauges read from the state store at scrape time, so right whichever worker answers."""
 
-    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: Callable[[], int],
+    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: int,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
@@ -236,21 +238,18 @@ class StateCollector:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from bridge.dispatch import API_UNAUTHORIZED
-        from bridge.store import BREAKER_OPEN, PAUSED
-
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily("alert_bridge_" + name, doc, value=value)
 
         yield gauge("dry_run", "1 if the bridge decides and audits but calls nothing.",
                     1 if self._dry_run else 0)
-        yield gauge("rules_loaded", "Rules in force.", self._rules_loaded())
+        yield gauge("rules_loaded", "Rules in force.", self._rules_loaded)
         up = "1 if the state store answered this scrape and took a test write."
         try:
             self._store.check_writable(self._clock())
             depth = self._store.queue_depth(self._clock())
             flags = {flag: self._store.get_flag(flag) is not None
-                     for flag in (PAUSED, BREAKER_OPEN, API_UNAUTHORIZED)}
+                     for flag in (Flag.PAUSED, Flag.BREAKER_OPEN, Flag.API_UNAUTHORIZED)}
         except BridgeError as exc:
             log.error("metrics: %s", exc.message)
             yield gauge("state_store_up", up, 0)
@@ -263,12 +262,12 @@ class StateCollector:
         for state, n in sorted(depth.items()):
             queue.add_metric([state], n)
         yield queue
-        yield gauge("paused", "1 while paused by `alert-bridge pause`.", flags[PAUSED])
+        yield gauge("paused", "1 while paused by `alert-bridge pause`.", flags[Flag.PAUSED])
         yield gauge("breaker_open", "1 while the storm breaker is open (nothing is sent).",
-                    flags[BREAKER_OPEN])
+                    flags[Flag.BREAKER_OPEN])
         yield gauge("api_unauthorized",
                     "1 while the device API rejects the token (its last answer was 401).",
-                    flags[API_UNAUTHORIZED])
+                    flags[Flag.API_UNAUTHORIZED])
 
 
 # -- the serving process (gunicorn's master) ---------------------------------------------

@@ -19,6 +19,7 @@ from bridge.config import Settings
 from bridge.errors import RulesError
 from bridge.rules import RuleSet, load_rules
 from bridge.store import RELOAD_FAILED, RELOAD_OK
+from bridge.web.context import context_of
 
 log = logging.getLogger(__name__)
 #: How often the master looks at the rules file for a change of content.
@@ -48,7 +49,10 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             # in flight (worker_exit below) within the drain timeout.
             "graceful_timeout": math.ceil(settings.drain_timeout) + 5,
             "worker_exit": _drain,
-            "post_worker_init": _take_stop_signals,
+            # The worker has forked, built its app and installed its signal handlers: its
+            # sender and housekeeping threads start (threads do not survive a fork), then
+            # the stop signals held back since the fork are taken.
+            "post_worker_init": _start_worker,
             # A dead worker's live gauges leave /metrics (its counters stay in the totals).
             "child_exit": _forget_worker,
             "proc_name": "alert-bridge",
@@ -147,7 +151,7 @@ class _ReloadingArbiter(Arbiter):  # type: ignore[misc]
         # only queue a signal for a master loop the worker never runs: a stop signal sent then
         # (a stop just after a reload started workers) was lost, and the stop waited
         # graceful_timeout for a worker that never heard it. Blocked, the signal waits for
-        # the worker instead (_take_stop_signals); in the master it waits for the fork only.
+        # the worker instead (_start_worker); in the master it waits for the fork only.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             return super().spawn_worker()  # type: ignore[no-any-return]
@@ -164,16 +168,20 @@ def _digest(path: str) -> str:
 
 
 def _drain(server: Any, worker: Any) -> None:
-    app = getattr(worker, "wsgi", None)
-    dispatcher = app.extensions["bridge"]["dispatcher"] if app is not None else None
-    if dispatcher is not None:
-        dispatcher.stop(server.cfg.graceful_timeout - 5)
+    app = getattr(worker, "wsgi", None)  # None when the worker failed to build its app
+    if app is not None:
+        context_of(app).stop(server.cfg.graceful_timeout - 5)
 
 
-def _take_stop_signals(worker: Any) -> None:
-    """The worker's handlers are in place (gunicorn's post_worker_init): a stop signal that
-    arrived since the fork is handled now."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+def _start_worker(worker: Any) -> None:
+    """gunicorn's post_worker_init: start the app's background work, then handle a stop
+    signal that arrived since the fork."""
+    try:
+        # Started while the stop signals are blocked, the threads keep them blocked: the
+        # kernel gives a stop signal to the main thread, which gunicorn's handlers wake.
+        context_of(worker.wsgi).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _forget_worker(server: Any, worker: Any) -> None:

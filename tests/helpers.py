@@ -23,7 +23,7 @@ import requests
 from werkzeug.serving import make_server
 
 from bridge.audit import AuditQuery, AuditRecord
-from bridge.store import SqliteStore
+from bridge.store import SqliteStore, open_store
 
 PAYLOADS = Path(__file__).parent / "payloads"
 ROOT = Path(__file__).parent.parent
@@ -152,8 +152,8 @@ def make_disk_full(mocker: Any, store: SqliteStore) -> None:
 
 
 def read_audit(state: str | Path) -> list[AuditRecord]:
-    """Every audit record of a state file, oldest first."""
-    store = SqliteStore(state)
+    """Every audit record of a state (a file, or a PostgreSQL URL), oldest first."""
+    store = open_store(str(state))
     try:
         return store.audit(AuditQuery(limit=None))
     finally:
@@ -305,7 +305,7 @@ class BridgeProcess(LocalService):
 
     name = "bridge"
 
-    def __init__(self, workdir: Path, rules: Path, state: Path, env: dict[str, str],
+    def __init__(self, workdir: Path, rules: Path, state: Path | str, env: dict[str, str],
                  workers: int = 3, extra_args: tuple[str, ...] = ()) -> None:
         super().__init__(workdir / "bridge.log")
         self.workdir, self.rules, self.state = workdir, rules, state

@@ -390,7 +390,7 @@ def test_retention_prunes_old_records_and_the_chain_verifies_from_what_is_left(
     bridge.post("/webhook/alertmanager", payload("alertmanager_firing_multi.json"))
     clock.now += 2 * 3600
     bridge.post("/webhook/alertmanager", payload("alertmanager_firing_multi.json"))
-    housekeeper = bridge.app.extensions["bridge"]["housekeeper"]
+    housekeeper = bridge.context.housekeeper
     assert housekeeper.run_once() == 3
     assert [r.id for r in bridge.audit()] == [4, 5, 6]
     assert verify(state) == (0, ok_line(state, 3, start=4))

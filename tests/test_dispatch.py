@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -367,7 +368,7 @@ def test_no_sender_takes_an_operation_past_its_maximum_age_before_the_sweep(
 ) -> None:
     clock = Clock(1_700_000_000.0)
     bridge = make_bridge(clock=clock, start_dispatcher=False, max_age=60.0)
-    store = bridge.app.extensions["bridge"]["store"]
+    store = bridge.context.store
     bridge.post("/webhook", RESOLVED)
     store.set_flag(PAUSED, clock.now)
     clock.now += 59.9
@@ -427,7 +428,7 @@ def test_calls_are_spaced_by_the_rate_limit(make_bridge: Callable[..., Bridge],
 def test_an_unwritable_store_answers_503_so_the_sender_retries(
     bridge: Bridge, fake: Fake, mocker: Any
 ) -> None:
-    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])
+    make_disk_full(mocker, bridge.context.store)
     r = bridge.post("/webhook", RESOLVED)
     assert r.status_code == 503
     assert r.json() == {"error": f"state store {bridge.settings.state_path}: "
@@ -438,3 +439,25 @@ def test_an_unwritable_store_answers_503_so_the_sender_retries(
     ok = bridge.post("/webhook", RESOLVED)
     assert ok.status_code == 200
     wait_until(lambda: len(fake.calls()) == 1, what="the call once the store works again")
+
+
+def test_the_app_factory_starts_no_thread_its_context_starts_and_stops_them(
+    make_bridge: Callable[..., Bridge], fake: Fake
+) -> None:
+    # Threads do not survive a fork: the server starts them in each worker, after the fork.
+    def background() -> set[threading.Thread]:
+        return {t for t in threading.enumerate()
+                if t.name.startswith("dispatch-") or t.name == "housekeeping"}
+
+    before = background()  # those of other bridges, stopping
+    bridge = make_bridge(start_dispatcher=False)
+    assert background() - before == set()
+    assert bridge.post("/webhook/alertmanager", RESOLVED).status_code == 200
+    assert fake.calls() == []  # queued, not sent
+    bridge.context.start()
+    started = background() - before
+    assert sorted(t.name for t in started) == ["dispatch-0", "dispatch-1", "dispatch-2",
+                                               "dispatch-3", "housekeeping"]
+    assert bridge.outcomes(1)[0].outcome == "succeeded"
+    bridge.context.stop(10)
+    wait_until(lambda: not any(t.is_alive() for t in started), what="its threads to end")

@@ -10,16 +10,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+from click.testing import CliRunner
 
+from bridge.cli import main
+from tests import postgres
 from tests.conftest import RULES, Fake
 from tests.helpers import BridgeProcess, audit, outcomes, payload, wait_until
 
 
-def post_together(url: str, body: bytes, n: int) -> list[requests.Response]:
-    """Send `n` identical deliveries released at the same instant from `n` threads."""
+def post_together(url: str | list[str], body: bytes, n: int) -> list[requests.Response]:
+    """Send `n` identical deliveries released at the same instant from `n` threads (taking
+    turns over the URLs, when there are several)."""
     barrier = threading.Barrier(n)
+    urls = [url] if isinstance(url, str) else url
 
-    def one(_: int) -> requests.Response:
+    def one(i: int) -> requests.Response:
+        url = urls[i % len(urls)]
         with requests.Session() as s:
             s.get(url.rsplit("/webhook", 1)[0] + "/-/healthy", timeout=10)  # connect first
             barrier.wait(10)
@@ -31,9 +37,9 @@ def post_together(url: str, body: bytes, n: int) -> list[requests.Response]:
 
 
 def test_twenty_simultaneous_duplicates_make_exactly_one_call(
-    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake, state_location: str
 ) -> None:
-    bridge = gunicorn_bridge(workers=3)
+    bridge = gunicorn_bridge(workers=3, state=state_location)
     answers = post_together(bridge.url + "/webhook/alertmanager",
                             payload("alertmanager_resolved.json"), 20)
     assert [r.status_code for r in answers] == [200] * 20
@@ -46,6 +52,28 @@ def test_twenty_simultaneous_duplicates_make_exactly_one_call(
     assert Counter((r.event, r.outcome) for r in records) == {
         ("decision", "execute"): 1, ("decision", "cooldown"): 19, ("outcome", "succeeded"): 1}
     assert len({r.id for r in records}) == 21
+
+
+def test_two_replicas_on_one_database_make_exactly_one_call(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake, postgres_url: str
+) -> None:
+    postgres.empty(postgres_url)
+    # The local server trusts its users, so a password in the URL is sent but not needed:
+    # enough to see that it never shows.
+    url = postgres_url.replace("://postgres@", "://postgres:pw-Replica-9@")
+    replicas = [gunicorn_bridge(workers=2, state=url) for _ in range(2)]
+    answers = post_together([r.url + "/webhook/alertmanager" for r in replicas],
+                            payload("alertmanager_resolved.json"), 20)
+    assert [r.status_code for r in answers] == [200] * 20
+    verdicts = Counter(r.json()["alerts"][0]["decisions"][0]["verdict"] for r in answers)
+    assert verdicts == {"execute": 1, "cooldown": 19}
+    outcomes(replicas[0], 1)
+    assert len(fake.calls()) == 1
+    result = CliRunner().invoke(main, ["audit", "verify", "--state", url])
+    assert (result.exit_code, result.output.split(", head")[0]) == (
+        0, "OK: 21 records, chain intact")
+    assert "pw-Replica-9" not in replicas[0].log() + replicas[1].log()
+    assert f"state {postgres_url}," in replicas[0].log()  # named, without the password
 
 
 def test_every_writer_gives_up_within_the_state_timeout(

@@ -113,7 +113,7 @@ def test_webhooks_are_counted_by_source_and_answer_code(
     assert requests.get(bridge.url + "/webhook", timeout=5).status_code == 405
     assert bridge.post("/webhook/other", RESOLVED, headers=ok).status_code == 404
 
-    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])
+    make_disk_full(mocker, bridge.context.store)
     assert bridge.post("/webhook", UNIFIED, headers=ok).status_code == 503
     mocker.stopall()
 
@@ -228,7 +228,7 @@ def test_state_gauges_are_read_from_the_store_at_scrape_time(
 
 
 def test_a_failing_store_leaves_metrics_up_and_says_so(bridge: Bridge, mocker: Any) -> None:
-    store = bridge.app.extensions["bridge"]["store"]
+    store = bridge.context.store
     mocker.patch.object(store, "queue_depth", side_effect=StoreError("state store: locked"))
     samples = scrape(bridge.url)
     assert value(samples, "alert_bridge_state_store_up") == 0
@@ -239,7 +239,7 @@ def test_a_failing_store_leaves_metrics_up_and_says_so(bridge: Bridge, mocker: A
 def test_readiness_and_the_store_gauge_say_when_the_store_cannot_be_written(
     bridge: Bridge, mocker: Any
 ) -> None:
-    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])  # reads still work
+    make_disk_full(mocker, bridge.context.store)  # reads still work
     ready = requests.get(bridge.url + "/-/ready", timeout=5)
     assert (ready.status_code, ready.json()) == (503, {
         "status": "not ready",
@@ -315,8 +315,8 @@ def test_metrics_refuse_a_directory_set_after_prometheus_client_was_imported(
 ) -> None:
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="imported before PROMETHEUS_MULTIPROC_DIR"):
-        Metrics(bridge.app.extensions["bridge"]["store"], dry_run=True,
-                rules_loaded=lambda: 0, started=0.0)
+        Metrics(bridge.context.store, dry_run=True,
+                rules_loaded=0, started=0.0)
 
 
 # -- under gunicorn, several workers -------------------------------------------------------
@@ -532,11 +532,11 @@ def test_promtool_accepts_the_alert_rules_and_they_fire(tmp_path: Path) -> None:
 
 def test_counting_a_storm_stays_cheap(make_bridge: Callable[..., Bridge]) -> None:
     bridge = make_bridge(dry_run=True)
-    metrics = bridge.app.extensions["bridge"]["metrics"]
+    metrics = bridge.context.metrics
     from bridge.decide import Decision
     from bridge.store import Recorded
 
-    rule = bridge.app.extensions["bridge"]["rules"].rules[0]
+    rule = bridge.context.rules.rules[0]
     recorded = [Recorded(Decision(None, rule, f"d{i}", "sync", "execute", ""))  # type: ignore
                 for i in range(2000)]
     start = time.perf_counter()

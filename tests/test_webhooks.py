@@ -341,7 +341,7 @@ def test_a_webhook_that_fails_after_deciding_commits_nothing(
     bridge = make_bridge(start_dispatcher=False)
     body = payload("alertmanager_firing_multi.json")
     # A fault no payload can cause any more: building the answer fails after the decisions.
-    mocker.patch("bridge.app._decision_json", side_effect=RuntimeError("boom"))
+    mocker.patch("bridge.intake._decision_json", side_effect=RuntimeError("boom"))
     r = bridge.post("/webhook/alertmanager", body)
     assert (r.status_code, r.json()["error"]) == (500, "internal error")
     assert bridge.audit() == []

@@ -20,6 +20,7 @@ from bridge.console import actions
 from bridge.console.auth import NO_SECRET, ConsoleAuth
 from bridge.console.context import Console
 from bridge.console.pages import bp
+from bridge.web.context import context_of
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ __all__ = ["actions", "init_app"]  # actions adds the forms to the blueprint
 
 def init_app(app: Flask, clock: Callable[[], float]) -> None:
     """Serve the console from `app`, reading the bridge's collaborators at request time."""
-    settings = app.extensions["bridge"]["settings"]
+    settings = context_of(app).settings
     auth = ConsoleAuth(settings.admin_auth, settings.viewer_auth, settings.session_secret,
                        settings.session_idle)
     app.extensions["console"] = Console(auth, clock, clock())

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
-from bridge.config import Settings
 from bridge.console.auth import ConsoleAuth
-from bridge.rules import RuleSet
-from bridge.store import Store
+from bridge.web.context import context
+
+if TYPE_CHECKING:
+    from bridge.config import Settings
+    from bridge.dispatch import Dispatcher
+    from bridge.rules import RuleSet
+    from bridge.store import Store
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class Services:
     settings: Settings
     rules: RuleSet
     store: Store
-    dispatcher: Any  # bridge.dispatch.Dispatcher, or None in dry run
+    dispatcher: Dispatcher | None  # None in dry run
     console: Console
 
     def now(self) -> float:
@@ -43,6 +47,6 @@ class Services:
 
 def services() -> Services:
     """The bridge's collaborators, as the app that serves this request holds them."""
-    bridge = current_app.extensions["bridge"]
-    return Services(bridge["settings"], bridge["rules"], bridge["store"], bridge["dispatcher"],
+    bridge = context()
+    return Services(bridge.settings, bridge.rules, bridge.store, bridge.dispatcher,
                     current_app.extensions["console"])
