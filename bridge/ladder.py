@@ -35,6 +35,9 @@ class Watch:
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
     starts_at: float | None
+    #: When the alert's episode began (its startsAt, else when the operation was queued): a
+    #: resolution before it ended an earlier episode, not this one.
+    starts: float = 0.0
     # The delivery that brought it, which the next step's decision names too:
     request_id: str = ""
     source: str = ""
@@ -104,3 +107,17 @@ class Concluded:
     next_operation_id: int | None = None
     #: Set when the ladder ends here without remediation: why no step follows.
     ended_because: str = ""
+
+
+@dataclass(frozen=True)
+class Rung:
+    """A step of a ladder in progress, as `explain` shows it: an operation on its way, or
+    watched until `until`."""
+
+    rule: str
+    step: int
+    operation: str
+    operation_id: int
+    state: str  # an open operation state, or "watching"
+    fingerprint: str
+    until: float | None = None  # while watching: the end of the window

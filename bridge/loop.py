@@ -52,7 +52,7 @@ class Judgement:
 
     def next_step(self, watch: Watch, state: State, now: float) -> Decision | str:
         """The decision on the step after `watch`'s, or why the ladder ends without one."""
-        rule = next((r for r in self.rules.rules if r.name == watch.rule), None)
+        rule = self.rules.named(watch.rule)
         if rule is None:
             return f"rule {watch.rule} is no longer in the rules file"
         if watch.step >= rule.steps:
@@ -84,6 +84,8 @@ class ClosingLoop:
         self.owner = random.SystemRandom().randrange(1, 2**52)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: One round at a time in this process (the thread's, and one a caller runs).
+        self._round = threading.Lock()
 
     @property
     def alertmanagers(self) -> Alertmanagers | None:
@@ -111,6 +113,10 @@ class ClosingLoop:
     def run_once(self) -> list[Concluded] | None:
         """One round, if this process holds the lease; the watches that ended (None: another
         process holds the lease)."""
+        with self._round:
+            return self._round_once()
+
+    def _round_once(self) -> list[Concluded] | None:
         now = self.clock()
         if not self.store.take_lease(self.owner, now, LEASE_ROUNDS * self.interval):
             return None

@@ -273,6 +273,10 @@ class RuleSet:
         object.__setattr__(self, "_unindexed", tuple(rest))
         object.__setattr__(self, "_by_name", {rule.name: rule for rule in self.rules})
 
+    def named(self, name: str) -> Rule | None:
+        """The rule of that name, or None."""
+        return self._by_name.get(name)
+
     def why_not_sent(self, rule_name: str) -> str | None:
         """Why these rules no longer send what the rule of that name queued (it is gone, or in
         shadow mode now), or None when they still do."""
