@@ -237,6 +237,17 @@ def _chain_unchained_audit(tx: Tx) -> None:
         after = batch[-1]["id"]
 
 
+#: Replicas alive: one row per running `serve` (its workers beat it in turn), see
+#: base.SqlStore.heartbeat. Not state: copy-state leaves it behind.
+REPLICAS = """
+CREATE TABLE IF NOT EXISTS replicas (
+    id {text} PRIMARY KEY,           -- host:pid of the serve (gunicorn master)
+    started {real} NOT NULL,
+    last_seen {real} NOT NULL,
+    version {text} NOT NULL
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "the tables; a state file from before versions gets the columns it lacks, and an"
@@ -244,6 +255,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=(_run(SQLITE_TABLES), _add_unversioned_columns, _chain_unchained_audit,
                 _run(INDEXES)),
         postgres=(_run(POSTGRES_TABLES), _run(INDEXES)),
+    ),
+    Migration(
+        2, "the replicas table: a heartbeat row per running bridge",
+        sqlite=(_run(REPLICAS.format(text="TEXT", real="REAL")),),
+        postgres=(_run(REPLICAS.format(text="text", real="double precision")),),
     ),
 )
 #: The version this bridge writes, and the newest it can read.
