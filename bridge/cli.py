@@ -700,6 +700,9 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
                        f" {ready.get('rules_version')}), webhook auth: {auth}")
         else:
             say(f"Server:   {url}: NOT READY: {ready.get('error', '')}")
+    alive = store.replicas_alive(time.time())
+    say(f"State:    {store.where} ({store.engine}), {alive} replica{'' if alive == 1 else 's'}"
+        " alive")
     paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
     if paused is not None:
         say(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
@@ -749,6 +752,45 @@ def _remediation(store: Any, settings: Settings) -> None:
             say(f"Warning:  rule {name} verifies, but none of its alerts was seen to resolve in"
                 " 7 days: is send_resolved on (Alertmanager; in Grafana: 'Disable resolved"
                 " message' off), or BRIDGE_ALERTMANAGER_URLS set?")
+
+
+@main.command("copy-state")
+@click.option("--from", "source", required=True, metavar="STATE",
+              help="The state to copy: a SQLite file or a postgresql:// URL.")
+@click.option("--to", "destination", required=True, metavar="STATE",
+              help="Where to copy it: an empty (or new) SQLite file, or an empty PostgreSQL"
+                   " database.")
+@user_errors
+def copy_state(source: str, destination: str) -> None:
+    """Copy a whole state (cooldowns, queue, approvals, flags, the audit with its hash chain)
+    to an empty store: from SQLite to PostgreSQL, or back. The source is only read.
+
+    Stop the bridge first: what it writes after the copy began stays behind. A password comes
+    from the URL, PGPASSWORD, ~/.pgpass or BRIDGE_STATE_PASSWORD_FILE, and is never printed.
+
+    \b
+    Example:
+        alert-bridge copy-state --from /var/lib/alert-bridge/bridge-state.db \\
+            --to postgresql://bridge@db.example:5432/bridge
+    """
+    from bridge.store import open_store as open_state
+
+    src = open_store(source)
+    dst = open_state(destination, password_file=state_password_file_from_env())
+    if src.where == dst.where:
+        fail(f"--from and --to are the same state ({src.where})")
+    try:
+        copied = dst.import_rows(src.export_rows())
+        report = dst.verify_audit()
+    finally:
+        src.close()
+        dst.close()
+    if not report.ok:
+        fail(f"{dst.where}: copied, but {report.problem}")
+    say(f"Copied {src.where} to {dst.where}: {copied['audit']} audit records,"
+        f" {copied['operations']} operations, {copied['cooldowns']} cooldowns,"
+        f" {copied['meta']} flags.")
+    say(report.summary())
 
 
 @main.command("fake-api")

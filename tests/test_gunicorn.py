@@ -76,6 +76,34 @@ def test_two_replicas_on_one_database_make_exactly_one_call(
     assert f"state {postgres_url}," in replicas[0].log()  # named, without the password
 
 
+def ready(bridge: BridgeProcess) -> dict[str, object]:
+    body: dict[str, object] = requests.get(bridge.url + "/-/ready", timeout=5).json()
+    return body
+
+
+def test_ready_and_status_name_the_database_and_count_each_serve_once(
+    gunicorn_bridge: Callable[..., BridgeProcess], postgres_url: str
+) -> None:
+    postgres.empty(postgres_url)
+    url = postgres_url.replace("://postgres@", "://postgres:pw-Ready-5@")
+    first = gunicorn_bridge(workers=2, state=url)
+    wait_until(lambda: ready(first)["replicas"] == 1, what="the first replica's heartbeat")
+    second = gunicorn_bridge(workers=2, state=url)
+    # Two serves of two workers each: two replicas, whichever worker of either answers.
+    wait_until(lambda: [ready(r)["replicas"] for r in (first, second) * 3] == [2] * 6,
+               what="both replicas counted by both")
+    body = ready(second)
+    assert (body["status"], body["state"], body["engine"]) == (
+        "ready", postgres_url, "postgresql")
+    status = CliRunner().invoke(main, ["status", "--state", url, "--url", first.url])
+    assert f"State:    {postgres_url} (postgresql), 2 replicas alive" in status.output
+    assert "pw-Ready-5" not in str(body) + status.output + first.log() + second.log()
+    sqlite_one = gunicorn_bridge(workers=2)  # the default: a SQLite file
+    wait_until(lambda: ready(sqlite_one)["replicas"] == 1, what="the SQLite replica")
+    assert (ready(sqlite_one)["state"], ready(sqlite_one)["engine"]) == (
+        str(sqlite_one.state), "sqlite")
+
+
 def test_every_writer_gives_up_within_the_state_timeout(
     gunicorn_bridge: Callable[..., BridgeProcess]
 ) -> None:

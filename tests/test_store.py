@@ -27,6 +27,7 @@ from bridge.decide import decide
 from bridge.payloads import Alert
 from bridge.rules import RuleSet, parse_rules
 from bridge.store import (
+    REPLICA_GONE,
     SCHEMA_VERSION,
     WAL_LIMIT,
     AskingAlert,
@@ -464,6 +465,26 @@ def test_cancel_one_by_id_says_why_it_cannot(store: Store) -> None:
         store.cancel(by, too_late, operation_id=ids[2])
     assert expired.value.status == 409
 
+# -- replicas --------------------------------------------------------------------------------
+
+
+def test_replicas_alive_are_those_whose_heartbeat_is_recent(
+    store: Store, replicas: Callable[[], Store]
+) -> None:
+    assert store.replicas_alive(NOW) == 0
+    other = replicas()  # another process on the same state
+    store.heartbeat("host-a:1", "1.0", NOW)
+    store.heartbeat("host-a:1", "1.0", NOW + 1)  # the same replica again: still one
+    other.heartbeat("host-b:2", "1.0", NOW + 2)
+    assert store.replicas_alive(NOW + 2) == other.replicas_alive(NOW + 2) == 2
+    store.heartbeat("host-a:1", "1.0", NOW + 2 + REPLICA_GONE)
+    # host-b beat last at NOW + 2: unseen for REPLICA_GONE, it is gone; host-a beats on.
+    assert store.replicas_alive(NOW + 2 + REPLICA_GONE) == 2
+    assert store.replicas_alive(NOW + 2.5 + REPLICA_GONE) == 1
+    other.heartbeat("host-b:2", "1.0", NOW + 3 + REPLICA_GONE)  # back
+    assert store.replicas_alive(NOW + 3 + REPLICA_GONE) == 2
+
+
 # -- flags -----------------------------------------------------------------------------------
 
 
@@ -821,6 +842,101 @@ def test_the_password_file_is_read_and_never_shown(
     missing = pg(url, password_file=str(tmp_path / "nope"))
     with pytest.raises(StoreError, match="BRIDGE_STATE_PASSWORD_FILE .*nope: No such file"):
         missing.ping()
+
+
+def every_row(location: str) -> dict[str, list[dict[str, Any]]]:
+    """A state's rows by table, JSON columns parsed (jsonb keeps its keys in its own order)."""
+    store = open_store(location)
+    try:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for table, rows in store.export_rows():
+            found.setdefault(table, []).extend(
+                {k: json.loads(v) if k in ("labels", "annotations") else v
+                 for k, v in row.items()} for row in rows)
+        return found
+    finally:
+        store.close()
+
+
+def a_state_of_every_kind(path: Path) -> str:
+    """A SQLite state with a row of every kind: sent, in flight, queued, held for its age,
+    pending approval, cooldowns, a pause flag, and the audit of all of it."""
+    store = open_store(str(path))
+    try:
+        deliver(store, alert("r1"), alert("r2"), alert("r3"), alert("d1", "Drift"),
+                alert("x1", "Dead", annotations={"summary": "gone"}, site="lab"))
+        store.finish(claimed(store), result(), NOW + 1)
+        claimed(store, NOW + 2)  # left in flight
+        store.pause(NOW + 3, "ann")
+        assert store.queue_depth(NOW + 3) == {"pending_approval": 1, "queued": 2, "sending": 1}
+    finally:
+        store.close()
+    return str(path)
+
+
+def copy_state(source: str, destination: str, env: dict[str, str]) -> Any:
+    from click.testing import CliRunner
+
+    from bridge.cli import main
+
+    return CliRunner(env=env).invoke(main, ["copy-state", "--from", source, "--to", destination])
+
+
+def verified(location: str) -> str:
+    from click.testing import CliRunner
+
+    from bridge.cli import main
+
+    outcome = CliRunner().invoke(main, ["audit", "verify", "--state", location])
+    assert outcome.exit_code == 0, outcome.output
+    return str(outcome.output)
+
+
+def test_copy_state_moves_a_whole_state_to_postgresql_and_back(
+    pg: Callable[..., Store], postgres_url: str, tmp_path: Path
+) -> None:
+    pg()  # the database, emptied
+    source = a_state_of_every_kind(tmp_path / "source.db")
+    secret = tmp_path / "password"
+    secret.write_text("file-Secret-8\n")
+    env = {"BRIDGE_STATE_PASSWORD_FILE": str(secret)}
+    there = copy_state(source, postgres_url, env)
+    assert there.exit_code == 0, there.output
+    assert there.output.splitlines()[0] == (
+        f"Copied {source} to {postgres_url}: 7 audit records, 5 operations, 5 cooldowns,"
+        " 2 flags.")
+    back_path = str(tmp_path / "back.db")
+    back = copy_state(postgres_url, back_path, env)
+    assert back.exit_code == 0, back.output
+    assert "file-Secret-8" not in there.output + back.output
+    assert every_row(source) == every_row(postgres_url) == every_row(back_path)
+    assert verified(source) == verified(postgres_url) == verified(back_path)
+    assert verified(source).startswith("OK: 7 records, chain intact, head 7 sha256:")
+    # The copies go on from the ids that came in: the next operation and record follow them.
+    for location in (postgres_url, back_path):
+        store = pg(location) if location == postgres_url else open_store(location)
+        assert store.resume(NOW + 9, "ann") == ["paused"]  # the pause came along
+        (queued,) = deliver(store, alert("r9"), now=NOW + 10)
+        assert queued.operation_id == 6
+        assert store.verify_audit().head_id == 9
+        store.close()
+
+
+def test_copy_state_refuses_a_destination_that_holds_state(
+    pg: Callable[..., Store], postgres_url: str, tmp_path: Path
+) -> None:
+    deliver(pg(), alert("r1"))
+    source = a_state_of_every_kind(tmp_path / "source.db")
+    refused = copy_state(source, postgres_url, {})
+    assert (refused.exit_code, refused.output) == (1, (
+        f"Error: {postgres_url} already holds state (1 audit records, 1 operations,"
+        " 1 cooldowns, 0 flags): copy-state only fills an empty store\n"))
+    other = copy_state(postgres_url, source, {})  # a SQLite destination is checked alike
+    assert other.exit_code == 1 and "Error: " + source + " already holds state (7 audit" \
+        in other.output
+    assert every_row(postgres_url)["audit"][0]["device"] == "r1"  # left as it was
+    same = copy_state(source, source, {})
+    assert same.output == f"Error: --from and --to are the same state ({source})\n"
 
 
 def test_each_process_makes_its_own_connections_after_fork(

@@ -8,7 +8,9 @@ migrations. Every write that belongs together happens in one transaction.
 from __future__ import annotations
 
 from bridge.store.base import (
+    HEARTBEAT,
     PROBE_WAIT,
+    REPLICA_GONE,
     WEEK,
     AskingAlert,
     Claim,
@@ -43,7 +45,8 @@ def open_store(location: str, *, timeout: float = 30.0,
 
 
 __all__ = [
-    "BREAKER_OPEN", "PAUSED", "POOL_SIZE", "PROBE_WAIT", "RELOAD_FAILED", "RELOAD_OK",
+    "BREAKER_OPEN", "HEARTBEAT", "PAUSED", "POOL_SIZE", "PROBE_WAIT", "RELOAD_FAILED",
+    "RELOAD_OK", "REPLICA_GONE",
     "SCHEMA_VERSION", "WAL_LIMIT", "WEEK", "AskingAlert", "Claim", "Cooldown", "DeviceSeen",
     "Operation", "PostgresStore",
     "Recorded", "SqliteStore", "Store", "StoreError", "is_url", "open_store",

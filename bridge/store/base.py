@@ -8,7 +8,7 @@ Statements use `?` for parameters; a Tx translates them when its engine wants an
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, fields, replace
 from enum import Enum
@@ -64,6 +64,19 @@ Row = dict[str, Any]
 #: The longest a readiness probe or a scrape waits for its test write's turn: writes that
 #: wait longer than that are what not ready means.
 PROBE_WAIT = 1.0
+#: Seconds between a replica's heartbeats; one unseen for REPLICA_GONE is counted gone.
+HEARTBEAT = 5.0
+REPLICA_GONE = 3 * HEARTBEAT
+#: A replica's row is deleted once unseen this long (its host is not coming back).
+_REPLICA_FORGOTTEN = 86400.0
+#: The tables a state is made of, in the order copy-state writes them, each with its key.
+STATE_TABLES = (("meta", "key"), ("cooldowns", "device, operation"), ("operations", "id"),
+                ("audit", "id"), ("verifications", "operation_id"),
+                ("resolutions", "fingerprint, resolved_at"), ("notices", "key"))
+#: The last "table" export_rows gives: the highest audit id ever written, in one row.
+AUDIT_WRITTEN = "audit_written"
+#: Rows per INSERT batch of copy-state.
+COPY_BATCH = 500
 
 
 class StoreError(BridgeError):
@@ -181,6 +194,8 @@ class Store(Protocol):
 
     #: Where the state is, as messages and logs show it (never a password).
     where: str
+    #: Which engine keeps it: "sqlite" or "postgresql".
+    engine: str
 
     def ping(self) -> None: ...
     def active_cooldowns(self, now: float) -> dict[Key, float]: ...
@@ -227,6 +242,10 @@ class Store(Protocol):
     def sync_notices(self, current: Sequence[Notice], now: float) -> list[Told]: ...
     def mark_told(self, delivered: Delivered) -> None: ...
     def acknowledge(self, operation_id: int, who: str, now: float) -> str: ...
+    def heartbeat(self, replica: str, version: str, now: float) -> None: ...
+    def replicas_alive(self, now: float) -> int: ...
+    def export_rows(self) -> Iterator[tuple[str, list[Row]]]: ...
+    def import_rows(self, batches: Iterable[tuple[str, list[Row]]]) -> dict[str, int]: ...
     def close(self) -> None: ...
 
 
@@ -299,6 +318,18 @@ class Tx:
 
     def note_audit_written(self, last_id: int) -> None:
         """Remember `last_id` as written, where the engine does not remember it by itself."""
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        cursor = self.conn.cursor()
+        try:
+            cursor.executemany(self.translate(sql), rows)
+        finally:
+            cursor.close()
+
+    def after_import(self, audit_written: int) -> None:
+        """After rows came in with their own ids: the engine's counters go on from them, and
+        the highest audit id ever written is `audit_written` (or the highest id, if more)."""
+        raise NotImplementedError
 
     def schema_version(self) -> int:
         """The version of the schema (schema.MIGRATIONS) this state was last brought to."""
@@ -854,6 +885,82 @@ class SqlStore:
             _append(tx, [_operation_entry(now, Event.OPERATOR, op, Outcome.ACKNOWLEDGED,
                                           f"acknowledged by {who}: {what}")])
             return what
+    # -- replicas and copies -----------------------------------------------------------------
+
+    def heartbeat(self, replica: str, version: str, now: float) -> None:
+        """Note `replica` alive now (its first beat notes its start); forget long-gone ones."""
+        with self._write(lock=Lock.NONE) as tx:
+            tx.execute(
+                "INSERT INTO replicas (id, started, last_seen, version) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,"
+                " version = excluded.version", (replica, now, now, version))
+            tx.execute("DELETE FROM replicas WHERE last_seen < ?", (now - _REPLICA_FORGOTTEN,))
+
+    def replicas_alive(self, now: float) -> int:
+        """How many replicas beat within REPLICA_GONE seconds of `now`."""
+        return int(self._read("SELECT count(*) AS n FROM replicas WHERE last_seen >= ?",
+                              (now - REPLICA_GONE,))[0]["n"])
+
+    def export_rows(self) -> Iterator[tuple[str, list[Row]]]:
+        """The whole state as (table, rows) batches, from one read snapshot: STATE_TABLES in
+        order, then AUDIT_WRITTEN. JSON columns come as text on both engines."""
+        with self._reading(snapshot=True) as tx:
+            for table, key in STATE_TABLES:
+                batch: list[Row] = []
+                with closing(tx.stream(f"SELECT * FROM {table} ORDER BY {key}")) as rows:
+                    for row in rows:
+                        batch.append({k: _json_text(v) for k, v in row.items()})
+                        if len(batch) == COPY_BATCH:
+                            yield table, batch
+                            batch = []
+                if batch:
+                    yield table, batch
+            yield AUDIT_WRITTEN, [{"id": tx.audit_written()}]
+
+    def import_rows(self, batches: Iterable[tuple[str, list[Row]]]) -> dict[str, int]:
+        """Fill this empty store with export_rows' batches, as they are (the same ids, the
+        same audit hashes), in one transaction: all of it or nothing. Rows per table."""
+        copied = {table: 0 for table, _ in STATE_TABLES}
+        with self._write() as tx:
+            held = _held(tx)
+            if any(held.values()):
+                raise StoreError(
+                    f"{self.where} already holds state ({_counted(held)}): copy-state only"
+                    " fills an empty store", status=409)
+            tx.execute("DELETE FROM meta")  # at most the readiness probe's own row
+            written = 0
+            for table, rows in batches:
+                if table == AUDIT_WRITTEN:
+                    written = int(rows[0]["id"])
+                    continue
+                columns = list(rows[0])
+                tx.execute_many(
+                    f"INSERT INTO {table} ({', '.join(columns)})"
+                    f" VALUES ({', '.join('?' * len(columns))})",
+                    [tuple(row[c] for c in columns) for row in rows])
+                copied[table] += len(rows)
+            tx.after_import(written)
+        return copied
+
+
+def _held(tx: Tx) -> dict[str, int]:
+    """What a store holds that copy-state would overwrite (a readiness probe's row aside)."""
+    count = "SELECT count(*) FROM "
+    return {
+        "audit records": int(tx.value(count + "audit")),
+        "operations": int(tx.value(count + "operations")),
+        "cooldowns": int(tx.value(count + "cooldowns")),
+        "flags": int(tx.value(count + "meta WHERE key <> ?", (Flag.WRITE_CHECKED,))),
+    }
+
+
+def _counted(held: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in held.items())
+
+
+def _json_text(value: Any) -> Any:
+    """A column's value as both engines take it: a JSON object (PostgreSQL jsonb) as text."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 class _TxnState:

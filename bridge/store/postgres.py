@@ -82,6 +82,13 @@ class PostgresTx(Tx):
     def note_audit_written(self, last_id: int) -> None:
         self.execute("UPDATE audit_written SET id = ? WHERE id < ?", (last_id, last_id))
 
+    def after_import(self, audit_written: int) -> None:
+        # The identity goes on from the ids that came in (strict setval: no rows, no change).
+        self.execute("SELECT setval(pg_get_serial_sequence('operations', 'id'),"
+                     " (SELECT max(id) FROM operations))")
+        top = self.value("SELECT coalesce(max(id), 0) FROM audit")
+        self.note_audit_written(max(audit_written, int(top)))
+
     def schema_version(self) -> int:
         if self.value("SELECT to_regclass('schema_migrations')") is None:
             return 0
@@ -94,6 +101,8 @@ class PostgresTx(Tx):
 
 class PostgresStore(SqlStore):
     """The state in a PostgreSQL database, shared by every replica that names it."""
+
+    engine = "postgresql"
 
     def __init__(self, url: str, *, timeout: float = 30.0,
                  password_file: str | None = None) -> None:

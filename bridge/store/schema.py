@@ -238,7 +238,19 @@ def _chain_unchained_audit(tx: Tx) -> None:
         after = batch[-1]["id"]
 
 
-#: Version 2, the closing loop: watches on operations that succeeded, when alerts resolved,
+#: Replicas alive: one row per running `serve` (its workers beat it in turn), see
+#: base.SqlStore.heartbeat. Not state: copy-state leaves it behind.
+REPLICAS = """
+CREATE TABLE IF NOT EXISTS replicas (
+    id {text} PRIMARY KEY,           -- host:pid of the serve (gunicorn master)
+    started {real} NOT NULL,
+    last_seen {real} NOT NULL,
+    version {text} NOT NULL
+)
+"""
+
+
+#: Version 3, the closing loop: watches on operations that succeeded, when alerts resolved,
 #: and what people were told. Both engines; the types are each engine's words for the same.
 _LOOP_COLUMNS = (
     ("operations", "step", "integer NOT NULL DEFAULT 1"),
@@ -317,7 +329,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgres=(_run(POSTGRES_TABLES), _run(INDEXES)),
     ),
     Migration(
-        2, "the closing loop: an operation's ladder step and verify window, audit records'"
+        2, "the replicas table: a heartbeat row per running bridge",
+        sqlite=(_run(REPLICAS.format(text="TEXT", real="REAL")),),
+        postgres=(_run(REPLICAS.format(text="text", real="double precision")),),
+    ),
+    Migration(
+        3, "the closing loop: an operation's ladder step and verify window, audit records'"
            " step and elapsed time, watches, resolutions and notices",
         sqlite=(_add_sqlite_loop_columns, _run(_LOOP_TABLES.format(real="REAL", id="INTEGER"))),
         postgres=(_run(_POSTGRES_LOOP_COLUMNS.format(real="double precision")),

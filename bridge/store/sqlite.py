@@ -39,6 +39,14 @@ class SqliteTx(Tx):
         return int(self.value(
             "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'audit'"))
 
+    def after_import(self, audit_written: int) -> None:
+        # Operations' INTEGER PRIMARY KEY goes on from the highest id by itself; AUTOINCREMENT
+        # took the inserted audit ids into sqlite_sequence, but not ids pruned at the source.
+        if audit_written > self.audit_written():
+            self.execute("DELETE FROM sqlite_sequence WHERE name = 'audit'")
+            self.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('audit', ?)",
+                         (audit_written,))
+
     def schema_version(self) -> int:
         return int(self.value("PRAGMA user_version"))
 
@@ -48,6 +56,8 @@ class SqliteTx(Tx):
 
 class SqliteStore(SqlStore):
     """The embedded store: one SQLite file in WAL mode, one connection per thread."""
+
+    engine = "sqlite"
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self.path = os.fspath(path)

@@ -25,6 +25,7 @@ def ready() -> tuple[Response, int]:
     try:
         store.check_writable(ctx.clock())  # webhooks need writes: a read would not tell
         unauthorized = store.get_flag(Flag.API_UNAUTHORIZED)
+        replicas = store.replicas_alive(ctx.clock())
     except BridgeError as exc:
         return jsonify(status="not ready", error=exc.message), 503
     if unauthorized is not None:
@@ -40,6 +41,8 @@ def ready() -> tuple[Response, int]:
         status="ready", sending=sending, rules=len(rules.rules), rules_version=rules.version,
         dry_run=settings.dry_run, auth=settings.auth.methods or ["none"],
         insecure_no_auth=settings.insecure_no_auth,
+        # Never a password: `where` names the database without it.
+        state=store.where, engine=store.engine, replicas=replicas,
     ), 200
 
 
