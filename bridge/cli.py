@@ -359,12 +359,14 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
                               device_pattern=settings.device_regex)
 
     have_state = settings.state_is_url or os.path.exists(settings.state_path)
-    results = settings.open_store().read_state(judge) if have_state \
-        else judge(EmptyState())
+    store = settings.open_store() if have_state else None
+    results = store.read_state(judge) if store is not None else judge(EmptyState())
+    rungs = store.in_progress(sorted({a.fingerprint for a in notification.alerts})) \
+        if store is not None else []
     if as_json:
         click.echo(json.dumps({"source": notification.source, "dry_run": dry_run,
-                               "state": have_state, "alerts": explanation_json(results)},
-                              indent=2))
+                               "state": have_state,
+                               "alerts": explanation_json(results, rungs)}, indent=2))
         return
     say(f"{payload_path}: {notification.source} payload, {len(results)} alert(s);"
                f" rules {settings.rules_path} (version {rules.version})")
@@ -390,6 +392,9 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
             for g in r.guards:
                 say(f"      {g.guard:<9}  {'ok' if g.passed else g.verdict:<16}"
                            f"  {g.reason}")
+            for rung in rungs:
+                if rung.rule == r.rule.name and rung.fingerprint == alert.fingerprint:
+                    say(f"      ladder     {rung.describe(r.rule)}")
 
 
 @main.command()
@@ -546,24 +551,17 @@ def report(state_path: str | None, since: str, rule: str | None, devices: bool,
         alert-bridge report --since 30d
         alert-bridge report --rule unreachable-router --device --json | jq .devices
     """
-    from bridge.report import format_report
+    from bridge.report import format_report, of_store
 
     try:
         span = parse_duration(since)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--since'") from None
-    built = _report(open_store(state_path), time.time(), span, rule)
+    built = of_store(open_store(state_path), time.time(), span, rule)
     if as_json:
         click.echo(json_line(built.to_json(devices)))
     else:
         click.echo(format_report(built, devices))
-
-
-def _report(store: Any, now: float, span: float, rule: str | None = None) -> Any:
-    from bridge.report import build
-
-    return build(store.audit(AuditQuery(since=now - span, rule=rule, limit=None)), now - span,
-                 now, rule)
 
 
 @main.command()
@@ -736,11 +734,11 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
 
 def _remediation(store: Any, settings: Settings) -> None:
     """The last day's remediation rate, and the rules that may never see their alert resolve."""
-    from bridge.report import remediation_line
+    from bridge.report import of_store, remediation_line
 
     now = time.time()
-    say(f"Verified: last day: {remediation_line(_report(store, now, 86400.0))}")
-    week = _report(store, now, 7 * 86400.0)
+    say(f"Verified: last day: {remediation_line(of_store(store, now, 86400.0))}")
+    week = of_store(store, now, 7 * 86400.0)
     try:
         verifying = [r.name for r in load_rules(settings.rules_path).rules if r.verify]
     except RulesError:

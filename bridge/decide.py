@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 from bridge.audit import iso
+from bridge.ladder import Rung
 from bridge.payloads import Alert
 from bridge.rules import Budget, Rule, RuleSet, TemplateRenderError, format_duration
 from bridge.vocab import OWN_LABEL, Verdict
@@ -465,10 +466,19 @@ def explain(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *
     return out
 
 
-def explanation_json(results: list[tuple[Alert, list[RuleExplanation]]]) -> list[object]:
+def explanation_json(results: list[tuple[Alert, list[RuleExplanation]]],
+                     rungs: Sequence[Rung] = ()) -> list[object]:
+    """The explanation as JSON; `rungs` (the store's ladders in progress) add, to each rule
+    that has one on the alert, the step on its way or being verified and the one to follow."""
+    def rule_json(alert: Alert, r: RuleExplanation) -> dict[str, object]:
+        doc = r.to_json()
+        ladder = [g.to_json(r.rule) for g in rungs
+                  if g.rule == r.rule.name and g.fingerprint == alert.fingerprint]
+        return {**doc, "ladder": ladder} if ladder else doc
+
     return [
         {"fingerprint": alert.fingerprint, "alertname": alert.alertname, "status": alert.status,
-         "labels": dict(alert.labels), "rules": [r.to_json() for r in explained]}
+         "labels": dict(alert.labels), "rules": [rule_json(alert, r) for r in explained]}
         for alert, explained in results
     ]
 

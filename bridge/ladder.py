@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+from bridge.audit import iso
 from bridge.payloads import Alert
-from bridge.rules import format_duration
+from bridge.rules import Rule, format_duration
 from bridge.vocab import Verification
 
 
@@ -121,3 +122,27 @@ class Rung:
     state: str  # an open operation state, or "watching"
     fingerprint: str
     until: float | None = None  # while watching: the end of the window
+
+    def to_json(self, rule: Rule | None) -> dict[str, object]:
+        """The rung as explain shows it, with the step that would follow it and when, when
+        the rule (as it is now) has one."""
+        doc: dict[str, object] = {"step": self.step, "operation": self.operation,
+                                  "operation_id": self.operation_id, "state": self.state}
+        if self.until is not None:
+            doc["until"] = iso(self.until)
+        if rule is not None and self.step < rule.steps:
+            follows = rule.step(self.step + 1)
+            doc["next"] = {"step": self.step + 1, "operation": follows.operation,
+                           "at": iso(self.until) if self.until is not None else None}
+        return doc
+
+    def describe(self, rule: Rule | None) -> str:
+        """One line for `alert-bridge explain`."""
+        doc = self.to_json(rule)
+        text = f"step {self.step}: {self.operation} (operation {self.operation_id}) {self.state}"
+        if "until" in doc:
+            text += f" until {doc['until']}"
+        follows = doc.get("next")
+        if isinstance(follows, dict):
+            text += f"; then step {follows['step']}: {follows['operation']} if it still fires"
+        return text

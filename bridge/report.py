@@ -14,8 +14,9 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from bridge.audit import AuditRecord, format_rows, iso
+from bridge.audit import AuditQuery, AuditRecord, format_rows, iso
 from bridge.rules import format_duration
 from bridge.vocab import QUEUING, Event, OpState, Verdict, Verification
 
@@ -129,6 +130,12 @@ def build(records: Iterable[AuditRecord], since: float, until: float,
                      report.devices.setdefault(r.device, Line())):
             _count(line, r, later_steps)
     return report
+
+
+def of_store(store: Any, now: float, span: float, rule: str | None = None) -> Report:
+    """The report of a store's audit over the last `span` seconds (a bridge.store.Store)."""
+    return build(store.audit(AuditQuery(since=now - span, rule=rule, limit=None)), now - span,
+                 now, rule)
 
 
 def _count(line: Line, r: AuditRecord, later_steps: set[tuple[str, str, str, int | None]]

@@ -84,6 +84,8 @@ def test_an_operation_whose_alert_resolves_in_its_window_remediated(
     send(bridge)
     clock.now += 90
     bridge.post("/webhook", unreachable("resolved", ends_at=clock.now - 30))
+    (ended,) = loop(bridge).run_once()  # the next round ends the watch
+    assert (ended.resolution.outcome, ended.next_operation_id) == ("remediated", None)
     (v,) = records(bridge, "verification")
     assert (v.outcome, v.operation, v.step, v.elapsed, v.operation_id) == (
         "remediated", "sync", 1, 60.0, 1)
@@ -112,6 +114,7 @@ def test_a_ladder_climbs_while_the_alert_fires_and_stops_when_it_resolves(
     send(bridge)
     clock.now += 60
     bridge.post("/webhook", unreachable("resolved", ends_at=clock.now))
+    loop(bridge).run_once()
     sync_v, reboot_v = records(bridge, "verification")
     assert (sync_v.outcome, reboot_v.outcome, reboot_v.step) == (
         "not_remediated", "remediated", 2)
@@ -185,6 +188,7 @@ def test_an_alert_that_resolved_before_the_call_ended_is_not_credited(
     clock.now += 5
     bridge.post("/webhook", unreachable("resolved", ends_at=clock.now - 1))
     send(bridge)  # the call ends after the alert resolved
+    loop(bridge).run_once()
     (v,) = records(bridge, "verification")
     assert (v.outcome, v.elapsed) == ("resolved_before", None)
     clock.now += 3600
