@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from bridge.audit import AuditRecord
 from bridge.cli import main
 from tests import alertmanager as am
-from tests import postgres
+from tests import helpers, postgres
 from tests.alertmanager import Alertmanager
 from tests.conftest import TOKEN, Bridge, Fake
 from tests.helpers import (
@@ -26,6 +26,7 @@ from tests.helpers import (
     read_audit,
     wait_for_outcomes,
     wait_until,
+    webhook,
 )
 
 #: Longer than any test waits: a sender that only polled would never be seen to send.
@@ -77,19 +78,21 @@ FAST = {"BRIDGE_API_TIMEOUT": "3s", "BRIDGE_API_CONNECT_TIMEOUT": "1s",
 
 @pytest.fixture
 def replicas(tmp_path: Path, fake: Fake, postgres_url: str
-             ) -> Iterator[Callable[[int], list[BridgeProcess]]]:
-    """Factory: `n` `alert-bridge serve` processes (one worker each) on one fresh database."""
+             ) -> Iterator[Callable[..., list[BridgeProcess]]]:
+    """Factory: `n` `alert-bridge serve` processes (one worker each) on one fresh database
+    (at `url`, when it is reached another way), with `env` over the FAST settings."""
     postgres.empty(postgres_url)
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     started: list[BridgeProcess] = []
 
-    def start(n: int) -> list[BridgeProcess]:
+    def start(n: int, url: str = postgres_url, **env: str) -> list[BridgeProcess]:
         for i in range(n):
             (tmp_path / f"r{i}").mkdir()
             started.append(BridgeProcess(
-                tmp_path / f"r{i}", rules, postgres_url,
-                {"BRIDGE_API_URL": fake.url, "BRIDGE_API_TOKEN": TOKEN, **FAST}, workers=1))
+                tmp_path / f"r{i}", rules, url,
+                {"BRIDGE_API_URL": fake.url, "BRIDGE_API_TOKEN": TOKEN, **FAST, **env},
+                workers=1))
         for proc in started:
             proc.start()
         return started
@@ -147,7 +150,7 @@ def ended(state: str, n: int) -> list[AuditRecord]:
 
 
 def test_three_replicas_behind_an_alertmanager_pair_keep_every_guarantee(
-    replicas: Callable[[int], list[BridgeProcess]], ha_pair: Callable[..., list[Alertmanager]],
+    replicas: Callable[..., list[BridgeProcess]], ha_pair: Callable[..., list[Alertmanager]],
     fake: Fake, postgres_url: str
 ) -> None:
     requests.put(f"{fake.control}/devices", json={"devices": ["solo", *STORM]},
@@ -181,3 +184,52 @@ def test_three_replicas_behind_an_alertmanager_pair_keep_every_guarantee(
     assert set(verdicts) <= {"execute", "cooldown", "held_by_budget"}
     result = CliRunner().invoke(main, ["audit", "verify", "--state", postgres_url])
     assert result.exit_code == 0 and result.output.startswith("OK: "), result.output
+
+
+@pytest.fixture
+def proxy() -> Iterator[postgres.CuttableProxy]:
+    target = requests.utils.urlparse(postgres.ADMIN_URL)
+    front = postgres.CuttableProxy((target.hostname or "127.0.0.1", target.port or 5432))
+    yield front
+    front.close()
+
+
+def post(bridge: BridgeProcess, device: str) -> requests.Response:
+    return requests.post(bridge.url + "/webhook/alertmanager", timeout=30,
+                         data=webhook(helpers.alert("DeviceUnreachable", device)))
+
+
+def test_the_database_unreachable_for_a_while_gives_503s_then_recovery_nothing_lost_or_doubled(
+    replicas: Callable[..., list[BridgeProcess]], proxy: postgres.CuttableProxy, fake: Fake,
+    postgres_url: str
+) -> None:
+    requests.put(f"{fake.control}/devices", json={"devices": ["before", "during"]},
+                 timeout=5).raise_for_status()
+    bridges = replicas(2, proxy.url(postgres_url), BRIDGE_STATE_TIMEOUT="2s")
+    assert post(bridges[0], "before").status_code == 200
+    ended(postgres_url, 1)
+
+    proxy.cut()
+    for bridge in bridges:
+        wait_until(lambda b=bridge: requests.get(b.url + "/-/ready", timeout=10).status_code
+                   == 503, what="/-/ready failing")
+        answer = post(bridge, "during")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"].startswith("state store ")
+
+    proxy.restore()
+    for bridge in bridges:
+        wait_until(lambda b=bridge: requests.get(b.url + "/-/ready", timeout=10).status_code
+                   == 200, what="/-/ready again")
+        wait_until(lambda b=bridge: "listening for queued work again" in b.log(),
+                   what="the listener connected again")
+    # Alertmanager's retry, to the other replica: the first to commit anything about it.
+    assert post(bridges[1], "during").status_code == 200
+    records = ended(postgres_url, 2)
+    assert [(r.device, r.outcome) for r in records] == [
+        ("before", "succeeded"), ("during", "succeeded")]
+    assert Counter(c["device"] for c in fake.calls()) == {"before": 1, "during": 1}
+    decisions = [(r.device, r.outcome) for r in read_audit(postgres_url) if r.event == "decision"]
+    assert decisions == [("before", "execute"), ("during", "execute")]
+    result = CliRunner().invoke(main, ["audit", "verify", "--state", postgres_url])
+    assert result.exit_code == 0 and result.output.startswith("OK: 4 records"), result.output
