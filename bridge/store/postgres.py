@@ -33,10 +33,11 @@ from bridge.store.schema import upgrade
 
 log = logging.getLogger(__name__)
 
-#: Connections one process holds at most. A worker's store users are its 4 request threads,
-#: its senders (BRIDGE_CONCURRENCY, 4 by default) and housekeeping, each for one short
-#: transaction at a time (never across a device API call); one waiting for a connection
-#: waits within BRIDGE_STATE_TIMEOUT.
+#: Connections one process holds at most in its pool (a sending process has one more, the
+#: listener). A worker's store users are its 4 request threads, its senders
+#: (BRIDGE_CONCURRENCY, 4 by default) and housekeeping, each for one short transaction at a
+#: time (never across a device API call); one waiting for a connection waits within
+#: BRIDGE_STATE_TIMEOUT.
 POOL_SIZE = 8
 #: The advisory locks' first key: this bridge's namespace ("albr"); the second is the lock.
 _NAMESPACE = 0x616C6272
