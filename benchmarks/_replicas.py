@@ -1,4 +1,5 @@
-"""Section 5: reaction time, SQLite (one server) against PostgreSQL (one and three replicas).
+"""Section 5: SQLite (one server) against PostgreSQL (one to three replicas): reaction time,
+and webhooks per second.
 
 Reaction time: from just before a webhook is sent to when the fake device API receives the
 PUT it causes (the fake's own arrival time: both clocks are this machine's), one webhook at
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ from typing import Any
 
 import requests
 from _gen import alertmanager_payload
-from _load import percentile
+from _load import LoadResult, percentile, run_load
 from _procs import Server, start_bridge, wait_until
 from _report import Report, Target, ms, table
 
@@ -67,27 +69,59 @@ def reactions(servers: list[Server], tag: str, samples: int,
     return answered, took
 
 
+def throughput(servers: list[Server], tag: str, duration: float) -> LoadResult:
+    """Webhooks/s from CLIENTS clients spread over the replicas, each webhook queueing one
+    operation for a device of its own (sent meanwhile to the fake API)."""
+    results: list[LoadResult] = []
+
+    def load(n: int, server: Server) -> None:
+        results.append(run_load(
+            server.url + WEBHOOK, lambda i: alertmanager_payload([{
+                "alertname": "BenchDeviceDown", "severity": "critical",
+                "device": f"load-{tag}-{n}-{i}"}]),
+            clients=max(1, CLIENTS // len(servers)), duration=duration, warmup=0.5))
+
+    threads = [threading.Thread(target=load, args=(n, s)) for n, s in enumerate(servers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Run side by side: the counts add up, the wall time is one run's.
+    total = LoadResult()
+    for r in results:
+        total = total.merge(r)
+    total.elapsed = max(r.elapsed for r in results)
+    return total
+
+
+#: (name, engine, replicas) of the setups measured.
+SETUPS = (("SQLite, 1 server", "sqlite", 1), ("PostgreSQL, 1 replica", "postgres", 1),
+          ("PostgreSQL, 2 replicas", "postgres", 2), ("PostgreSQL, 3 replicas", "postgres", 3))
+CLIENTS = 6
+
+
 def section_replicas(quick: bool, report: Report, wd: Path, rules: Path, env: dict[str, str],
                      calls: Callable[[], list[dict[str, Any]]]) -> None:
-    samples = 15 if quick else 60
-    rows, measured = [], {}
+    samples, duration = (15, 3.0) if quick else (60, 8.0)
+    reaction_rows, load_rows, measured = [], [], {}
     with fresh_database() as url:
-        for name, state, replicas in (("SQLite, 1 server", str(wd / "react.db"), 1),
-                                      ("PostgreSQL, 1 replica", url, 1),
-                                      ("PostgreSQL, 3 replicas", url, 3)):
-            servers = [start_bridge(wd, f"bridge-react-{len(rows)}-{n}", rules, state, env)
+        for k, (name, engine, replicas) in enumerate(SETUPS):
+            state = str(wd / "react.db") if engine == "sqlite" else url
+            servers = [start_bridge(wd, f"bridge-react-{k}-{n}", rules, state, env)
                        for n in range(replicas)]
             try:
                 # Every worker of every replica warmed (imports, templates) first.
-                reactions(servers, f"warm{len(rows)}", 6 * replicas, calls)
-                answered, took = reactions(servers, f"r{len(rows)}", samples, calls)
+                reactions(servers, f"warm{k}", 6 * replicas, calls)
+                answered, took = reactions(servers, f"r{k}", samples, calls)
+                loaded = throughput(servers, f"t{k}", duration)
             finally:
                 for server in servers:
                     server.stop()
-            p50, p99 = percentile(took, 50), percentile(took, 99)
-            measured[name] = p99
-            rows.append((name, len(took), ms(percentile(answered, 50)), ms(p50), ms(p99),
-                         ms(max(took))))
+            measured[name] = percentile(took, 99)
+            reaction_rows.append((name, len(took), ms(percentile(answered, 50)),
+                                  ms(percentile(took, 50)), ms(measured[name]), ms(max(took))))
+            load_rows.append((name, CLIENTS, loaded.count, f"{loaded.rate:.0f}",
+                              ms(loaded.pct(50)), ms(loaded.pct(99)), len(loaded.errors)))
     report.add(
         "### 5a. Reaction time, one server and several replicas\n\n"
         f"From a webhook sent to the PUT it causes arriving at the fake device API, {samples} "
@@ -95,10 +129,17 @@ def section_replicas(quick: bool, report: Report, wd: Path, rules: Path, env: di
         "4 senders each); across replicas each goes to the next replica, and any may send. "
         "The webhook's own answer time is shown beside it.\n\n"
         + table(("state", "webhooks", "answer p50 ms", "reaction p50 ms", "reaction p99 ms",
-                 "reaction max ms"), rows)
+                 "reaction max ms"), reaction_rows)
+    )
+    report.add(
+        "### 5b. Webhooks per second, one server and several replicas\n\n"
+        f"{CLIENTS} clients for {duration:g} s, spread evenly over the replicas; each webhook "
+        "queues one operation for a device of its own, which the bridge sends meanwhile.\n\n"
+        + table(("state", "clients", "webhooks", "per second", "p50 ms", "p99 ms", "errors"),
+                load_rows)
     )
     for name, engine in (("SQLite, 1 server", "sqlite"), ("PostgreSQL, 3 replicas", "postgres")):
         limit = TARGETS[engine]
-        report.target(Target("5", f"{name}: reaction p99 ≤ {ms(limit)} ms",
+        report.target(Target("5a", f"{name}: reaction p99 ≤ {ms(limit)} ms",
                              f"{ms(measured[name])} ms", measured[name] / limit,
                              measured[name] <= limit))
