@@ -3,6 +3,9 @@
     python benchmarks/run.py            # the full run, about 6-8 minutes
     python benchmarks/run.py --quick    # every part shortened: a smoke run of a minute or two
 
+Section 5 makes (and drops) a database on the PostgreSQL server at BRIDGE_BENCH_POSTGRES
+(default postgresql://postgres@127.0.0.1:5432/postgres).
+
 Prints a Markdown report and writes it to docs/benchmarks.md (--out to change). Servers run as
 real processes on loopback ports: the bridge (`python -m bridge serve`, 2 gunicorn workers),
 the fake device API (`python -m bridge fake-api`) and a baseline bare Flask app under the same
@@ -46,6 +49,7 @@ from _procs import (  # noqa: E402
     stop_all,
     wait_until,
 )
+from _replicas import section_replicas  # noqa: E402
 from _report import Report, Target, machine, ms, ratio, table  # noqa: E402
 
 FAKE_TOKEN = "bench-token"
@@ -676,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         memory: list[tuple[Any, ...]] = []
         guarded("2", section_webhooks, cfg, report, wd, memory)
         guarded("2b", live_storm, cfg, report, wd, fake)
-        fake.stop()
+        fake_control(fake, "POST", "reset")
         log("section 3: decision core")
         report.add("## 3. The decision core alone (no HTTP, no store)\n")
         guarded("3", section_core, cfg, report)
@@ -686,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
             "the section 2 load.\n\n"
             + table(("server", "when", "RSS per worker (MiB)", "mean"), memory)
         )
+        log("section 5: reaction time, one server and several replicas")
+        report.add("## 5. Several replicas on PostgreSQL (issue 12)\n")
+        guarded("5", section_replicas, cfg.quick, report, wd, rules, live_env(fake),
+                lambda: fake_calls(fake))
+        fake.stop()
         report.add("## Targets\n\n" + report.targets_table())
         elapsed = time.monotonic() - started
         report.add(f"Whole run: {elapsed / 60:.1f} minutes.")

@@ -45,6 +45,8 @@ class BridgeContext:
         past its retention."""
         if self.dispatcher is not None:
             self.dispatcher.start()
+            # Work queued by another replica wakes these senders too, not only their poll.
+            self.store.listen(self.dispatcher.wake)
         self.loop.start()
         self.housekeeper.start()
 
@@ -52,6 +54,7 @@ class BridgeContext:
         """Stop the background work; the calls in flight get `timeout` seconds to end."""
         self.housekeeper.stop()
         self.loop.stop()
+        self.store.unlisten()
         if self.dispatcher is not None:
             self.dispatcher.stop(timeout)
 
