@@ -313,8 +313,9 @@ class BridgeProcess(LocalService):
         self.workers = workers
         self.extra_args = extra_args
 
-    def start(self) -> BridgeProcess:
-        self.port = free_port()
+    def start(self, port: int | None = None) -> BridgeProcess:
+        """Start (or start again, after a crash: on its old `port` if given)."""
+        self.port = port or free_port()
         self.spawn(
             [sys.executable, "-m", "bridge", "serve", "--rules", str(self.rules),
              "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
