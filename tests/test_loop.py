@@ -4,10 +4,12 @@ fake device API, a chat webhook on loopback; the dispatcher and the loop stepped
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from bridge.audit import AuditRecord, iso
 from bridge.client import Secret
@@ -243,3 +245,72 @@ def test_explain_shows_the_ladder_in_progress(ladder: tuple[Bridge, Clock]) -> N
         "until": iso(NOON + 600),
         "next": {"step": 2, "operation": "reboot", "at": iso(NOON + 600)}}]
     assert json.dumps(answer)  # plain JSON
+
+
+def test_the_report_ack_and_status_from_the_cli_and_over_http(
+    make_bridge: Callable[..., Bridge], fake: Fake,
+) -> None:
+    from click.testing import CliRunner
+
+    from bridge.auth import InboundAuth
+    from bridge.cli import main
+
+    fake.set_durations(sync=0, reboot=0)
+    clock = Clock(float(int(time.time())))  # whole seconds, as endsAt carries them
+    bridge = make_bridge(LADDER, clock=clock, start_dispatcher=False,
+                         admin_auth=InboundAuth(bearer_tokens=(Secret("adm-1"),)))
+    bridge.post("/webhook", unreachable())
+    send(bridge)
+    clock.now += 601
+    loop(bridge).run_once()  # sync missed: reboot
+    send(bridge)
+    clock.now += 30
+    bridge.post("/webhook", unreachable("resolved", ends_at=clock.now))
+    loop(bridge).run_once()  # reboot remediated
+    fake.behave(status=404, device="r2")
+    bridge.post("/webhook", webhook(alert("DeviceUnreachable", "r2")))
+    send(bridge)  # operation 3 fails
+
+    state = ["--state", bridge.settings.state_path]
+    runner = CliRunner()
+    done = runner.invoke(main, ["report", *state, "--json"])
+    assert done.exit_code == 0, done.output
+    doc = json.loads(done.output)
+    by_operation = {r["operation"]: r for r in doc["rules"]}
+    assert {k: by_operation["sync"][k] for k in ("sent", "succeeded", "failed_or_unknown",
+                                                  "verified", "remediated", "notifications")} \
+        == {"sent": 2, "succeeded": 1, "failed_or_unknown": 1, "verified": 1, "remediated": 0,
+            "notifications": 1}
+    assert {k: by_operation["reboot"][k] for k in ("escalations", "remediated",
+                                                    "remediated_share")} == {
+        "escalations": 1, "remediated": 1, "remediated_share": 1.0}
+    assert by_operation["reboot"]["time_to_resolve_seconds"] == {"median": 30.0, "p90": 30.0}
+    over_http = requests.get(bridge.url + "/api/report?since=7d&devices=1", timeout=10,
+                             headers={"Authorization": "Bearer adm-1"})
+    assert over_http.status_code == 200
+    assert over_http.json()["rules"] == doc["rules"]
+    assert [d["device"] for d in over_http.json()["devices"]] == ["r1", "r2"]
+    refused = requests.get(bridge.url + "/api/report?since=soon", timeout=10,
+                           headers={"Authorization": "Bearer adm-1"})
+    assert (refused.status_code, refused.json()["parameter"]) == (400, "since")
+
+    table = runner.invoke(main, ["report", *state, "--device"]).output.splitlines()
+    assert table[1].split()[:3] == ["RULE", "OPERATION", "SENT"]
+    assert "the devices that needed the most operations" in table
+    assert runner.invoke(main, ["report", *state, "--since", "soon"]).exit_code == 2
+
+    acked = runner.invoke(main, ["ack", "3", *state, "--as", "alice"])
+    assert (acked.exit_code, acked.output) == (0, "Acknowledged operation 3: it ended failed;"
+                                                  " people are no longer told about it.\n")
+    again = runner.invoke(main, ["ack", "3", *state])
+    assert (again.exit_code, again.output) == (
+        1, "Error: operation 3 (failed) is already acknowledged\n")
+    over = requests.post(bridge.url + "/api/operations/1/ack", timeout=10,
+                         headers={"Authorization": "Bearer adm-1"})
+    assert (over.status_code, over.json()["error"]) == (
+        409, "operation 1 is succeeded: nothing to acknowledge (only an operation that ended"
+             " failed or unknown, or the last of a ladder that did not remediate)")
+
+    status = runner.invoke(main, ["status", *state, "--url", "http://127.0.0.1:9"]).output
+    assert ("Verified: last day: remediation: 1 of 2 verified operations remediated (50%),"
+            " median 30s to resolve") in status

@@ -742,6 +742,22 @@ def test_the_last_step_missing_ends_the_ladder_and_a_person_is_told(store: Store
     assert store.notice_state(NOW + 1700).ladders == ()
 
 
+def test_a_ladder_that_ran_out_may_be_acknowledged_not_a_step_that_escalated(
+    store: Store,
+) -> None:
+    first = succeeded(store)
+    conclude(store, NOW + 601)
+    step2 = claimed(store, NOW + 602)
+    store.finish(step2, result(), NOW + 603)
+    conclude(store, NOW + 603 + 901)
+    with pytest.raises(StoreError, match=f"operation {first.id} is succeeded: nothing to"):
+        store.acknowledge(first.id, "ann", NOW + 1600)  # a step followed it
+    assert store.acknowledge(step2.id, "ann", NOW + 1600) == "it did not remediate its alert"
+    assert store.notice_state(NOW + 1601).ladders == ()
+    with pytest.raises(StoreError, match="already acknowledged"):
+        store.acknowledge(step2.id, "ann", NOW + 1602)
+
+
 def test_a_guard_that_refuses_the_next_step_ends_the_ladder(store: Store) -> None:
     succeeded(store)
     store.pause(NOW + 10, "ann")

@@ -1410,11 +1410,14 @@ def _acknowledgeable(tx: Tx, op: Operation, acked: float | None) -> str:
             raise StoreError(f"operation {op.id} ({op.state}) is already acknowledged",
                              status=409)
         return f"it ended {op.state}"
-    watch = tx.row("SELECT state, acked FROM verifications WHERE operation_id = ?", (op.id,))
-    if watch is None or watch["state"] != Verification.NOT_REMEDIATED:
+    watch = tx.row(
+        "SELECT v.state, v.acked, v.ended, n.state AS next FROM verifications v LEFT JOIN"
+        " operations n ON n.id = v.next_operation_id WHERE v.operation_id = ?", (op.id,))
+    if watch is None or watch["state"] != Verification.NOT_REMEDIATED or not (
+            watch["ended"] or watch["next"] in NEVER_SENT):
         raise StoreError(f"operation {op.id} is {op.state}: nothing to acknowledge (only an"
-                         " operation that ended failed or unknown, or did not remediate)",
-                         status=409)
+                         " operation that ended failed or unknown, or the last of a ladder"
+                         " that did not remediate)", status=409)
     if watch["acked"] is not None:
         raise StoreError(f"operation {op.id} (not remediated) is already acknowledged",
                          status=409)
