@@ -75,6 +75,20 @@ def alert(name: str | None, device: str | None = None, *, status: str = "firing"
     return made
 
 
+#: A rule with a ladder: sync, verified for 10 minutes; if the alert still fires, reboot.
+LADDER = """\
+rules:
+  - name: unreachable-router
+    match: ['alertname = "DeviceUnreachable"']
+    device: "{{ labels.device }}"
+    operation: sync
+    cooldown: 1h
+    verify: 10m
+    escalate:
+      - {operation: reboot, verify: 15m}
+"""
+
+
 def webhook(*alerts: dict[str, Any], receiver: str = "bridge") -> bytes:
     """An Alertmanager webhook body (version 4) carrying `alerts`; the group fires while one
     of them does, as in Alertmanager."""

@@ -14,21 +14,10 @@ import requests
 from bridge.audit import AuditRecord, iso
 from bridge.client import Secret
 from tests.conftest import Bridge, Fake
-from tests.helpers import Clock, Receiver, alert, webhook
+from tests.helpers import LADDER, Clock, Receiver, alert, webhook
 
 NOON = 1_800_014_400.0  # 2027-01-15T12:00:00Z
 
-LADDER = """\
-rules:
-  - name: unreachable-router
-    match: ['alertname = "DeviceUnreachable"']
-    device: "{{ labels.device }}"
-    operation: sync
-    cooldown: 1h
-    verify: 10m
-    escalate:
-      - {operation: reboot, verify: 15m}
-"""
 
 WIPE = """\
 rules:
@@ -72,6 +61,15 @@ def loop(bridge: Bridge) -> Any:
 def send(bridge: Bridge) -> None:
     """Let the dispatcher send what is due now."""
     bridge.dispatcher.step()
+
+
+def sync_misses(bridge: Bridge, clock: Clock) -> list[Any]:
+    """The alert fires, the sync is sent, its window passes: the round that ends its watch
+    (and queues step 2, if a guard lets it), and what it concluded."""
+    bridge.post("/webhook", unreachable())
+    send(bridge)
+    clock.now += 601
+    return loop(bridge).run_once()
 
 
 def records(bridge: Bridge, event: str) -> list[AuditRecord]:
@@ -130,10 +128,7 @@ def test_a_ladder_that_runs_out_tells_a_person_until_the_alert_resolves(
     ladder: tuple[Bridge, Clock], receiver: Receiver,
 ) -> None:
     bridge, clock = ladder
-    bridge.post("/webhook", unreachable())
-    send(bridge)
-    clock.now += 601
-    loop(bridge).run_once()
+    sync_misses(bridge, clock)
     send(bridge)
     clock.now += 901
     (ended,) = loop(bridge).run_once()
@@ -206,10 +201,7 @@ def test_a_step_waiting_for_approval_is_cancelled_when_the_alert_resolves(
                            "{operation: device_factory, allow_destructive: true}")
     bridge = make_bridge(rules, clock=clock, start_dispatcher=False,
                          notify_webhooks=(Secret(receiver.url + "/hooks/secret"),))
-    bridge.post("/webhook", unreachable())
-    send(bridge)
-    clock.now += 601
-    (ended,) = loop(bridge).run_once()
+    (ended,) = sync_misses(bridge, clock)
     assert records(bridge, "decision")[-1].outcome == "pending_approval"
     assert receiver.texts()[-1].startswith("[FIRING] AlertBridgeApprovalPending:"
                                            " device_factory on r1")
@@ -259,10 +251,7 @@ def test_the_report_ack_and_status_from_the_cli_and_over_http(
     clock = Clock(float(int(time.time())))  # whole seconds, as endsAt carries them
     bridge = make_bridge(LADDER, clock=clock, start_dispatcher=False,
                          admin_auth=InboundAuth(bearer_tokens=(Secret("adm-1"),)))
-    bridge.post("/webhook", unreachable())
-    send(bridge)
-    clock.now += 601
-    loop(bridge).run_once()  # sync missed: reboot
+    sync_misses(bridge, clock)
     send(bridge)
     clock.now += 30
     bridge.post("/webhook", unreachable("resolved", ends_at=clock.now))

@@ -45,7 +45,7 @@ from bridge.store import (
     open_store,
 )
 from bridge.vocab import Event, Flag, OpState, Verdict
-from tests import postgres
+from tests import helpers, postgres
 from tests.conftest import Bridge
 from tests.helpers import BridgeProcess, free_port, payload, payload_json, wait_until
 
@@ -655,18 +655,8 @@ def test_pause_and_resume_are_audited_under_the_persons_name(store: Store) -> No
 
 # -- the closing loop: watches, ladders, what people were told -------------------------------
 
-LADDER = """\
-budgets: []
-rules:
-  - name: unreachable
-    match: ['alertname = "DeviceDown"']
-    device: "{{ labels.device }}"
-    operation: sync
-    cooldown: 1h
-    verify: 10m
-    escalate:
-      - {operation: reboot, verify: 15m}
-"""
+#: The shared ladder (sync for 10m, then reboot for 15m), on the DeviceDown alerts of alert().
+LADDER = "budgets: []\n" + helpers.LADDER.replace("DeviceUnreachable", "DeviceDown")
 
 
 def conclude(store: Store, now: float, rules: str = LADDER,
@@ -732,10 +722,10 @@ def test_the_last_step_missing_ends_the_ladder_and_a_person_is_told(store: Store
     store.finish(step2, result(), NOW + 603)
     (ended,) = conclude(store, NOW + 603 + 901)
     assert (ended.next_operation_id, ended.ended_because) == (
-        None, "it was the last step of rule unreachable")
+        None, "it was the last step of rule unreachable-router")
     (end,) = store.notice_state(NOW + 1600).ladders
     assert (end.subject.operation_id, end.subject.operation, end.why, end.verify) == (
-        step2.id, "reboot", "it was the last step of rule unreachable", 900.0)
+        step2.id, "reboot", "it was the last step of rule unreachable-router", 900.0)
     # Until the alert resolves.
     deliver(store, alert("r1", status="resolved", ends_at=NOW + 1700), now=NOW + 1700,
             rules=LADDER)
@@ -800,7 +790,7 @@ def test_a_resolved_alert_cancels_the_steps_of_its_ladder_not_yet_sent(store: St
     succeeded(store)
     (ended,) = conclude(store, NOW + 601)
     assert store.in_progress(["DeviceDown-r1"]) == [
-        Rung("unreachable", 2, "reboot", 2, OpState.QUEUED, "DeviceDown-r1")]
+        Rung("unreachable-router", 2, "reboot", 2, OpState.QUEUED, "DeviceDown-r1")]
     deliver(store, alert("r1", status="resolved", ends_at=NOW + 610), now=NOW + 610,
             rules=LADDER)
     cancelled = store.operation(ended.next_operation_id or 0, NOW + 610)
@@ -814,7 +804,7 @@ def test_a_resolved_alert_cancels_the_steps_of_its_ladder_not_yet_sent(store: St
 def test_a_watch_shows_in_progress_until_it_ends(store: Store) -> None:
     op = succeeded(store, takes=30.0)
     assert store.in_progress(["DeviceDown-r1", "other"]) == [
-        Rung("unreachable", 1, "sync", op.id, "watching", "DeviceDown-r1", NOW + 630)]
+        Rung("unreachable-router", 1, "sync", op.id, "watching", "DeviceDown-r1", NOW + 630)]
     assert store.in_progress([]) == []
 
 
