@@ -205,12 +205,19 @@ def _sqlite_columns(tx: Tx, table: str) -> set[str]:
     return {row["name"] for row in tx.rows(f"PRAGMA table_info({table})")}
 
 
-def _add_unversioned_columns(tx: Tx) -> None:
-    """A state file from before versions may lack columns added since: added, empty for
-    old rows. (The one place columns are probed: such a file says nothing of its shape.)"""
-    for table, column, declaration in _UNVERSIONED_COLUMNS:
-        if column not in _sqlite_columns(tx, table):
-            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+def _add_missing(columns: tuple[tuple[str, str, str], ...]) -> Step:
+    """A SQLite step that adds each of `columns` (table, column, declaration) a table lacks,
+    empty for old rows. (SQLite cannot say ADD COLUMN IF NOT EXISTS; and a file without a
+    version says nothing of its shape, so columns are probed.)"""
+    def step(tx: Tx) -> None:
+        for table, column, declaration in columns:
+            if column not in _sqlite_columns(tx, table):
+                tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    return step
+
+
+#: A state file from before versions may lack columns added since.
+_add_unversioned_columns = _add_missing(_UNVERSIONED_COLUMNS)
 
 
 def _chain_unchained_audit(tx: Tx) -> None:
@@ -259,15 +266,6 @@ _LOOP_COLUMNS = (
     ("audit", "step", "integer"),
     ("audit", "elapsed", "{real}"),
 )
-
-
-def _add_sqlite_loop_columns(tx: Tx) -> None:
-    """The closing loop's columns each table lacks (a file of today's tables whose version
-    was lost comes through here again: SQLite cannot say ADD COLUMN IF NOT EXISTS)."""
-    for table, column, declaration in _LOOP_COLUMNS:
-        if column not in _sqlite_columns(tx, table):
-            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}"
-                       f" {declaration.format(real='REAL')}")
 
 
 _POSTGRES_LOOP_COLUMNS = ";".join(
@@ -336,7 +334,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         3, "the closing loop: an operation's ladder step and verify window, audit records'"
            " step and elapsed time, watches, resolutions and notices",
-        sqlite=(_add_sqlite_loop_columns, _run(_LOOP_TABLES.format(real="REAL", id="INTEGER"))),
+        # A file of today's tables whose version was lost comes through here again.
+        sqlite=(_add_missing(tuple((t, c, d.format(real="REAL")) for t, c, d in _LOOP_COLUMNS)),
+                _run(_LOOP_TABLES.format(real="REAL", id="INTEGER"))),
         postgres=(_run(_POSTGRES_LOOP_COLUMNS.format(real="double precision")),
                   _run(_LOOP_TABLES.format(real="double precision", id="bigint"))),
     ),
