@@ -155,7 +155,7 @@ class Notifier:
         if not t.told_start and t.ended is not None:
             flags |= {"told_start", "told_end"}  # it came and went between two rounds
             return
-        due = [("told_start", None)] if not t.told_start else []
+        due: list[tuple[str, float | None]] = [("told_start", None)] if not t.told_start else []
         if t.ended is not None and not t.told_end:
             due.append(("told_end", t.ended))
         for flag, ended in due:

@@ -168,8 +168,8 @@ class Rule:
 
     def __post_init__(self) -> None:
         RULE.check(self)
-        if self.require_approval is None:
-            object.__setattr__(self, "require_approval", self.operation in DESTRUCTIVE)
+        object.__setattr__(self, "require_approval",
+                           _approval(self.operation, self.require_approval))
         if self._template is None:
             object.__setattr__(self, "_template", compile_template(self.device))
         rungs = [self, *(self._rung(step) for step in self.escalate)]
@@ -183,7 +183,8 @@ class Rule:
         rule's matchers, device, window and other guards."""
         return replace(
             self, operation=step.operation, allow_destructive=step.allow_destructive,
-            require_approval=step.require_approval, escalate=(), _template=self._template,
+            require_approval=_approval(step.operation, step.require_approval), escalate=(),
+            _template=self._template,
             cooldown=self.cooldown if step.cooldown is None else step.cooldown,
             verify=self.verify if step.verify is None else step.verify,
         )
@@ -226,6 +227,11 @@ class Rule:
         """
         assert self._template is not None
         return render_device(self._template, labels, annotations, self.name)
+
+
+def _approval(operation: str, required: bool | None) -> bool:
+    """Whether an operation waits for a person: as said, else when it is destructive."""
+    return operation in DESTRUCTIVE if required is None else required
 
 
 def _ladder_needs_verify(number: int, steps: int) -> str:
