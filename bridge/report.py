@@ -197,9 +197,9 @@ def format_report(report: Report, devices: bool = False) -> str:
 
 
 def remediation_line(report: Report) -> str:
-    """One line for `status`: the remediation rate over the report's span."""
+    """The remediation rate over the report's span, in words (`status`, the console)."""
     total = report.total
     if not total.verified:
-        return "remediation: no operation verified"
-    return (f"remediation: {total.remediated} of {total.verified} verified operations"
-            f" remediated ({_share(total)}), median {_seconds(total.median)} to resolve")
+        return "no operation verified"
+    return (f"{total.remediated} of {total.verified} verified operations remediated"
+            f" ({_share(total)}), median {_seconds(total.median)} to resolve")

@@ -301,5 +301,5 @@ def test_the_report_ack_and_status_from_the_cli_and_over_http(
              " failed or unknown, or the last of a ladder that did not remediate)")
 
     status = runner.invoke(main, ["status", *state, "--url", "http://127.0.0.1:9"]).output
-    assert ("Verified: last day: remediation: 1 of 2 verified operations remediated (50%),"
-            " median 30s to resolve") in status
+    assert ("Verified: last day: 1 of 2 verified operations remediated (50%), median 30s to"
+            " resolve") in status

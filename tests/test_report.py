@@ -73,7 +73,7 @@ def test_one_rule_only_and_an_empty_span() -> None:
                record("outcome", "failed", rule="other", device="r9")]
     assert list(build(records, T0 - 60, T0, rule="other").rules) == [("other", "sync")]
     empty = build([], T0 - 60, T0)
-    assert empty.rules == {} and remediation_line(empty) == "remediation: no operation verified"
+    assert empty.rules == {} and remediation_line(empty) == "no operation verified"
     assert "all rules" in format_report(empty)
 
 
@@ -87,7 +87,7 @@ def test_the_table_and_the_status_line() -> None:
                                 "1m30s", "1m30s", "0", "0"]
     assert "the devices that needed the most operations" in table
     assert remediation_line(report) == (
-        "remediation: 1 of 3 verified operations remediated (33%), median 1m30s to resolve")
+        "1 of 3 verified operations remediated (33%), median 1m30s to resolve")
 
 
 def test_nearest_rank_takes_values_that_happened() -> None:
