@@ -15,6 +15,7 @@ from bridge.audit import AuditRecord, iso
 from bridge.client import Secret
 from tests.conftest import Bridge, Fake
 from tests.helpers import LADDER, Clock, Receiver, alert, webhook
+from tests.test_metrics import scrape, value
 
 NOON = 1_800_014_400.0  # 2027-01-15T12:00:00Z
 
@@ -90,6 +91,11 @@ def test_an_operation_whose_alert_resolves_in_its_window_remediated(
     assert (v.outcome, v.operation, v.step, v.elapsed, v.operation_id) == (
         "remediated", "sync", 1, 60.0, 1)
     assert v.reason == "step 1: the alert resolved 1m after the call, within 10m of its completion"
+    samples = scrape(bridge.url)
+    labels = {"rule": "unreachable-router", "operation": "sync"}
+    assert value(samples, "alert_bridge_verifications_total", result="remediated",
+                 **labels) == 1
+    assert value(samples, "alert_bridge_time_to_resolve_seconds_sum", **labels) == 60.0
     assert loop(bridge).run_once() == []  # nothing left to watch, nothing escalates
     clock.now += 3600
     assert loop(bridge).run_once() == []
