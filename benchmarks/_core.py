@@ -98,8 +98,10 @@ def time_call(fn: Callable[[], object], *, min_batch: float, batches: int,
 
 
 def run_core(rule_counts: Sequence[int], alert_counts: Sequence[int], *, budget: float,
-             log: Callable[[str], None]) -> tuple[list[CoreResult], dict[tuple[str, int], float]]:
-    """Time decide() per alert over the grid; returns the results and the rules' parse times.
+             log: Callable[[str], None], keys: Sequence[str] = ("alertname", "team"),
+             ) -> tuple[list[CoreResult], dict[tuple[str, int], float]]:
+    """Time decide() per alert over the grid, for rules keyed each way of `keys` (see
+    _gen.KEYS); returns the results and the rules' parse times.
 
     A combination whose estimated single call (from the smaller payload's cost per alert)
     exceeds `budget` seconds is skipped, and says so.
@@ -116,7 +118,7 @@ def run_core(rule_counts: Sequence[int], alert_counts: Sequence[int], *, budget:
         decide(warm_alerts, warm, state, now, dry_run=True)
     results: list[CoreResult] = []
     parse_times: dict[tuple[str, int], float] = {}
-    for by in ("alertname", "team"):
+    for by in keys:
         for n_rules in rule_counts:
             t0 = time.perf_counter()
             ruleset = parse_rules(rules_yaml(n_rules, by=by), f"bench-{by}-{n_rules}.yaml")
@@ -142,7 +144,7 @@ def run_core(rule_counts: Sequence[int], alert_counts: Sequence[int], *, budget:
                 per_alert = per_call / n_alerts
                 per_alert_seen = per_alert
                 results.append(CoreResult(by, n_rules, n_alerts, per_alert))
-                log(f"  decide {by:9} rules={n_rules:<6} alerts={n_alerts:<6} "
+                log(f"  decide {by:10} rules={n_rules:<6} alerts={n_alerts:<6} "
                     f"{per_alert * 1e6:9.1f} µs/alert")
             del ruleset
     sys.stderr.flush()
