@@ -6,8 +6,9 @@ can never hold what the file could not.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
 import jinja2
@@ -63,6 +64,7 @@ class Breaker:
 
 
 _CLASSES: Mapping[str, type] = {cls.SECTION.name: cls for cls in (GiveUp, Window, Budget, Breaker)}
+_SECTIONS: Mapping[str, Section] = {cls.SECTION.name: cls.SECTION for cls in _CLASSES.values()}
 
 
 def resolve(entry: Field, *layers: Mapping[str, Any]) -> Any:
@@ -88,6 +90,22 @@ def resolve(entry: Field, *layers: Mapping[str, Any]) -> Any:
 
 def build(section: Section, values: Mapping[str, Any]) -> Any:
     """The value (GiveUp, Window, Budget, Breaker) of a section from what was read, by key."""
+    try:
+        key = (section.name, tuple(values.items()))
+        return _built(key)
+    except TypeError:  # an unhashable value: build it afresh
+        return _build(section, values)
+
+
+# Rules share their give_up and window settings by the thousand (defaults, or one line
+# generated for every rule): build each distinct value once. The values are frozen.
+@functools.lru_cache(maxsize=1024)
+def _built(key: tuple[str, tuple[tuple[str, Any], ...]]) -> Any:
+    name, items = key
+    return _build(_SECTIONS[name], dict(items))
+
+
+def _build(section: Section, values: Mapping[str, Any]) -> Any:
     return _CLASSES[section.name](
         **{
             f.attribute: resolve(f, values)
@@ -129,11 +147,15 @@ class Rule:
     #: destructive operations and False otherwise; after construction it is always a bool.
     require_approval: bool = field(default=RULE["require_approval"].default, kw_only=True)
     _template: jinja2.Template | None = field(default=None, repr=False, compare=False, kw_only=True)
+    #: Set by the loader only, for values it has read against RULE already: checking them
+    #: again was a third of the time ten thousand rules took to load.
+    _checked: InitVar[bool] = field(default=False, kw_only=True)
 
     SECTION: ClassVar[Section] = RULE
 
-    def __post_init__(self) -> None:
-        RULE.check(self)
+    def __post_init__(self, _checked: bool) -> None:
+        if not _checked:
+            RULE.check(self)
         if self.require_approval is None:
             object.__setattr__(self, "require_approval", self.operation in DESTRUCTIVE)
         if self._template is None:
