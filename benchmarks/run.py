@@ -591,11 +591,11 @@ def section_core(cfg: Config, report: Report) -> None:
         "rule also has `severity =~ \"critical|page\"` and renders `{{ labels.device }}`. "
         "Alert j matches rule j mod rules, so every alert gets one `dry_run` decision. "
         "Rulesets come from `bridge.rules.parse_rules` on generated YAML; the last column is "
-        "that parse time. Calls estimated to take more than "
+        "that parse's CPU time. Calls estimated to take more than "
         f"{cfg.core_budget:g} s are skipped.\n\n"
         + table(("rules match by", "rules",
                  *(f"µs/alert, {n:,} alert{'s' if n > 1 else ''}" for n in cfg.core_alerts),
-                 "parse s"), rows)
+                 "parse CPU s"), rows)
     )
     mid = cfg.core_alerts[1] if len(cfg.core_alerts) > 1 else cfg.core_alerts[0]
 

@@ -44,6 +44,25 @@ def _compile_regex(pattern: str) -> re.Pattern[str]:
             raise _BadRegex(str(exc)) from exc
 
 
+# A regex that is a list of literals, "critical|page": "|" between runs of characters that are
+# not metacharacters, or are punctuation escaped (an escaped "|" is left out: it would take
+# telling apart from the bars between literals).
+_LITERAL_LIST_RE = re.compile(r"(?:[^\\.^$*+?{}\[\]()]|\\[!-/:-@\[-`{}~ ])*")
+_ESCAPED_RE = re.compile(r"\\(.)")
+
+
+def _literals(pattern: str) -> frozenset[str] | None:
+    """The strings a regex made only of literals and "|" matches in full, else None. One
+    group around it all is allowed: "(critical|page)", "(?:critical|page)"."""
+    for opening in ("(?:", "("):
+        if pattern.startswith(opening) and pattern.endswith(")"):
+            pattern = pattern[len(opening) : -1]
+            break
+    if not _LITERAL_LIST_RE.fullmatch(pattern):
+        return None
+    return frozenset(_ESCAPED_RE.sub(r"\1", part) for part in pattern.split("|"))
+
+
 def quote(value: str) -> str:
     """Double-quote a string the way Alertmanager prints matcher values."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -75,7 +94,7 @@ def _read_quoted(text: str, start: int) -> tuple[str, int]:
     raise ValueError("missing closing double quote")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: rules are scanned by the thousand, keep them small
 class Matcher:
     """One Alertmanager label matcher, e.g. ``severity=~"critical|page"``."""
 
@@ -106,6 +125,20 @@ class Matcher:
         assert self._regex is not None
         hit = self._regex.fullmatch(value) is not None
         return hit if self.op == "=~" else not hit
+
+    def only_values(self) -> frozenset[str] | None:
+        """The only values of the label with which this matcher holds ("" for a missing
+        label), when there are a few: ``=``, and ``=~`` with a list of literals such as
+        ``critical|page``. None for the others, which allow any number of values."""
+        if self.op == "=":
+            return frozenset((self.value,))
+        if self.op != "=~":
+            return None
+        values = _literals(self.value)
+        assert self._regex is not None
+        if values is None or not all(self._regex.fullmatch(v) for v in values):
+            return None
+        return values
 
     def __str__(self) -> str:
         name = self.name if _MATCHER_NAME_RE.fullmatch(self.name) else quote(self.name)
