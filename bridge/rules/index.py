@@ -42,7 +42,8 @@ class RuleIndex:
 
 def index_rules(matchers: Sequence[Sequence[Matcher]]) -> RuleIndex:
     """The index of rules with these matchers (one sequence per rule, in file order)."""
-    keys = [_keys(rule) for rule in matchers]
+    memo: dict[int, frozenset[str] | None] = {}
+    keys = [_keys(rule, memo) for rule in matchers]
     sharing = Counter((label, value) for rule in keys for label, values in rule
                       for value in values)
 
@@ -67,11 +68,16 @@ def index_rules(matchers: Sequence[Sequence[Matcher]]) -> RuleIndex:
     )
 
 
-def _keys(matchers: Sequence[Matcher]) -> list[tuple[str, frozenset[str]]]:
-    """(label, the only values it may have) for each matcher of a rule that allows only some."""
+def _keys(matchers: Sequence[Matcher], memo: dict[int, frozenset[str] | None],
+          ) -> list[tuple[str, frozenset[str]]]:
+    """(label, the only values it may have) for each matcher of a rule that allows only some;
+    ``memo`` holds what each matcher allows, by identity (rules share most of theirs, and a
+    matcher's own hash is slower to take than that)."""
     keys = []
     for m in matchers:
-        values = m.only_values()
+        if id(m) not in memo:
+            memo[id(m)] = m.only_values()
+        values = memo[id(m)]
         if values is not None:
             keys.append((m.name, values))
     return keys

@@ -60,7 +60,12 @@ def _literals(pattern: str) -> frozenset[str] | None:
             break
     if not _LITERAL_LIST_RE.fullmatch(pattern):
         return None
-    return frozenset(_ESCAPED_RE.sub(r"\1", part) for part in pattern.split("|"))
+    return frozenset(_ESCAPED_RE.sub(_unescaped, part) if "\\" in part else part
+                     for part in pattern.split("|"))
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return match.group(1)
 
 
 def quote(value: str) -> str:

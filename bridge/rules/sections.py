@@ -52,6 +52,7 @@ class Field:
 class Values(dict[str, Any]):
     """What was read from one mapping of the file, by key, and the line it started on."""
 
+    __slots__ = ("line",)
     line: int
 
 

@@ -22,6 +22,7 @@ from bridge.errors import RuleProblem
 class LineDict(dict):
     """A YAML mapping that remembers its own line, each key's line, and repeated keys."""
 
+    __slots__ = ("line", "key_lines", "duplicates")  # a file has thousands: no __dict__ each
     line: int
     key_lines: dict[Any, int]
     duplicates: list[tuple[Any, int, int]]  # (key, line, line of the first occurrence)
@@ -30,6 +31,7 @@ class LineDict(dict):
 class LineList(list):
     """A YAML sequence that remembers its own line and each item's line."""
 
+    __slots__ = ("line", "item_lines")
     line: int
     item_lines: list[int]
 
