@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -113,6 +114,11 @@ class Matcher:
             raise ValueError(
                 f"unknown matcher operator '{self.op}' (expected one of: =, !=, =~, !~)"
             )
+        # One shared object for each operator and label name: rules are scanned by the
+        # thousand, and comparing or hashing the same object stays in the CPU's caches.
+        object.__setattr__(self, "op", MATCH_OPS[MATCH_OPS.index(self.op)])
+        if type(self.name) is str:
+            object.__setattr__(self, "name", sys.intern(self.name))
         if self.op in ("=~", "!~"):
             object.__setattr__(self, "_regex", _compile_regex(self.value))
 
