@@ -65,7 +65,7 @@ class Breaker:
 
 
 _CLASSES: Mapping[str, type] = {cls.SECTION.name: cls for cls in (GiveUp, Window, Budget, Breaker)}
-_SECTIONS: Mapping[str, Section] = {cls.SECTION.name: cls.SECTION for cls in _CLASSES.values()}
+_SECTIONS: Mapping[str, Section] = {s.name: s for s in (GIVE_UP, Window.SECTION, BUDGET, BREAKER)}
 
 
 def resolve(entry: Field, *layers: Mapping[str, Any]) -> Any:

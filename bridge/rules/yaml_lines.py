@@ -9,7 +9,7 @@ pure-Python parser, ten times slower, whose messages name the offending characte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,7 @@ class _FastLineLoader(_Lines, yaml.CSafeLoader):
     """libyaml."""
 
 
-def _construct_map(loader: _Lines, node: yaml.Node) -> Any:
+def _construct_map(loader: _LineLoader | _FastLineLoader, node: yaml.Node) -> Any:
     if not isinstance(node, yaml.MappingNode):
         found = getattr(node, "id", "a node")  # ScalarNode.id == "scalar"; absent from stubs
         raise ConstructorError(None, None, f"expected a mapping, found {found}", node.start_mark)
@@ -140,7 +140,7 @@ def _construct_map(loader: _Lines, node: yaml.Node) -> Any:
         data.key_lines[key] = line
 
 
-def _construct_seq(loader: _Lines, node: yaml.Node) -> Any:
+def _construct_seq(loader: _LineLoader | _FastLineLoader, node: yaml.Node) -> Any:
     if not isinstance(node, yaml.SequenceNode):
         found = getattr(node, "id", "a node")  # ScalarNode.id == "scalar"; absent from stubs
         raise ConstructorError(None, None, f"expected a list, found {found}", node.start_mark)
@@ -173,7 +173,8 @@ class _Events:
 
     def __init__(self, loader: _FastLineLoader) -> None:
         self.loader = loader
-        self.next = loader.get_event
+        # Events as libyaml makes them (the stubs' Event | None would need a check per event).
+        self.next: Callable[[], Any] = loader.get_event
 
     def document(self) -> Any:
         self.next()  # the start of the stream
@@ -185,11 +186,11 @@ class _Events:
             raise _Unsupported  # another document: the node-based loaders refuse it
         return data
 
-    def value(self, event: yaml.Event) -> Any:
+    def value(self, event: Any) -> Any:
         kind = type(event)
         if kind is yaml.ScalarEvent:
             return self.scalar(event)
-        if event.anchor is not None or event.tag not in (None, "!"):  # type: ignore[attr-defined]
+        if event.anchor is not None or event.tag not in (None, "!"):
             raise _Unsupported
         if kind is yaml.MappingStartEvent:
             return self.mapping(event)
@@ -197,7 +198,7 @@ class _Events:
             return self.sequence(event)
         raise _Unsupported  # an alias
 
-    def scalar(self, event: yaml.ScalarEvent) -> Any:
+    def scalar(self, event: Any) -> Any:
         if event.anchor is not None or event.tag not in (None, "!"):
             raise _Unsupported
         loader = self.loader
@@ -210,9 +211,9 @@ class _Events:
             loader.scalars[key] = loader.yaml_constructors[tag](loader, node)
         return loader.scalars[key]
 
-    def mapping(self, start: yaml.Event) -> LineDict:
+    def mapping(self, start: Any) -> LineDict:
         data = LineDict()
-        data.line, data.key_lines, data.duplicates = start.start_mark.line + 1, {}, []
+        data.line, data.key_lines, data.duplicates = _start_line(start), {}, []
         first_lines: dict[Any, int] = {}
         while True:
             event = self.next()
@@ -221,7 +222,7 @@ class _Events:
             if type(event) is not yaml.ScalarEvent:
                 raise _Unsupported  # a key that is a mapping, a list or an alias
             key = self.scalar(event)
-            line = event.start_mark.line + 1
+            line = _start_line(event)
             if key in first_lines:
                 data.duplicates.append((key, line, first_lines[key]))
             else:
@@ -229,15 +230,19 @@ class _Events:
             data[key] = self.value(self.next())
             data.key_lines[key] = line
 
-    def sequence(self, start: yaml.Event) -> LineList:
+    def sequence(self, start: Any) -> LineList:
         data = LineList()
-        data.line, data.item_lines = start.start_mark.line + 1, []
+        data.line, data.item_lines = _start_line(start), []
         while True:
             event = self.next()
             if type(event) is yaml.SequenceEndEvent:
                 return data
-            data.item_lines.append(event.start_mark.line + 1)
+            data.item_lines.append(_start_line(event))
             data.append(self.value(event))
+
+
+def _start_line(event: Any) -> int:
+    return int(event.start_mark.line) + 1  # YAML marks are 0-based
 
 
 def _read(text: str, loader_class: type[_Lines], events: bool = False) -> Any:
