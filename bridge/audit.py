@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
@@ -84,17 +84,22 @@ _INTEGER = frozenset({"id", "status_code", "operation_id", "attempt"})
 _REAL = frozenset({"ts"})
 
 
-def new_record(record_id: int, content: Sequence[object], prev_hash: str) -> dict[str, object]:
-    """The values of a record about to be appended, in HASHED order, typed as SQLite returns them.
+def new_record(record_id: int, content: Mapping[str, object],
+               prev_hash: str) -> dict[str, object]:
+    """The values of a record about to be appended, in HASHED order, typed as the store returns
+    them. `content` holds every CONTENT column, by name.
 
     The hash is computed from these values and these values are what is stored, so a record
     read back hashes the same: an int timestamp becomes the float the REAL column gives back,
     a bool the int, and so on.
     """
-    if len(content) != len(CONTENT):
-        raise ValueError(f"an audit record has {len(CONTENT)} fields, not {len(content)}")
+    if set(content) != set(CONTENT):
+        missing, extra = set(CONTENT) - set(content), set(content) - set(CONTENT)
+        raise ValueError(f"an audit record's columns: missing {sorted(missing)},"
+                         f" unknown {sorted(extra)}")
     values: dict[str, object] = {"id": int(record_id)}
-    for column, value in zip(CONTENT, content, strict=True):
+    for column in CONTENT:
+        value = content[column]
         if value is None:
             values[column] = None
         elif column in _INTEGER:
@@ -205,7 +210,12 @@ class AuditQuery:
     rule: str | None = None
     outcome: str | None = None
     since: float | None = None  # epoch seconds
+    #: Only the records of this operation: its decision, approval, attempts and outcome. Give
+    #: its device too: the audit is indexed by device.
+    operation_id: int | None = None
     after_id: int = 0
+    #: Only records older than this one (paging backwards from the newest); None: no bound.
+    before_id: int | None = None
     #: The newest `limit` records that pass the filters, returned oldest first; None: all.
     limit: int | None = 50
     #: Page forwards instead: the oldest `limit` records after `after_id`.

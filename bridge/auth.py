@@ -137,9 +137,32 @@ def _header(headers: Headers, name: str) -> str:
 
 def admin_from_env(env: Mapping[str, str]) -> InboundAuth:
     """Bearer tokens of the people (or tools) allowed to approve and reject over HTTP."""
-    return InboundAuth(
-        bearer_tokens=tuple(Secret(t) for t in _secret_list(env, "BRIDGE_ADMIN_TOKENS"))
-    )
+    return _bearer_from_env(env, "BRIDGE_ADMIN_TOKENS")
+
+
+def viewer_from_env(env: Mapping[str, str]) -> InboundAuth:
+    """Tokens of the people who may look at the console but not act."""
+    return _bearer_from_env(env, "BRIDGE_VIEWER_TOKENS")
+
+
+def _bearer_from_env(env: Mapping[str, str], name: str) -> InboundAuth:
+    return InboundAuth(bearer_tokens=tuple(Secret(t) for t in _secret_list(env, name)))
+
+
+def secret_from_env(env: Mapping[str, str], name: str) -> Secret | None:
+    """One secret from NAME or NAME_FILE (its whole content, stripped), or None."""
+    path = env.get(f"{name}_FILE", "")
+    if env.get(name) and path:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    if not path:
+        return Secret(env[name].strip()) if env.get(name, "").strip() else None
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise ConfigError(f"{name}_FILE {path}: the file is empty")
+    return Secret(text)
 
 
 def _any_equal(given: bytes, candidates: object) -> bool:

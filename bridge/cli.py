@@ -17,7 +17,14 @@ import click
 from click.core import ParameterSource
 
 from bridge.audit import MAX_ID, AuditQuery, format_rows, format_table, iso, to_json_line
-from bridge.config import Settings, parse_bind, state_path_from_env
+from bridge.config import (
+    Settings,
+    external_url_from_env,
+    operation_url,
+    parse_bind,
+    state_password_file_from_env,
+    state_path_from_env,
+)
 from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
 from bridge.text import json_line, printable
@@ -26,7 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 STATE_OPTION = click.option(
     "--state", "state_path", metavar="PATH", default=None,
-    help="State database (cooldowns, queue, audit). [env BRIDGE_STATE; default ./bridge-state.db]",
+    help="State (cooldowns, queue, audit): a SQLite file, or a postgresql:// URL."
+         " [env BRIDGE_STATE; default ./bridge-state.db]",
 )
 
 
@@ -103,19 +111,22 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
     )
     rules = load_rules(settings.rules_path)
     from bridge.dispatch import API_UNAUTHORIZED
+    from bridge.store import RELOAD_FAILED
 
     # Opening the store now fails the start early on an unusable state path. A restart is
-    # how an operator applies a fixed token, so an old "API rejected the token" is cleared.
+    # how an operator applies a fixed token, so an old "API rejected the token" is cleared;
+    # and the file just loaded is valid, so a reload refused before the restart is over.
     store = settings.open_store()
     store.set_flag(API_UNAUTHORIZED, None)
+    store.set_flag(RELOAD_FAILED, None)
     depth = store.queue_depth(time.time())
+    state = store.where  # never a password
     store.close()
     setup_logging(settings.log_format)
     log = logging.getLogger("bridge")
     log.info(
         "alert-bridge: %d rules from %s (version %s), state %s, device API %s",
-        len(rules.rules), settings.rules_path, rules.version, settings.state_path,
-        settings.api_url,
+        len(rules.rules), settings.rules_path, rules.version, state, settings.api_url,
     )
     if depth["queued"] or depth["sending"]:
         log.info("resuming: %d operations queued, %d were being sent when the bridge stopped",
@@ -250,7 +261,7 @@ def audit(ctx: click.Context, state_path: str | None, device: str | None, rule: 
                 emit(batch)
                 last = batch[-1].id
             else:
-                time.sleep(0.5)  # polling interval of --follow, not a synchronisation
+                time.sleep(0.5)  # SQLite tells no reader of new rows: look again soon
     except KeyboardInterrupt:
         pass
 
@@ -273,7 +284,7 @@ def verify(ctx: click.Context, state_path: str | None) -> None:
     store = open_store(state_path or ctx.obj)
     report = store.verify_audit()
     if not report.ok:
-        fail(f"{store.path}: {report.problem}")
+        fail(f"{store.where}: {report.problem}")
     say(report.summary())
 
 
@@ -288,13 +299,14 @@ def _to_subcommand(ctx: click.Context, state_path: str | None, listed: str) -> N
 
 
 def open_store(state_path: str | None) -> Any:
-    """The state store of an existing bridge; never creates one by mistake."""
-    from bridge.store import SqliteStore
+    """The state store of an existing bridge; never creates a state file by mistake."""
+    from bridge.store import is_url
+    from bridge.store import open_store as open_state
 
-    path = state_path_from_env(given=state_path)
-    if not os.path.exists(path):
-        fail(f"{path}: no such state file (has the bridge run here? see --state)")
-    return SqliteStore(path)
+    location = state_path_from_env(given=state_path)
+    if not is_url(location) and not os.path.exists(location):
+        fail(f"{location}: no such state file (has the bridge run here? see --state)")
+    return open_state(location, password_file=state_password_file_from_env())
 
 
 def _last_id(store: Any) -> int:
@@ -346,7 +358,7 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
         return explain_alerts(notification.alerts, rules, state, now, dry_run=dry_run,
                               device_pattern=settings.device_regex)
 
-    have_state = os.path.exists(settings.state_path)
+    have_state = settings.state_is_url or os.path.exists(settings.state_path)
     results = settings.open_store().read_state(judge) if have_state \
         else judge(EmptyState())
     if as_json:
@@ -387,25 +399,32 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
 def pending(state_path: str | None, as_json: bool) -> None:
     """List operations waiting for a person's approval.
 
+    With BRIDGE_EXTERNAL_URL set, each comes with the address of its page in the console.
+
     \b
     Example:
         alert-bridge pending && alert-bridge approve 42
     """
     import json
 
+    external = external_url_from_env()
     ops = open_store(state_path).pending(time.time())
     if as_json:
         for op in ops:
-            click.echo(json.dumps(op.to_json()))
+            link = {"console_url": operation_url(external, op.id)} if external else {}
+            click.echo(json.dumps({**op.to_json(), **link}))
         return
     if not ops:
         say("No operation is waiting for approval.")
         return
-    click.echo(format_rows(
-        ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT"),
-        [(str(op.id), iso(op.created)[:-5].replace("T", " "), op.rule, op.device,
-          op.operation, f"{op.alertname}[{op.fingerprint[:8]}]") for op in ops],
-    ))
+    header: tuple[str, ...] = ("ID", "QUEUED AT", "RULE", "DEVICE", "OPERATION", "ALERT")
+    rows: list[tuple[str, ...]] = [
+        (str(op.id), iso(op.created)[:-5].replace("T", " "), op.rule, op.device, op.operation,
+         f"{op.alertname}[{op.fingerprint[:8]}]") for op in ops]
+    if external:
+        header += ("CONSOLE",)
+        rows = [(*row, operation_url(external, op.id)) for row, op in zip(rows, ops, strict=True)]
+    click.echo(format_rows(header, rows))
 
 
 def _settle(state_path: str | None, operation_id: int, approve: bool, who: str | None) -> None:
@@ -420,6 +439,8 @@ def _settle(state_path: str | None, operation_id: int, approve: bool, who: str |
     else:
         say(f"Rejected operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
                    " it will not be sent.")
+    if settings.external_url:
+        say(f"Console: {operation_url(settings.external_url, op.id)}")
 
 
 def _person(who: str | None) -> str:
@@ -463,34 +484,59 @@ def reject(operation_id: int, state_path: str | None, who: str | None) -> None:
 
 
 @main.command()
+@click.argument("operation_id", type=OPERATION_ID, metavar="ID")
 @STATE_OPTION
+@AS_OPTION
 @user_errors
-def pause(state_path: str | None) -> None:
-    """Stop sending operations (the kill switch); webhooks are still received and audited.
+def cancel(operation_id: int, state_path: str | None, who: str | None) -> None:
+    """End an operation that waits to be sent (queued, held or pending approval): it is never
+    sent. For one queued by mistake, or held for a maintenance window you no longer want.
+
+    One that is being sent, or has ended, cannot be cancelled. The cooldown it claimed stays,
+    so the alert that asked for it does not queue it again at once.
 
     \b
     Example:
-        alert-bridge pause && alert-bridge status
+        alert-bridge audit --outcome held_for_window --json | jq .operation_id
+        alert-bridge cancel 42 --as alice
     """
-    from bridge.store import PAUSED
+    (op,) = open_store(state_path).cancel(lambda _: f"cancelled by {_person(who)}", time.time(),
+                                          operation_id=operation_id)
+    say(f"Cancelled operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
+        " it will not be sent.")
 
-    store = open_store(state_path)
-    if store.get_flag(PAUSED) is None:
-        store.set_flag(PAUSED, time.time())
+
+@main.command()
+@STATE_OPTION
+@AS_OPTION
+@user_errors
+def pause(state_path: str | None, who: str | None) -> None:
+    """Stop sending operations (the kill switch); webhooks are still received and audited.
+
+    The pause is audited (outcome sending_paused) under the name given by --as.
+
+    \b
+    Example:
+        alert-bridge pause --as alice && alert-bridge status
+    """
+    open_store(state_path).pause(time.time(), _person(who))
     say("Paused: no operation is sent until `alert-bridge resume`.")
 
 
 @main.command()
 @STATE_OPTION
+@AS_OPTION
 @user_errors
-def resume(state_path: str | None) -> None:
+def resume(state_path: str | None, who: str | None) -> None:
     """Resume sending after `pause`, or after the storm breaker tripped.
+
+    The resumption is audited (outcome sending_resumed) under the name given by --as.
 
     \b
     Example:
-        alert-bridge status && alert-bridge resume
+        alert-bridge status && alert-bridge resume --as alice
     """
-    was = open_store(state_path).resume(time.time())
+    was = open_store(state_path).resume(time.time(), _person(who))
     say(f"Resumed (was: {', '.join(was) or 'running'}); queued operations are sent.")
 
 
@@ -594,6 +640,9 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
                        f" {ready.get('rules_version')}), webhook auth: {auth}")
         else:
             say(f"Server:   {url}: NOT READY: {ready.get('error', '')}")
+    alive = store.replicas_alive(time.time())
+    say(f"State:    {store.where} ({store.engine}), {alive} replica{'' if alive == 1 else 's'}"
+        " alive")
     paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
     if paused is not None:
         say(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
@@ -622,6 +671,45 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
     if latest:
         say("Latest:")
         click.echo("\n".join("  " + line for line in format_table(latest).splitlines()))
+
+
+@main.command("copy-state")
+@click.option("--from", "source", required=True, metavar="STATE",
+              help="The state to copy: a SQLite file or a postgresql:// URL.")
+@click.option("--to", "destination", required=True, metavar="STATE",
+              help="Where to copy it: an empty (or new) SQLite file, or an empty PostgreSQL"
+                   " database.")
+@user_errors
+def copy_state(source: str, destination: str) -> None:
+    """Copy a whole state (cooldowns, queue, approvals, flags, the audit with its hash chain)
+    to an empty store: from SQLite to PostgreSQL, or back. The source is only read.
+
+    Stop the bridge first: what it writes after the copy began stays behind. A password comes
+    from the URL, PGPASSWORD, ~/.pgpass or BRIDGE_STATE_PASSWORD_FILE, and is never printed.
+
+    \b
+    Example:
+        alert-bridge copy-state --from /var/lib/alert-bridge/bridge-state.db \\
+            --to postgresql://bridge@db.example:5432/bridge
+    """
+    from bridge.store import open_store as open_state
+
+    src = open_store(source)
+    dst = open_state(destination, password_file=state_password_file_from_env())
+    if src.where == dst.where:
+        fail(f"--from and --to are the same state ({src.where})")
+    try:
+        copied = dst.import_rows(src.export_rows())
+        report = dst.verify_audit()
+    finally:
+        src.close()
+        dst.close()
+    if not report.ok:
+        fail(f"{dst.where}: copied, but {report.problem}")
+    say(f"Copied {src.where} to {dst.where}: {copied['audit']} audit records,"
+        f" {copied['operations']} operations, {copied['cooldowns']} cooldowns,"
+        f" {copied['meta']} flags.")
+    say(report.summary())
 
 
 @main.command("fake-api")

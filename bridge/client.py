@@ -30,12 +30,16 @@ from urllib3.exceptions import ConnectTimeoutError as Urllib3ConnectTimeoutError
 from urllib3.exceptions import NameResolutionError as Urllib3NameResolutionError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
+from bridge.vocab import CallKind, CallOutcome
+
 log = logging.getLogger(__name__)
 
 OPERATION_PATH = "inventory_device_name_operation"
 
 #: Kinds a caller may try again later: the operation was refused before it started.
-RETRYABLE_KINDS = frozenset({"server_error", "connect_error", "busy", "unprocessable"})
+RETRYABLE_KINDS = frozenset({
+    CallKind.SERVER_ERROR, CallKind.CONNECT_ERROR, CallKind.BUSY, CallKind.UNPROCESSABLE,
+})
 
 #: How many characters of an answer's body an error message quotes.
 BODY_EXCERPT_CHARS = 200
@@ -48,12 +52,12 @@ _MAX_BODY_BYTES = 1 << 20
 _MAX_TOKEN_FILE_BYTES = 64 * 1024
 
 # Status -> (kind, what the contract says it means). 5xx and everything else are handled apart.
-_STATUS_KINDS: dict[int, tuple[str, str]] = {
-    400: ("rejected", "invalid operation or malformed body"),
-    401: ("unauthorized", "missing, invalid or expired token"),
-    404: ("not_found", "device not found in inventory"),
-    409: ("busy", "device offline or busy with another operation"),
-    422: ("unprocessable", "device cannot perform the operation now"),
+_STATUS_KINDS: dict[int, tuple[CallKind, str]] = {
+    400: (CallKind.REJECTED, "invalid operation or malformed body"),
+    401: (CallKind.UNAUTHORIZED, "missing, invalid or expired token"),
+    404: (CallKind.NOT_FOUND, "device not found in inventory"),
+    409: (CallKind.BUSY, "device offline or busy with another operation"),
+    422: (CallKind.UNPROCESSABLE, "device cannot perform the operation now"),
 }
 
 # OpenSSL reasons met in the handshake, i.e. before the request was written: a bad certificate,
@@ -262,8 +266,8 @@ class CallResult:
     such as "." or ".."), so nothing was sent.
     """
 
-    outcome: str
-    kind: str
+    outcome: CallOutcome
+    kind: CallKind
     status_code: int | None
     execution_id: str | None
     error: str
@@ -366,10 +370,12 @@ class DeviceClient:
         try:
             url = self.url_for(device)
         except (TypeError, ValueError) as exc:
-            return self._result(start, "failed", "invalid_request", False, error=str(exc))
+            return self._result(
+                start, CallOutcome.FAILED, CallKind.INVALID_REQUEST, False, error=str(exc)
+            )
         token = self._tokens.get()
         result = self._call(start, url, operation, token)
-        if result.kind == "unauthorized":
+        if result.kind == CallKind.UNAUTHORIZED:
             renewed = self._tokens.get()
             if renewed != token:
                 log.warning("the device API refused the token, and the token file changed "
@@ -395,21 +401,29 @@ class DeviceClient:
                 return self._answer(start, response)
         except requests.ConnectTimeout:
             error = f"connect timeout after {self._timeout[0]:g}s: {self._netloc}"
-            return self._result(start, "failed", "connect_error", False, error=error)
+            return self._result(
+                start, CallOutcome.FAILED, CallKind.CONNECT_ERROR, False, error=error
+            )
         except requests.ReadTimeout:
-            return self._result(start, "unknown", "timeout", True, error=self._no_answer_error())
+            return self._result(
+                start, CallOutcome.UNKNOWN, CallKind.TIMEOUT, True, error=self._no_answer_error()
+            )
         except requests.ConnectionError as exc:
             return self._connection_failure(start, exc)
         except requests.exceptions.ChunkedEncodingError as exc:
             error = f"connection dropped while reading the answer: {self._cause(exc)}"
-            return self._result(start, "unknown", "timeout", True, error=error)
+            return self._result(start, CallOutcome.UNKNOWN, CallKind.TIMEOUT, True, error=error)
         except _NOT_SENT_REQUEST_ERRORS as exc:
             error = f"request could not be built: {self._cause(exc)}"
-            return self._result(start, "failed", "invalid_request", False, error=error)
+            return self._result(
+                start, CallOutcome.FAILED, CallKind.INVALID_REQUEST, False, error=error
+            )
         except Exception as exc:  # operate() must never raise
             # Reached only by a fault nobody foresaw: whether the request went out is unknown.
             error = f"unexpected error: {type(exc).__name__}: {self._cause(exc)}"
-            return self._result(start, "unknown", "invalid_response", True, error=error)
+            return self._result(
+                start, CallOutcome.UNKNOWN, CallKind.INVALID_RESPONSE, True, error=error
+            )
 
     def close(self) -> None:
         """Close the session, if this client created it."""
@@ -437,16 +451,17 @@ class DeviceClient:
         body = _read_body(response)
         if status == 200:
             return self._result(
-                start, "succeeded", "ok", True, status=status, execution_id=_execution_id(body)
+                start, CallOutcome.SUCCEEDED, CallKind.OK, True, status=status,
+                execution_id=_execution_id(body),
             )
         if status in _STATUS_KINDS:
             kind, meaning = _STATUS_KINDS[status]
         elif 500 <= status <= 599:
-            kind, meaning = "server_error", "server error"
+            kind, meaning = CallKind.SERVER_ERROR, "server error"
         else:
-            kind, meaning = "unexpected_status", "unexpected status"
+            kind, meaning = CallKind.UNEXPECTED_STATUS, "unexpected status"
         # Another 2xx means the API accepted something: the operation may well have started.
-        outcome = "unknown" if 200 <= status <= 299 else "failed"
+        outcome = CallOutcome.UNKNOWN if 200 <= status <= 299 else CallOutcome.FAILED
         error = f"HTTP {status}: {meaning}"
         excerpt = self._excerpt(body) if body is not None else "(answer body could not be read)"
         if excerpt:
@@ -459,7 +474,9 @@ class DeviceClient:
             error = _describe_connect_failure(causes, self._netloc, self._timeout[0])
             if error is None:
                 error = f"connection failed: {self._netloc}: {self._cause(exc)}"
-            return self._result(start, "failed", "connect_error", False, error=error)
+            return self._result(
+                start, CallOutcome.FAILED, CallKind.CONNECT_ERROR, False, error=error
+            )
         malformed = [
             c
             for c in causes
@@ -469,7 +486,9 @@ class DeviceClient:
         if malformed:
             detail = self._excerpt(str(malformed[0]))
             error = f"malformed HTTP answer: {type(malformed[0]).__name__}: {detail}"
-            return self._result(start, "unknown", "invalid_response", True, error=error)
+            return self._result(
+                start, CallOutcome.UNKNOWN, CallKind.INVALID_RESPONSE, True, error=error
+            )
         if any(isinstance(c, ReadTimeoutError) for c in causes):
             error = self._no_answer_error()
         else:
@@ -477,7 +496,7 @@ class DeviceClient:
                 f"connection closed before an answer: {self._cause(exc)}: "
                 "the operation may have been initiated"
             )
-        return self._result(start, "unknown", "timeout", True, error=error)
+        return self._result(start, CallOutcome.UNKNOWN, CallKind.TIMEOUT, True, error=error)
 
     def _no_answer_error(self) -> str:
         return (
@@ -488,8 +507,8 @@ class DeviceClient:
     def _result(
         self,
         start: float,
-        outcome: str,
-        kind: str,
+        outcome: CallOutcome,
+        kind: CallKind,
         sent: bool,
         *,
         status: int | None = None,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from bridge.auth import InboundAuth, admin_from_env, is_loopback
+from bridge.auth import InboundAuth, admin_from_env, is_loopback, secret_from_env, viewer_from_env
 from bridge.client import Secret, TokenSource
 from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
 from bridge.rules import parse_duration
-from bridge.store import SqliteStore
+from bridge.store import Store, is_url, open_store
 
 DEFAULT_API_URL = "https://control.zequenze.com/api/v1"
 # A device name as inventories write them: letters, digits and . _ : @ - , at most 128
@@ -20,6 +21,8 @@ DEFAULT_API_URL = "https://control.zequenze.com/api/v1"
 DEFAULT_DEVICE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
 # 9090 is Prometheus, 9093/9094 Alertmanager; 9095 is free of both.
 DEFAULT_BIND = "127.0.0.1:9095"
+#: The shortest console session secret accepted: 32 characters of a random string.
+MIN_SESSION_SECRET = 32
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -29,7 +32,10 @@ class Settings:
     rules_path: str = "rules.yaml"
     bind: str = DEFAULT_BIND
     workers: int = 2
-    state_path: str = "bridge-state.db"
+    # A SQLite path, or a PostgreSQL URL that may hold a password: kept out of the repr.
+    state_path: str = field(default="bridge-state.db", repr=False)
+    #: BRIDGE_STATE_PASSWORD_FILE: the PostgreSQL password, when the URL does not hold it.
+    state_password_file: str | None = None
     api_url: str = DEFAULT_API_URL
     # A TokenSource for BRIDGE_API_TOKEN_FILE: the file is read again whenever it changes.
     api_token: Secret | TokenSource | None = field(default=None, repr=True)
@@ -54,6 +60,12 @@ class Settings:
     log_format: str = "json"
     audit_retention: float = 90 * 86400.0
     state_timeout: float = 30.0
+    # The console (bridge/console): who may look, what signs the sessions, where it is seen.
+    viewer_auth: InboundAuth = field(default_factory=InboundAuth)
+    session_secret: Secret | None = None
+    session_idle: float = 1800.0
+    #: The URL people reach the bridge at (through a proxy, maybe under a path); "": unknown.
+    external_url: str = ""
 
     @property
     def dry_run(self) -> bool:
@@ -82,6 +94,7 @@ class Settings:
             rules_path=env.get("BRIDGE_RULES") or cls.rules_path,
             bind=env.get("BRIDGE_BIND") or cls.bind,
             state_path=state_path_from_env(env),
+            state_password_file=state_password_file_from_env(env),
             api_url=env.get("BRIDGE_API_URL") or DEFAULT_API_URL,
             api_token=_token(env),
             dry_run_requested=_flag(env, "BRIDGE_DRY_RUN"),
@@ -105,6 +118,10 @@ class Settings:
             log_format=(env.get("BRIDGE_LOG_FORMAT") or "json").strip().lower(),
             audit_retention=_seconds(env, "BRIDGE_AUDIT_RETENTION", cls.audit_retention),
             state_timeout=_seconds(env, "BRIDGE_STATE_TIMEOUT", cls.state_timeout),
+            viewer_auth=viewer_from_env(env),
+            session_secret=secret_from_env(env, "BRIDGE_SESSION_SECRET"),
+            session_idle=_seconds(env, "BRIDGE_SESSION_IDLE", cls.session_idle),
+            external_url=external_url_from_env(env),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
@@ -145,13 +162,24 @@ class Settings:
                             ("BRIDGE_MAX_ATTEMPTS", self.max_attempts),
                             ("BRIDGE_API_TIMEOUT", self.read_timeout),
                             ("BRIDGE_API_CONNECT_TIMEOUT", self.connect_timeout),
-                            ("BRIDGE_STATE_TIMEOUT", self.state_timeout)):
+                            ("BRIDGE_STATE_TIMEOUT", self.state_timeout),
+                            ("BRIDGE_SESSION_IDLE", self.session_idle)):
             if value <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value:g}")
+        if self.session_secret and len(self.session_secret.reveal()) < MIN_SESSION_SECRET:
+            raise ConfigError(
+                f"BRIDGE_SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters (for"
+                " example the output of `openssl rand -base64 32`)")
 
-    def open_store(self) -> SqliteStore:
-        """The state store, with the bound every write waits within."""
-        return SqliteStore(self.state_path, timeout=self.state_timeout)
+    def open_store(self) -> Store:
+        """The state store (SQLite, or PostgreSQL for a URL), with the bound every write
+        waits within."""
+        return open_store(self.state_path, timeout=self.state_timeout,
+                          password_file=self.state_password_file)
+
+    @property
+    def state_is_url(self) -> bool:
+        return is_url(self.state_path)
 
     @property
     def device_regex(self) -> re.Pattern[str]:
@@ -176,6 +204,37 @@ def state_path_from_env(env: Mapping[str, str] | None = None, given: str | None 
     """
     env = os.environ if env is None else env
     return given or env.get("BRIDGE_STATE") or Settings.state_path
+
+
+def state_password_file_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """BRIDGE_STATE_PASSWORD_FILE, read alone like the state's location."""
+    env = os.environ if env is None else env
+    return env.get("BRIDGE_STATE_PASSWORD_FILE") or None
+
+
+def external_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """BRIDGE_EXTERNAL_URL without its trailing slash ("" when unset), or a ConfigError.
+
+    Read alone by `pending`, which prints links to the console and reads no other setting.
+    """
+    env = os.environ if env is None else env
+    text = env.get("BRIDGE_EXTERNAL_URL", "").strip()
+    if not text:
+        return ""
+    url = urllib.parse.urlsplit(text)
+    if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+        raise ConfigError("BRIDGE_EXTERNAL_URL must be an http(s) URL without a query or"
+                          f" fragment, such as https://noc.example.net/bridge/, got {text!r}")
+    return text.rstrip("/")
+
+
+#: The console's page of one operation, below BRIDGE_EXTERNAL_URL (bridge/console serves it).
+OPERATION_PAGE = "/ui/operations/{}"
+
+
+def operation_url(external_url: str, operation_id: int) -> str:
+    """Where a person sees, approves or rejects an operation in the console."""
+    return external_url + OPERATION_PAGE.format(operation_id)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 from bridge.client import CallResult, DeviceClient
 from bridge.errors import BridgeError
 from bridge.store import Operation, Store
+from bridge.vocab import CallKind, CallOutcome
 
 if TYPE_CHECKING:
     from bridge.metrics import Metrics
+    from bridge.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,9 @@ REPEATABLE_AFTER_AMBIGUITY = frozenset({"sync"})
 # Answers that say the operation did not start, so sending it again is safe for any
 # operation: the server failed to initiate it (5xx except 504), the request never left, or
 # the device was busy or offline.
-_BACKOFF = frozenset({"server_error", "connect_error"})
-_BUSY = frozenset({"busy", "unprocessable"})
-_AMBIGUOUS = frozenset({"timeout", "invalid_response"})
+_BACKOFF = frozenset({CallKind.SERVER_ERROR, CallKind.CONNECT_ERROR})
+_BUSY = frozenset({CallKind.BUSY, CallKind.UNPROCESSABLE})
+_AMBIGUOUS = frozenset({CallKind.TIMEOUT, CallKind.INVALID_RESPONSE})
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,11 @@ def next_step(op: Operation, result: CallResult, now: float, policy: DispatchPol
               rng: random.Random) -> Step:
     """Decide, from one attempt's result, whether the operation is retried or ended."""
     kind = result.kind
-    if kind == "server_error" and result.status_code == 504:
+    if kind == CallKind.SERVER_ERROR and result.status_code == 504:
         # A gateway timeout means the request may have reached the API behind the gateway.
-        kind = "timeout"
-        result = replace(result, outcome="unknown")
-    if result.outcome == "succeeded":
+        kind = CallKind.TIMEOUT
+        result = replace(result, outcome=CallOutcome.UNKNOWN)
+    if result.outcome == CallOutcome.SUCCEEDED:
         return Step(result)
     if kind in _AMBIGUOUS and op.operation not in REPEATABLE_AFTER_AMBIGUITY:
         return Step(result)
@@ -100,8 +102,9 @@ class Dispatcher:
 
     def __init__(self, store: Store, client: DeviceClient, policy: DispatchPolicy, *,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, rules: RuleSet | None = None) -> None:
         self.store = store
+        self.rules = rules
         self.metrics = metrics
         self.client = client
         self.policy = policy
@@ -155,12 +158,7 @@ class Dispatcher:
         now = self.clock()
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
-            for op in self.store.end_stale(now, now + self.policy.failure_cooldown):
-                log.warning("operation %d (%s on %s) ended without an answer: %s",
-                            op.id, op.operation, op.device,
-                            "expired" if op.state == "expired" else "lost in flight")
-                if self.metrics is not None:
-                    self.metrics.outcome(op.operation, op.state)
+            self._sweep(now)
             self._forget_a_replaced_token()
         claim = self.store.claim(
             now, concurrency=self.policy.concurrency, spacing=1.0 / self.policy.rate_limit,
@@ -171,6 +169,27 @@ class Dispatcher:
                 self.policy.poll_interval
         self.send(claim.operation)
         return 0.0
+
+    def _sweep(self, now: float) -> None:
+        """End the operations that can no longer be sent as they should."""
+        for op in self.store.end_stale(now, now + self.policy.failure_cooldown):
+            self._ended(op, "ended without an answer: " +
+                        ("expired" if op.state == "expired" else "lost in flight"))
+        rules = self.rules
+        if rules is None:
+            return
+        # A rule deleted or put in shadow mode since its operation was queued (held for a
+        # window, for min_age or for approval) must not act any more. These senders run the
+        # rules in force (a reload replaces them), and look once a second, the first time
+        # before their first claim. The operation did not happen: its cooldown is released.
+        for op in self.store.cancel(lambda o: rules.why_not_sent(o.rule), now,
+                                    release_until=now):
+            self._ended(op, f"cancelled: {rules.why_not_sent(op.rule)}")
+
+    def _ended(self, op: Operation, how: str) -> None:
+        log.warning("operation %d (%s on %s) %s", op.id, op.operation, op.device, how)
+        if self.metrics is not None:
+            self.metrics.outcome(op.operation, op.state)
 
     def send(self, op: Operation) -> CallResult:
         result = self.client.operate(op.device, op.operation)

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -283,19 +283,27 @@ def create_fake_api(
         response.content_type = "application/json"
         return response
 
-    @app.get(f"{CONTROL_PREFIX}/calls")
+    app.register_blueprint(_control(state))
+    return app
+
+
+def _control(state: FakeApiState) -> Blueprint:
+    """The test-facing endpoints under /_fake: read calls, queue behaviours, open the gate."""
+    control = Blueprint("fake_control", __name__, url_prefix=CONTROL_PREFIX)
+
+    @control.get("/calls")
     def get_calls() -> Response:
         return jsonify(calls=state.calls())
 
-    @app.delete(f"{CONTROL_PREFIX}/calls")
+    @control.delete("/calls")
     def delete_calls() -> Response:
         return jsonify(cleared=state.clear_calls())
 
-    @app.get(f"{CONTROL_PREFIX}/behaviour")
+    @control.get("/behaviour")
     def get_behaviours() -> Response:
         return jsonify(behaviours=state.behaviours())
 
-    @app.post(f"{CONTROL_PREFIX}/behaviour")
+    @control.post("/behaviour")
     def post_behaviour() -> tuple[Response, int]:
         spec = request.get_json(silent=True)
         try:
@@ -307,17 +315,17 @@ def create_fake_api(
         queued = state.add_behaviour(behaviour)
         return jsonify(behaviour=asdict(behaviour), queued=queued), 201
 
-    @app.delete(f"{CONTROL_PREFIX}/behaviour")
+    @control.delete("/behaviour")
     def delete_behaviours() -> Response:
         state.clear_behaviours()
         return jsonify(behaviours=[])
 
-    @app.post(f"{CONTROL_PREFIX}/gate")
+    @control.post("/gate")
     def post_gate() -> Response:
         state.open_gate()
         return jsonify(gate="opened")
 
-    @app.put(f"{CONTROL_PREFIX}/token")
+    @control.put("/token")
     def put_token() -> Response | tuple[Response, int]:
         spec = request.get_json(silent=True)
         token = spec.get("token") if isinstance(spec, dict) else None
@@ -326,16 +334,16 @@ def create_fake_api(
         state.set_token(token)
         return jsonify(token="changed")  # not echoed: the fake keeps tokens out of answers too
 
-    @app.post(f"{CONTROL_PREFIX}/reset")
+    @control.post("/reset")
     def post_reset() -> Response:
         state.reset()
         return jsonify(devices=state.devices())
 
-    @app.get(f"{CONTROL_PREFIX}/devices")
+    @control.get("/devices")
     def get_devices() -> Response:
         return jsonify(devices=state.devices())
 
-    @app.put(f"{CONTROL_PREFIX}/devices")
+    @control.put("/devices")
     def put_devices() -> Response | tuple[Response, int]:
         spec = request.get_json(silent=True)
         names = spec.get("devices") if isinstance(spec, dict) else None
@@ -343,7 +351,7 @@ def create_fake_api(
             return jsonify(error='the body must be {"devices": [names...]}'), 400
         return jsonify(devices=state.set_devices(names))
 
-    return app
+    return control
 
 
 def _raw_path(environ: Mapping[str, Any]) -> str:

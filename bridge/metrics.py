@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.errors import BridgeError
+from bridge.vocab import Flag
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -76,10 +77,11 @@ def _never_raises(method: F) -> F:
 class Metrics:
     """The metrics of one bridge app; build it in the process that serves the app.
 
-    `rules_loaded` is called at scrape time, so a reload that swaps the rules shows at once.
+    `rules_loaded` is how many rules the app serves: a reload replaces the workers, and with
+    them their Metrics.
     """
 
-    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: Callable[[], int],
+    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: int,
                  started: float, clock: Callable[[], float] = time.time) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
@@ -121,7 +123,7 @@ class Metrics:
             ["rule", "operation", "verdict"], registry=registry)
         self._outcomes = Counter(
             p + "operation_outcomes", "Operations ended, by operation and outcome"
-            " (succeeded, failed, unknown, expired).",
+            " (succeeded, failed, unknown, expired; cancelled when their rule went).",
             ["operation", "outcome"], registry=registry)
         self._api_duration = Histogram(
             p + "api_call_duration_seconds", "Device API calls (each attempt), by operation.",
@@ -130,15 +132,17 @@ class Metrics:
             p + "api_responses", "Device API answers by HTTP status, or by the kind of failure"
             " when there was none (timeout, connect_error, invalid_response, invalid_request).",
             ["status"], registry=registry)
-        # Several workers, each with its own view of its last reload: any worker whose last
-        # attempt failed makes the bridge's 0; the time is the latest success of any worker.
+        # The answering worker sets these from the state store just before each scrape (see
+        # app.py), so the most recent value is the bridge's: a worker that no scrape reached
+        # since a reload was refused, then fixed, does not keep the old 0 in the sum.
         self._reload_success = Gauge(
             p + "reload_success", "1 if the last attempt to load the rules succeeded, else 0.",
-            registry=registry, multiprocess_mode="livemin")
+            registry=registry, multiprocess_mode="livemostrecent")
         self._reload_time = Gauge(
             p + "reload_timestamp_seconds",
             "When the rules were last loaded successfully, in seconds since the epoch.",
             registry=registry, multiprocess_mode="livemax")
+        self._last_loaded = 0.0
         self.note_reload(True, started)
 
     def render(self) -> bytes:
@@ -192,17 +196,20 @@ class Metrics:
 
     @_never_raises
     def note_reload(self, ok: bool, when: float) -> None:
-        """Record an attempt to (re)load the rules (a refused one is read from the store's
-        flags at scrape time, so that every worker shows it)."""
+        """Record an attempt to (re)load the rules: whether it succeeded, and when. Every scrape
+        sets it from the store's flags (see app.py), so that every worker shows what the
+        master did; the time of the last success never goes back (to a reload older than
+        this worker's own start)."""
         self._reload_success.set(1 if ok else 0)
         if ok:
-            self._reload_time.set(when)
+            self._last_loaded = max(self._last_loaded, when)
+            self._reload_time.set(self._last_loaded)
 
 
 class StateCollector:
     """Gauges read from the state store at scrape time, so right whichever worker answers."""
 
-    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: Callable[[], int],
+    def __init__(self, store: Store, *, dry_run: bool, rules_loaded: int,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
@@ -212,21 +219,18 @@ class StateCollector:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from bridge.dispatch import API_UNAUTHORIZED
-        from bridge.store import BREAKER_OPEN, PAUSED
-
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily("alert_bridge_" + name, doc, value=value)
 
         yield gauge("dry_run", "1 if the bridge decides and audits but calls nothing.",
                     1 if self._dry_run else 0)
-        yield gauge("rules_loaded", "Rules in force.", self._rules_loaded())
+        yield gauge("rules_loaded", "Rules in force.", self._rules_loaded)
         up = "1 if the state store answered this scrape and took a test write."
         try:
             self._store.check_writable(self._clock())
             depth = self._store.queue_depth(self._clock())
             flags = {flag: self._store.get_flag(flag) is not None
-                     for flag in (PAUSED, BREAKER_OPEN, API_UNAUTHORIZED)}
+                     for flag in (Flag.PAUSED, Flag.BREAKER_OPEN, Flag.API_UNAUTHORIZED)}
         except BridgeError as exc:
             log.error("metrics: %s", exc.message)
             yield gauge("state_store_up", up, 0)
@@ -239,12 +243,12 @@ class StateCollector:
         for state, n in sorted(depth.items()):
             queue.add_metric([state], n)
         yield queue
-        yield gauge("paused", "1 while paused by `alert-bridge pause`.", flags[PAUSED])
+        yield gauge("paused", "1 while paused by `alert-bridge pause`.", flags[Flag.PAUSED])
         yield gauge("breaker_open", "1 while the storm breaker is open (nothing is sent).",
-                    flags[BREAKER_OPEN])
+                    flags[Flag.BREAKER_OPEN])
         yield gauge("api_unauthorized",
                     "1 while the device API rejects the token (its last answer was 401).",
-                    flags[API_UNAUTHORIZED])
+                    flags[Flag.API_UNAUTHORIZED])
 
 
 # -- the serving process (gunicorn's master) ---------------------------------------------

@@ -19,10 +19,13 @@ from bridge.config import Settings
 from bridge.errors import RulesError
 from bridge.rules import RuleSet, load_rules
 from bridge.store import RELOAD_FAILED, RELOAD_OK
+from bridge.web.context import context_of
 
 log = logging.getLogger(__name__)
 #: How often the master looks at the rules file for a change of content.
 WATCH_INTERVAL = 2.0
+#: Signals that stop a worker: held back from a new worker until it has its own handlers.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 class BridgeServer(BaseApplication):  # type: ignore[misc]
@@ -39,11 +42,17 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             # Threads let one worker wait on the device API while it answers other webhooks.
             "worker_class": "gthread",
             "threads": 4,
-            "timeout": 60,
+            # A draining worker sends no heartbeat: past this the master would kill it with
+            # its calls in flight, so it outlasts the drain.
+            "timeout": max(60, math.ceil(settings.drain_timeout) + 15),
             # SIGTERM: workers stop taking requests, then their dispatchers finish the calls
             # in flight (worker_exit below) within the drain timeout.
             "graceful_timeout": math.ceil(settings.drain_timeout) + 5,
             "worker_exit": _drain,
+            # The worker has forked, built its app and installed its signal handlers: its
+            # sender and housekeeping threads start (threads do not survive a fork), then
+            # the stop signals held back since the fork are taken.
+            "post_worker_init": _start_worker,
             # A dead worker's live gauges leave /metrics (its counters stay in the totals).
             "child_exit": _forget_worker,
             "proc_name": "alert-bridge",
@@ -83,20 +92,25 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings, rules=self.rules)
 
     def reload_rules(self) -> bool:
-        """Validate the rules file again; keep the running rules when it fails, whole."""
+        """Validate the rules file again; True when the workers must be replaced to run it.
+        A file that fails is refused whole; one with the running rules' content is a no-op."""
         path, now = self.settings.rules_path, time.time()
         store = self.settings.open_store()
         try:
             try:
                 rules = load_rules(path)
             except RulesError as exc:
+                store.set_flag(RELOAD_FAILED, now)  # first: whoever reads the log finds it
                 log.error("rules reload refused, still running version %s: %s",
                           self.rules.version, "; ".join(str(p) for p in exc.problems))
-                store.set_flag(RELOAD_FAILED, now)
                 return False
             store.set_flag(RELOAD_OK, now)
         finally:
             store.close()
+        if rules.version == self.rules.version:
+            log.info("rules file %s unchanged (version %s): no worker replaced", path,
+                     rules.version)
+            return False
         log.info("rules reloaded from %s: version %s -> %s (%d rules)", path,
                  self.rules.version, rules.version, len(rules.rules))
         self.rules = rules
@@ -106,7 +120,7 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
         """SIGHUP ourselves when the rules file's content changes (not its mere mtime)."""
         last = _digest(self.settings.rules_path)
         while True:
-            time.sleep(WATCH_INTERVAL)  # a polling period, not a synchronisation
+            time.sleep(WATCH_INTERVAL)
             current = _digest(self.settings.rules_path)
             if current != last:
                 last = current
@@ -119,8 +133,30 @@ class _ReloadingArbiter(Arbiter):  # type: ignore[misc]
     worker (gracefully: each drains its calls in flight) with workers on the new rules."""
 
     def handle_hup(self) -> None:
-        if self.app.reload_rules():
-            super().handle_hup()
+        self.log.info("Hang up: %s", self.master_name)
+        if not self.app.reload_rules():
+            return
+        # Not gunicorn's reload(): after starting the new workers it waits, up to
+        # graceful_timeout, for the old ones to exit, and the master handles no signal
+        # meanwhile; a second reload (or a stop) then waited behind a slow device call that
+        # an old worker was draining. Nothing else reload() does applies: a reload changes
+        # the rules, never the server's settings. The master's loop sends the old workers
+        # SIGTERM again while they drain, which a gthread worker takes as the same request.
+        for _ in range(self.num_workers):
+            self.spawn_worker()
+        self.manage_workers()  # SIGTERM to the oldest workers: every old one
+
+    def spawn_worker(self) -> int:
+        # From its fork until it installs its own handlers, a worker runs the master's, which
+        # only queue a signal for a master loop the worker never runs: a stop signal sent then
+        # (a stop just after a reload started workers) was lost, and the stop waited
+        # graceful_timeout for a worker that never heard it. Blocked, the signal waits for
+        # the worker instead (_start_worker); in the master it waits for the fork only.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().spawn_worker()  # type: ignore[no-any-return]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _digest(path: str) -> str:
@@ -132,10 +168,20 @@ def _digest(path: str) -> str:
 
 
 def _drain(server: Any, worker: Any) -> None:
-    app = getattr(worker, "wsgi", None)
-    dispatcher = app.extensions["bridge"]["dispatcher"] if app is not None else None
-    if dispatcher is not None:
-        dispatcher.stop(server.cfg.graceful_timeout - 5)
+    app = getattr(worker, "wsgi", None)  # None when the worker failed to build its app
+    if app is not None:
+        context_of(app).stop(server.cfg.graceful_timeout - 5)
+
+
+def _start_worker(worker: Any) -> None:
+    """gunicorn's post_worker_init: start the app's background work, then handle a stop
+    signal that arrived since the fork."""
+    try:
+        # Started while the stop signals are blocked, the threads keep them blocked: the
+        # kernel gives a stop signal to the main thread, which gunicorn's handlers wake.
+        context_of(worker.wsgi).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _forget_worker(server: Any, worker: Any) -> None:

@@ -84,6 +84,9 @@ class Outcome(StrEnum):
 
     APPROVED = "approved"
     COOLDOWN_CLEARED = "cooldown_cleared"
+    #: A person paused sending, or resumed it (from the console or the CLI).
+    SENDING_PAUSED = "sending_paused"
+    SENDING_RESUMED = "sending_resumed"
 
 
 class CallOutcome(StrEnum):
@@ -125,3 +128,10 @@ class Flag(StrEnum):
     NEXT_CALL_SLOT = "next_call_slot"
     #: When a readiness probe or a scrape last wrote to the store, to see that it can.
     WRITE_CHECKED = "write_checked_at"
+
+
+class Role(StrEnum):
+    """What a person logged in to the console may do."""
+
+    ADMIN = "admin"  # look, approve, reject, pause and resume (BRIDGE_ADMIN_TOKENS)
+    VIEWER = "viewer"  # look only (BRIDGE_VIEWER_TOKENS)

@@ -25,7 +25,8 @@ import requests
 import yaml
 
 from bridge.audit import AuditRecord
-from tests.helpers import BridgeProcess, audit, free_port, need, wait_until
+from tests import helpers
+from tests.helpers import BridgeProcess, LocalService, audit, free_port, need
 
 BINARY = "prometheus-alertmanager"
 AMTOOL = "amtool"
@@ -66,45 +67,30 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class Alertmanager:
+class Alertmanager(LocalService):
     """One `prometheus-alertmanager` process: no gossip, storage in `workdir`, a free port."""
+
+    name = "alertmanager"
 
     def __init__(self, workdir: Path, config_text: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir / "alertmanager.log")
         self.workdir = workdir
         self.config_path = workdir / "alertmanager.yml"
         self.config_path.write_text(config_text)
-        self.log_path = workdir / "alertmanager.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Alertmanager:
         self.port = free_port()
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.spawn(
             [BINARY, f"--config.file={self.config_path}",
              f"--storage.path={self.workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}",
              f"--web.external-url={self.url}",
              "--cluster.listen-address=",  # no gossip: nothing on 9094, no peer to wait for
              "--log.level=debug"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
-            start_new_session=True,
+            timeout=20, stdin=subprocess.DEVNULL, cwd=self.workdir,
             preexec_fn=_die_with_parent if _LIBC is not None else None,
         )
-        log.close()
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"alertmanager exited {self.proc.returncode}:\n{self.log()}")
-            return requests.get(self.url + "/-/ready", timeout=2).status_code == 200
-
-        wait_until(ready, timeout=20, what="alertmanager /-/ready")
         return self
 
     def stop(self) -> None:
@@ -116,9 +102,6 @@ class Alertmanager:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     # -- feeding alerts ------------------------------------------------------------------
 
@@ -151,10 +134,11 @@ class Alertmanager:
 
 
 def alert(name: str, device: str, **labels: str) -> dict[str, Any]:
-    return {
-        "labels": {"alertname": name, "device": device, "severity": "critical", **labels},
-        "annotations": {"summary": f"{device} does not answer"},
-    }
+    """A critical alert as Alertmanager's API takes it: the labels and annotations of a
+    webhook alert, without the times, which Alertmanager sets itself."""
+    made = helpers.alert(name, device, severity="critical",
+                         annotations={"summary": f"{device} does not answer"}, **labels)
+    return {"labels": made["labels"], "annotations": made["annotations"]}
 
 
 # -- the bridge's audit --------------------------------------------------------------------

@@ -15,8 +15,10 @@ from bridge.client import Secret, TokenSource
 from bridge.config import Settings
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thread
 from bridge.rules import parse_rules
-from bridge.store import SqliteStore
-from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes
+from bridge.store import open_store
+from bridge.web.context import BridgeContext, context_of
+from tests import postgres
+from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes, wait_until
 
 # Distinctive, so that finding it anywhere it should not be is unambiguous.
 TOKEN = "tok-7Hq2-ZXv9-never-show-me"
@@ -65,8 +67,17 @@ class Fake:
         r.raise_for_status()
         return r.json()["calls"]
 
+    def arrived(self, n: int = 1) -> list[dict[str, Any]]:
+        """Wait until `n` calls have reached the fake (a held call counts once it is held);
+        the first `n` of them."""
+        got = wait_until(lambda: (lambda c: c if len(c) >= n else None)(self.calls()),
+                         what=f"{n} call(s) at the fake")
+        return got[:n]
+
     def behave(self, **behaviour: Any) -> None:
-        requests.post(f"{self.control}/behaviour", json=behaviour, timeout=5).raise_for_status()
+        """Queue a behaviour (POST /_fake/behaviour), which the fake must accept with 201."""
+        r = requests.post(f"{self.control}/behaviour", json=behaviour, timeout=5)
+        assert r.status_code == 201, r.text
 
     def set_token(self, token: str) -> None:
         """The API rotates its token: only `token` is accepted from now on."""
@@ -75,6 +86,23 @@ class Fake:
     def open_gate(self) -> None:
         """Let the calls held by a `hold` behaviour go on."""
         requests.post(f"{self.control}/gate", timeout=5).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own, with the store's schema: its URL."""
+    with postgres.fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new, empty state is, on each engine: a SQLite file, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    url = request.getfixturevalue("postgres_url")
+    postgres.empty(url)
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +116,7 @@ def fake_api(fake_server: FakeApiServer) -> Iterator[FakeApiServer]:
     """The fake device API, as it was at its start: no calls, no behaviours, full inventory."""
     fake_server.reset()
     yield fake_server
-    fake_server.reset()  # also wakes calls still delayed by a behaviour
+    fake_server.reset()  # also wakes calls still delayed or held by a behaviour
 
 
 @pytest.fixture
@@ -103,11 +131,15 @@ class Bridge:
         self.server, self.settings, self.url, self.app = server, settings, server.url, app
 
     @property
+    def context(self) -> BridgeContext:
+        return context_of(self.app)
+
+    @property
     def dispatcher(self) -> Any:
-        return self.app.extensions["bridge"]["dispatcher"]
+        return self.context.dispatcher
 
     def audit(self, **filters: Any) -> list[AuditRecord]:
-        store = SqliteStore(self.settings.state_path)
+        store = open_store(self.settings.state_path)
         try:
             return store.audit(AuditQuery(limit=None, **filters))
         finally:
@@ -119,8 +151,7 @@ class Bridge:
 
     def stop(self) -> None:
         self.server.close()
-        if self.dispatcher is not None:
-            self.dispatcher.stop(10)
+        self.context.stop(10)
 
     def post(self, path: str, body: bytes | str, **kwargs: Any) -> requests.Response:
         headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
@@ -148,7 +179,9 @@ def make_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge]]:
         kwargs: dict[str, Any] = {"rules": parse_rules(rules, str(rules_path))}
         if clock is not None:
             kwargs["clock"] = clock
-        app = create_app(settings, start_dispatcher=start_dispatcher, **kwargs)
+        app = create_app(settings, **kwargs)
+        if start_dispatcher:  # as the server does once a worker has forked
+            context_of(app).start()
         bridge = Bridge(ThreadServer(app), settings, app)
         started.append(bridge)
         return bridge
@@ -169,7 +202,7 @@ def gunicorn_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge
     procs: list[BridgeProcess] = []
 
     def start(rules: str = RULES, workers: int = 3, env: dict[str, str] | None = None,
-              state: Path | None = None) -> BridgeProcess:
+              state: Path | str | None = None) -> BridgeProcess:
         rules_path = tmp_path / "rules.yaml"
         rules_path.write_text(rules)
         proc = BridgeProcess(

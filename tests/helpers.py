@@ -23,7 +23,7 @@ import requests
 from werkzeug.serving import make_server
 
 from bridge.audit import AuditQuery, AuditRecord
-from bridge.store import SqliteStore
+from bridge.store import SqliteStore, open_store
 
 PAYLOADS = Path(__file__).parent / "payloads"
 ROOT = Path(__file__).parent.parent
@@ -50,19 +50,54 @@ def payload_json(name: str) -> Any:
     return json.loads(payload(name))
 
 
-def firing(*labels: dict[str, str]) -> bytes:
-    """An Alertmanager webhook body: one firing alert per label set."""
+#: When the alerts that `alert` builds started firing, unless a test says otherwise.
+STARTS_AT = "2026-11-25T10:00:00Z"
+#: Go's zero time: what Alertmanager sends as the endsAt of an alert still firing.
+NOT_ENDED = "0001-01-01T00:00:00Z"
+
+
+def alert(name: str | None, device: str | None = None, *, status: str = "firing",
+          starts_at: str = STARTS_AT, fingerprint: str | None = None,
+          annotations: dict[str, str] | None = None, **labels: str) -> dict[str, Any]:
+    """One alert as Alertmanager writes it in a webhook body: `alertname` first (none if
+    `name` is None), then `labels`, then `device` if given. Without a fingerprint the bridge
+    computes one from the labels, as it does for a sender that omits it."""
+    made: dict[str, Any] = {
+        "status": status,
+        "labels": {**({} if name is None else {"alertname": name}), **labels,
+                   **({} if device is None else {"device": device})},
+        "annotations": annotations or {}, "startsAt": starts_at,
+        # The bridge only parses a resolved alert's endsAt: its start will do.
+        "endsAt": NOT_ENDED if status == "firing" else starts_at,
+    }
+    if fingerprint is not None:
+        made["fingerprint"] = fingerprint
+    return made
+
+
+def webhook(*alerts: dict[str, Any], receiver: str = "bridge") -> bytes:
+    """An Alertmanager webhook body (version 4) carrying `alerts`; the group fires while one
+    of them does, as in Alertmanager."""
+    firing = any(a.get("status") == "firing" for a in alerts)
     return json.dumps({
-        "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
-        "alerts": [{"status": "firing", "labels": x, "annotations": {},
-                    "startsAt": "2026-11-25T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z"}
-                   for x in labels],
+        "version": "4", "status": "firing" if firing else "resolved", "receiver": receiver,
+        "groupKey": "{}:{}", "alerts": list(alerts),
     }).encode()
 
 
 def device_down(*devices: str) -> bytes:
-    """An Alertmanager webhook body: one firing DeviceDown alert per device label."""
-    return firing(*({"alertname": "DeviceDown", "device": d} for d in devices))
+    """A webhook body: one firing DeviceDown alert per device."""
+    return webhook(*(alert("DeviceDown", d) for d in devices))
+
+
+class Clock:
+    """A clock the test sets: give it as `clock=` and move it with `clock.now += seconds`."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def replace_file(path: Path, text: str) -> None:
@@ -117,8 +152,8 @@ def make_disk_full(mocker: Any, store: SqliteStore) -> None:
 
 
 def read_audit(state: str | Path) -> list[AuditRecord]:
-    """Every audit record of a state file, oldest first."""
-    store = SqliteStore(state)
+    """Every audit record of a state (a file, or a PostgreSQL URL), oldest first."""
+    store = open_store(str(state))
     try:
         return store.audit(AuditQuery(limit=None))
     finally:
@@ -142,6 +177,24 @@ def outcomes(bridge: BridgeProcess, n: int, timeout: float = 30) -> list[AuditRe
     return wait_for_outcomes(bridge.state, n, timeout)
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample a GET /metrics answers, keyed by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(url + "/metrics", timeout=10)  # a new connection: any worker may answer
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
 class ThreadServer:
     """A WSGI app served over real HTTP by werkzeug in a background thread."""
 
@@ -158,16 +211,28 @@ class ThreadServer:
         self._thread.join(5)
 
 
-class BridgeProcess:
-    """`python -m bridge serve` under real gunicorn, as an operator would start it."""
+def live_children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` and that have not exited, read from /proc (each
+    /proc/N/stat gives the state and the parent after the command's closing parenthesis)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue  # gone while we looked
+        if int(parent) == pid and state not in ("Z", "X"):
+            found.add(int(stat.parent.name))
+    return found
 
-    def __init__(self, workdir: Path, rules: Path, state: Path, env: dict[str, str],
-                 workers: int = 3, extra_args: tuple[str, ...] = ()) -> None:
-        self.workdir, self.rules, self.state = workdir, rules, state
-        self.env = {**os.environ, **env}
-        self.workers = workers
-        self.extra_args = extra_args
-        self.log_path = workdir / "bridge.log"
+
+class LocalService:
+    """A server process of the tests: a free loopback port, its output in `log_path`, ready
+    once its GET /-/ready answers 200."""
+
+    name = "service"
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -175,29 +240,58 @@ class BridgeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> BridgeProcess:
-        self.port = free_port()
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def spawn(self, argv: list[str], timeout: float, **popen: Any) -> None:
+        """Run `argv` (which listens on self.port) in its own session, so that a crash can
+        take all of it; return once it is ready, fail if it exits first."""
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "--rules", str(self.rules),
-             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-             "--state", str(self.state), *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
-            start_new_session=True,  # its own process group, so a crash can take all of it
-        )
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, **popen)
         log.close()
 
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"bridge exited {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
             return requests.get(self.url + "/-/ready", timeout=2).status_code == 200
 
-        wait_until(ready, timeout=30, what="bridge /-/ready")
+        wait_until(ready, timeout=timeout, what=f"{self.name} /-/ready")
+
+
+class BridgeProcess(LocalService):
+    """`python -m bridge serve` under real gunicorn, as an operator would start it."""
+
+    name = "bridge"
+
+    def __init__(self, workdir: Path, rules: Path, state: Path | str, env: dict[str, str],
+                 workers: int = 3, extra_args: tuple[str, ...] = ()) -> None:
+        super().__init__(workdir / "bridge.log")
+        self.workdir, self.rules, self.state = workdir, rules, state
+        self.env = {**os.environ, **env}
+        self.workers = workers
+        self.extra_args = extra_args
+
+    def start(self) -> BridgeProcess:
+        self.port = free_port()
+        self.spawn(
+            [sys.executable, "-m", "bridge", "serve", "--rules", str(self.rules),
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+             "--state", str(self.state), *self.extra_args],
+            timeout=30, env=self.env, cwd=self.workdir,
+        )
         return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def worker_pids(self) -> set[int]:
+        """gunicorn's workers alive now: the children of `serve`, which is the master."""
+        assert self.proc is not None
+        return live_children(self.proc.pid)
+
+    def wait_for_workers(self, n: int) -> set[int]:
+        """Wait until exactly `n` workers are alive; their pids."""
+        return wait_until(lambda: (lambda w: w if len(w) == n else None)(self.worker_pids()),
+                          what=f"{n} gunicorn worker(s)")
 
     def crash(self) -> None:
         """kill -9 the master and every worker at once, as a power cut or OOM kill would."""

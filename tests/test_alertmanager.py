@@ -3,7 +3,7 @@ repeated, resolved, retried and delivered by Alertmanager itself to `alert-bridg
 gunicorn, which calls the fake device API.
 
 Timings come from Alertmanager (group_wait 1s, group_interval 2s): every wait polls the audit,
-the fake API or Alertmanager's /metrics with a deadline; none is a bare sleep.
+the fake API or Alertmanager's /metrics with a deadline.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from bridge.audit import HASHED, chain_hash
 from bridge.cli import main
 from tests.conftest import Bridge
-from tests.helpers import BridgeProcess, payload, payload_json, wait_until
+from tests.helpers import BridgeProcess, Clock, payload, payload_json, wait_until
 
 NOW = 1_700_000_000.0
 GENESIS = "0" * 64
@@ -383,17 +383,17 @@ def test_verify_of_a_missing_state_file_is_one_line(tmp_path: Path) -> None:
 def test_retention_prunes_old_records_and_the_chain_verifies_from_what_is_left(
     make_bridge: Callable[..., Bridge]
 ) -> None:
-    clock = {"now": NOW}
-    bridge = make_bridge(dry_run=True, clock=lambda: clock["now"], start_dispatcher=False,
+    clock = Clock(NOW)
+    bridge = make_bridge(dry_run=True, clock=clock, start_dispatcher=False,
                          audit_retention=3600.0)
     state = bridge.settings.state_path
     bridge.post("/webhook/alertmanager", payload("alertmanager_firing_multi.json"))
-    clock["now"] += 2 * 3600
+    clock.now += 2 * 3600
     bridge.post("/webhook/alertmanager", payload("alertmanager_firing_multi.json"))
-    housekeeper = bridge.app.extensions["bridge"]["housekeeper"]
+    housekeeper = bridge.context.housekeeper
     assert housekeeper.run_once() == 3
     assert [r.id for r in bridge.audit()] == [4, 5, 6]
     assert verify(state) == (0, ok_line(state, 3, start=4))
-    clock["now"] += 10 * 3600
+    clock.now += 10 * 3600
     assert housekeeper.run_once() == 2  # the newest record always stays: the chain goes on
     assert [r.id for r in bridge.audit()] == [6]

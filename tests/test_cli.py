@@ -291,3 +291,29 @@ def test_the_kill_switch_works_whatever_the_settings(runner: CliRunner, state_fi
     refused = runner.invoke(main, ["serve", "--state", state_file], env=OPEN_BIND)
     assert refused.exit_code == 1
     assert refused.output.startswith("Error: refusing to listen on 0.0.0.0:9095 without webhook")
+
+
+def test_pending_and_approve_link_to_the_console_when_the_external_url_is_set(
+    runner: CliRunner, make_bridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    from tests.helpers import alert, webhook
+    from tests.test_guards import WIPE
+
+    bridge = make_bridge(WIPE, start_dispatcher=False)
+    bridge.post("/webhook", webhook(alert("Owned", "r1")))
+    state = str(tmp_path / "state.db")
+    env = {"BRIDGE_EXTERNAL_URL": "https://noc.example.net/bridge/"}
+    link = "https://noc.example.net/bridge/ui/operations/1"
+    listed = runner.invoke(main, ["pending", "--state", state], env=env)
+    assert listed.output.splitlines()[0].split()[-1] == "CONSOLE"
+    assert listed.output.splitlines()[1].endswith(link)
+    as_json = runner.invoke(main, ["pending", "--state", state, "--json"], env=env)
+    assert json.loads(as_json.output)["console_url"] == link
+    assert "CONSOLE" not in runner.invoke(main, ["pending", "--state", state]).output
+    approved = runner.invoke(main, ["approve", "1", "--state", state, "--as", "a"], env=env)
+    assert approved.output.splitlines()[-1] == f"Console: {link}"
+    bad = runner.invoke(main, ["pending", "--state", state],
+                        env={"BRIDGE_EXTERNAL_URL": "noc.example.net/bridge"})
+    assert (bad.exit_code, bad.output) == (
+        1, "Error: BRIDGE_EXTERNAL_URL must be an http(s) URL without a query or fragment,"
+           " such as https://noc.example.net/bridge/, got 'noc.example.net/bridge'\n")

@@ -80,3 +80,36 @@ def test_bad_bind(bind: str) -> None:
 def test_bad_api_url() -> None:
     with pytest.raises(ConfigError, match="http"):
         Settings.from_env({"BRIDGE_API_URL": "ftp://x"})
+
+
+SECRET = "s" * 32
+
+
+def test_console_settings(tmp_path: Path) -> None:
+    secret_file = tmp_path / "session-secret"
+    secret_file.write_text(SECRET + "\n")
+    s = Settings.from_env({"BRIDGE_VIEWER_TOKENS": "v1, v2", "BRIDGE_SESSION_IDLE": "15m",
+                           "BRIDGE_SESSION_SECRET_FILE": str(secret_file),
+                           "BRIDGE_EXTERNAL_URL": "https://noc.example.net/bridge/"})
+    assert [t.reveal() for t in s.viewer_auth.bearer_tokens] == ["v1", "v2"]
+    assert s.session_secret is not None and s.session_secret.reveal() == SECRET
+    assert SECRET not in repr(s)
+    assert (s.session_idle, s.external_url) == (900.0, "https://noc.example.net/bridge")
+    default = Settings.from_env({})
+    assert (default.session_secret, default.session_idle, default.external_url) == (
+        None, 1800.0, "")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"BRIDGE_SESSION_SECRET": "short"}, "BRIDGE_SESSION_SECRET must be at least 32 characters"),
+    ({"BRIDGE_SESSION_SECRET": SECRET, "BRIDGE_SESSION_SECRET_FILE": "/x"},
+     "set BRIDGE_SESSION_SECRET or BRIDGE_SESSION_SECRET_FILE, not both"),
+    ({"BRIDGE_SESSION_SECRET_FILE": "/nonexistent/secret"},
+     "BRIDGE_SESSION_SECRET_FILE /nonexistent/secret: No such file or directory"),
+    ({"BRIDGE_SESSION_IDLE": "0"}, "BRIDGE_SESSION_IDLE must be greater than 0"),
+    ({"BRIDGE_EXTERNAL_URL": "ftp://x/"}, "BRIDGE_EXTERNAL_URL must be an http"),
+    ({"BRIDGE_EXTERNAL_URL": "https://x/bridge?a=1"}, "BRIDGE_EXTERNAL_URL must be an http"),
+])
+def test_console_settings_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
+        Settings.from_env(env)

@@ -71,9 +71,9 @@ class FakeState:
         return self.demand
 
 
-def alert(status: str = "firing", **labels: str) -> Alert:
+def alert(status: str = "firing", starts_at: datetime | None = None, **labels: str) -> Alert:
     return Alert(status=status, labels=MappingProxyType(labels),
-                 annotations=MappingProxyType({}), starts_at=None, ends_at=None,
+                 annotations=MappingProxyType({}), starts_at=starts_at, ends_at=None,
                  fingerprint="f" + labels.get("device", ""), generator_url="")
 
 
@@ -288,6 +288,11 @@ def down(device: str, site: str = "") -> Alert:
     return alert(alertname="Down", device=device, **({"site": site} if site else {}))
 
 
+def flappy(starts_at: datetime | None) -> Alert:
+    """A Flappy alert on r1 that started firing at `starts_at`."""
+    return alert(starts_at=starts_at, alertname="Flappy", device="r1")
+
+
 def test_paused_and_breaker_open_send_nothing() -> None:
     assert judge([down("r1")], FakeState(paused=True)) == [
         ("paused", "the bridge is paused (alert-bridge resume)")]
@@ -350,12 +355,10 @@ def test_maintenance_window_holds_or_skips() -> None:
 
 
 def test_min_age_holds_young_alerts() -> None:
-    young = Alert("firing", MappingProxyType({"alertname": "Flappy", "device": "r1"}),
-                  MappingProxyType({}), datetime.fromtimestamp(NOON - 60, UTC), None, "f", "")
+    young = flappy(datetime.fromtimestamp(NOON - 60, UTC))
     out = d.decide([young], GUARDED, FakeState(), NOON, dry_run=False)
     assert (out[0].verdict, out[0].not_before) == ("held_min_age", NOON + 240)
-    old = Alert("firing", young.labels, young.annotations,
-                datetime.fromtimestamp(NOON - 600, UTC), None, "f", "")
+    old = flappy(datetime.fromtimestamp(NOON - 600, UTC))
     assert d.decide([old], GUARDED, FakeState(), NOON, dry_run=False)[0].verdict == "execute"
 
 
@@ -367,11 +370,6 @@ def test_shadow_rules_are_dry_runs() -> None:
 def test_destructive_operations_wait_for_approval() -> None:
     assert judge([alert(alertname="Owned", device="r1")]) == [
         ("pending_approval", "destructive operation: waits for alert-bridge approve")]
-
-
-def flappy(starts_at: datetime | None, alertname: str = "Flappy") -> Alert:
-    return Alert("firing", MappingProxyType({"alertname": alertname, "device": "r1"}),
-                 MappingProxyType({}), starts_at, None, "f", "")
 
 
 def test_an_alert_from_the_future_counts_its_min_age_from_now() -> None:

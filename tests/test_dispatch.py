@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from bridge.store import PAUSED, Operation, SqliteStore
 from tests.conftest import TOKEN, Bridge, Fake
 from tests.helpers import (
     BridgeProcess,
+    Clock,
     device_down,
     free_port,
     make_disk_full,
@@ -123,12 +125,14 @@ def test_the_webhook_answers_before_a_slow_api_is_called(
     make_bridge: Callable[..., Bridge], fake: Fake
 ) -> None:
     bridge = make_bridge(read_timeout=5.0)
-    fake.behave(delay=2.0)
+    fake.behave(hold=True, times=1)
     answer = bridge.post("/webhook", RESOLVED).json()
     assert answer["summary"] == {"execute": 1}
-    # The answer came back while the call was, at most, still waiting on the slow API.
-    assert all(c["finished"] is None for c in fake.calls())
+    # The answer came back while the call was, at most, held by the fake.
     assert [r.event for r in bridge.audit()] == ["decision"]
+    (held,) = fake.arrived(1)
+    assert held["finished"] is None
+    fake.open_gate()
     (outcome,) = bridge.outcomes(1)
     assert outcome.outcome == "succeeded"
 
@@ -278,7 +282,7 @@ def test_a_401_after_the_token_file_changed_in_flight_is_retried_once_with_the_n
     fake.set_token(NEW_TOKEN)
     fake.behave(hold=True, times=1)
     requests.post(bridge.url + "/webhook", data=device_down("r1"), timeout=30)
-    wait_until(lambda: fake.calls(), what="the call to be held by the fake")
+    fake.arrived(1)
     replace_file(token_file, NEW_TOKEN + "\n")  # while the call with the old token is in flight
     fake.open_gate()
     (outcome,) = outcomes(bridge, 1)
@@ -342,14 +346,6 @@ def test_failed_operations_leave_a_short_cooldown(make_bridge: Callable[..., Bri
     assert cooldowns[("MegaTron", "sync")] == pytest.approx(ok.ts + 1800.0, abs=5)
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_operations_too_old_to_send_expire(make_bridge: Callable[..., Bridge],
                                            fake: Fake) -> None:
     clock = Clock(1_700_000_000.0)
@@ -372,7 +368,7 @@ def test_no_sender_takes_an_operation_past_its_maximum_age_before_the_sweep(
 ) -> None:
     clock = Clock(1_700_000_000.0)
     bridge = make_bridge(clock=clock, start_dispatcher=False, max_age=60.0)
-    store = bridge.app.extensions["bridge"]["store"]
+    store = bridge.context.store
     bridge.post("/webhook", RESOLVED)
     store.set_flag(PAUSED, clock.now)
     clock.now += 59.9
@@ -401,8 +397,12 @@ def test_concurrency_is_bounded_and_one_operation_per_device(
     make_bridge: Callable[..., Bridge], fake: Fake
 ) -> None:
     bridge = make_bridge(REBOOT_RULES, concurrency=2, rate_limit=1000.0)
-    fake.behave(delay=0.3)
+    fake.behave(hold=True, times=2)
     bridge.post("/webhook", MULTI)
+    # The first two calls stay in flight together until the gate opens: on two devices.
+    held = fake.arrived(2)
+    assert {c["finished"] for c in held} == {None} and len({c["device"] for c in held}) == 2
+    fake.open_gate()
     bridge.outcomes(6)
     calls = fake.calls()
     assert len(calls) == 6
@@ -413,22 +413,22 @@ def test_concurrency_is_bounded_and_one_operation_per_device(
 
 def test_calls_are_spaced_by_the_rate_limit(make_bridge: Callable[..., Bridge],
                                             fake: Fake) -> None:
-    bridge = make_bridge(REBOOT_RULES, concurrency=4, rate_limit=5.0)
+    clock = Clock(1_700_000_000.0)
+    bridge = make_bridge(REBOOT_RULES, clock=clock, start_dispatcher=False, concurrency=4,
+                         rate_limit=5.0)
     bridge.post("/webhook", MULTI)
-    bridge.outcomes(6)
-    starts = sorted(c["time"] for c in fake.calls())
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    # The bridge spaces the claims; the fake sees each call a little later, by a delay that
-    # varies with the machine's load. So one gap may shrink by that jitter, but the six calls
-    # cannot fit in less than five slots, and no two can arrive together.
-    assert starts[-1] - starts[0] >= 5 * 0.2 - 0.05, gaps
-    assert min(gaps) >= 0.1, gaps
+    for sent in range(1, 7):
+        assert bridge.dispatcher.step() == 0.0  # a call made
+        # The next slot is a fifth of a second away: until then, nothing more is sent.
+        assert bridge.dispatcher.step() == pytest.approx(0.2)
+        assert len(fake.calls()) == sent
+        clock.now += 0.2
 
 
 def test_an_unwritable_store_answers_503_so_the_sender_retries(
     bridge: Bridge, fake: Fake, mocker: Any
 ) -> None:
-    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])
+    make_disk_full(mocker, bridge.context.store)
     r = bridge.post("/webhook", RESOLVED)
     assert r.status_code == 503
     assert r.json() == {"error": f"state store {bridge.settings.state_path}: "
@@ -439,3 +439,25 @@ def test_an_unwritable_store_answers_503_so_the_sender_retries(
     ok = bridge.post("/webhook", RESOLVED)
     assert ok.status_code == 200
     wait_until(lambda: len(fake.calls()) == 1, what="the call once the store works again")
+
+
+def test_the_app_factory_starts_no_thread_its_context_starts_and_stops_them(
+    make_bridge: Callable[..., Bridge], fake: Fake
+) -> None:
+    # Threads do not survive a fork: the server starts them in each worker, after the fork.
+    def background() -> set[threading.Thread]:
+        return {t for t in threading.enumerate()
+                if t.name.startswith("dispatch-") or t.name == "housekeeping"}
+
+    before = background()  # those of other bridges, stopping
+    bridge = make_bridge(start_dispatcher=False)
+    assert background() - before == set()
+    assert bridge.post("/webhook/alertmanager", RESOLVED).status_code == 200
+    assert fake.calls() == []  # queued, not sent
+    bridge.context.start()
+    started = background() - before
+    assert sorted(t.name for t in started) == ["dispatch-0", "dispatch-1", "dispatch-2",
+                                               "dispatch-3", "housekeeping"]
+    assert bridge.outcomes(1)[0].outcome == "succeeded"
+    bridge.context.stop(10)
+    wait_until(lambda: not any(t.is_alive() for t in started), what="its threads to end")

@@ -15,6 +15,7 @@ from bridge.auth import InboundAuth
 from bridge.cli import main
 from bridge.client import Secret
 from tests.conftest import Bridge, Fake
+from tests.helpers import alert, webhook
 
 RULES = """\
 rules:
@@ -28,19 +29,10 @@ rules:
     operation: sync
     status: resolved
 """
-PAYLOAD = json.dumps({
-    "version": "4", "status": "firing", "receiver": "r", "groupKey": "{}:{}",
-    "alerts": [
-        {"status": "firing", "labels": {"alertname": "DeviceDown", "severity": "critical",
-                                        "device": "r1"},
-         "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
-         "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "aaaaaaaaaaaaaaaa"},
-        {"status": "firing", "labels": {"alertname": "DeviceDown", "severity": "warning",
-                                        "device": "r2"},
-         "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
-         "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "bbbbbbbbbbbbbbbb"},
-    ],
-})
+PAYLOAD = webhook(
+    alert("DeviceDown", "r1", severity="critical", fingerprint="a" * 16),
+    alert("DeviceDown", "r2", severity="warning", fingerprint="b" * 16),
+).decode()
 
 
 def files(tmp_path: Path) -> tuple[Path, Path]:

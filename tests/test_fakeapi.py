@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, serve_fake_api, start_fake_api_in_thread
-from tests.conftest import DEVICES, TOKEN
+from tests.conftest import DEVICES, TOKEN, Fake
 from tests.helpers import wait_until
 
 INVENTORY = [*DEFAULT_DEVICES, *DEVICES]  # what the shared fake server starts with
@@ -45,11 +45,6 @@ def put_op(
         data=data,
         headers=AUTH if headers is None else headers,
     )
-
-
-def behave(http: requests.Session, server: FakeApiServer, **spec: Any) -> None:
-    response = http.post(f"{server.control_url}/behaviour", json=spec)
-    assert response.status_code == 201, response.text
 
 
 def test_operation_answer_has_the_contract_shape(
@@ -195,9 +190,9 @@ def test_inventory_replacement_must_be_a_list_of_names(
 
 
 def test_status_behaviour_applies_to_the_next_n_calls(
-    fake_api: FakeApiServer, http: requests.Session
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
 ) -> None:
-    behave(http, fake_api, status=503, times=2)
+    fake.behave(status=503, times=2)
 
     statuses = [put_op(http, fake_api, "office-router-01", {"operation": "sync"}) for _ in range(3)]
 
@@ -207,9 +202,9 @@ def test_status_behaviour_applies_to_the_next_n_calls(
 
 
 def test_status_behaviour_without_times_lasts_until_reset(
-    fake_api: FakeApiServer, http: requests.Session
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
 ) -> None:
-    behave(http, fake_api, status=409)
+    fake.behave(status=409)
 
     first = put_op(http, fake_api, "office-router-01", {"operation": "reboot"})
     second = put_op(http, fake_api, "office-router-02", {"operation": "reboot"})
@@ -220,8 +215,10 @@ def test_status_behaviour_without_times_lasts_until_reset(
     assert put_op(http, fake_api, "office-router-01", {"operation": "reboot"}).status_code == 200
 
 
-def test_status_behaviour_for_one_device(fake_api: FakeApiServer, http: requests.Session) -> None:
-    behave(http, fake_api, status=422, device="office-router-01")
+def test_status_behaviour_for_one_device(
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
+) -> None:
+    fake.behave(status=422, device="office-router-01")
 
     targeted = put_op(http, fake_api, "office-router-01", {"operation": "reboot"})
     other = put_op(http, fake_api, "office-router-02", {"operation": "reboot"})
@@ -232,10 +229,10 @@ def test_status_behaviour_for_one_device(fake_api: FakeApiServer, http: requests
 
 
 def test_status_behaviour_ignores_the_token(
-    fake_api: FakeApiServer, http: requests.Session
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
 ) -> None:
     # Like a load balancer in front of the API: it answers before anything is checked.
-    behave(http, fake_api, status=502, times=1)
+    fake.behave(status=502, times=1)
 
     response = put_op(http, fake_api, "office-router-01", {"operation": "reboot"}, headers={})
 
@@ -244,10 +241,10 @@ def test_status_behaviour_ignores_the_token(
 
 
 def test_behaviours_apply_first_queued_first(
-    fake_api: FakeApiServer, http: requests.Session
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
 ) -> None:
-    behave(http, fake_api, status=500, times=1)
-    behave(http, fake_api, status=409, times=1)
+    fake.behave(status=500, times=1)
+    fake.behave(status=409, times=1)
 
     statuses = [
         put_op(http, fake_api, "office-router-01", {"operation": "sync"}).status_code
@@ -257,8 +254,10 @@ def test_behaviours_apply_first_queued_first(
     assert statuses == [500, 409, 200]
 
 
-def test_behaviour_body_is_sent_verbatim(fake_api: FakeApiServer, http: requests.Session) -> None:
-    behave(http, fake_api, status=200, body="<html>queued</html>", times=1)
+def test_behaviour_body_is_sent_verbatim(
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
+) -> None:
+    fake.behave(status=200, body="<html>queued</html>", times=1)
 
     response = put_op(http, fake_api, "office-router-01", {"operation": "sync"})
 
@@ -268,9 +267,9 @@ def test_behaviour_body_is_sent_verbatim(fake_api: FakeApiServer, http: requests
 
 
 def test_delay_behaviour_slows_the_normal_answer(
-    fake_api: FakeApiServer, http: requests.Session
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
 ) -> None:
-    behave(http, fake_api, delay=0.3, times=1)
+    fake.behave(delay=0.3, times=1)
 
     response = put_op(http, fake_api, "office-router-01", {"operation": "sync"})
 
@@ -280,8 +279,8 @@ def test_delay_behaviour_slows_the_normal_answer(
     assert call["finished"] - call["time"] >= 0.3
 
 
-def test_delay_with_status(fake_api: FakeApiServer, http: requests.Session) -> None:
-    behave(http, fake_api, status=504, delay=0.2, times=1)
+def test_delay_with_status(fake_api: FakeApiServer, fake: Fake, http: requests.Session) -> None:
+    fake.behave(status=504, delay=0.2, times=1)
 
     response = put_op(http, fake_api, "office-router-01", {"operation": "sync"})
 
@@ -407,9 +406,11 @@ def test_raw_path_keeps_the_encoding_the_client_chose(fake_api: FakeApiServer) -
     assert call["status"] == 400
 
 
-def test_reset_restores_everything(fake_api: FakeApiServer, http: requests.Session) -> None:
+def test_reset_restores_everything(
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
+) -> None:
     put_op(http, fake_api, "office-router-01", {"operation": "sync"})
-    behave(http, fake_api, status=503)
+    fake.behave(status=503)
     fake_api.set_devices(["r1"])
     fake_api.set_token("another-token")
 
@@ -440,9 +441,9 @@ def test_other_methods_are_405_and_recorded(
 
 
 def test_behaviours_do_not_apply_to_other_methods(
-    fake_api: FakeApiServer, http: requests.Session
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
 ) -> None:
-    behave(http, fake_api, status=503, times=1)
+    fake.behave(status=503, times=1)
 
     assert http.get(f"{fake_api.url}/inventory_device_name_operation/r1/").status_code == 405
     assert put_op(http, fake_api, "r1", {"operation": "sync"}).status_code == 503
@@ -513,8 +514,10 @@ def held_call(server: FakeApiServer) -> tuple[ThreadPoolExecutor, Future[request
     return pool, future
 
 
-def test_a_held_call_waits_for_the_gate(fake_api: FakeApiServer, http: requests.Session) -> None:
-    behave(http, fake_api, hold=True, times=1)
+def test_a_held_call_waits_for_the_gate(
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
+) -> None:
+    fake.behave(hold=True, times=1)
     pool, future = held_call(fake_api)
     with pool:
         assert not future.done() and fake_api.calls()[0]["status"] is None
@@ -525,9 +528,9 @@ def test_a_held_call_waits_for_the_gate(fake_api: FakeApiServer, http: requests.
 
 
 def test_a_held_call_meets_the_token_of_the_moment_it_goes_on(
-    fake_api: FakeApiServer, http: requests.Session
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
 ) -> None:
-    behave(http, fake_api, hold=True, times=1)
+    fake.behave(hold=True, times=1)
     pool, future = held_call(fake_api)
     with pool:
         answer = http.put(f"{fake_api.control_url}/token", json={"token": "rotated-token"})
@@ -539,17 +542,19 @@ def test_a_held_call_meets_the_token_of_the_moment_it_goes_on(
 
 
 def test_a_held_call_with_a_status_answers_it_once_released(
-    fake_api: FakeApiServer, http: requests.Session
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
 ) -> None:
-    behave(http, fake_api, hold=True, status=401, times=1)
+    fake.behave(hold=True, status=401, times=1)
     pool, future = held_call(fake_api)
     with pool:
         fake_api.open_gate()
         assert future.result(timeout=10).status_code == 401
 
 
-def test_a_reset_ends_a_held_call_with_503(fake_api: FakeApiServer, http: requests.Session) -> None:
-    behave(http, fake_api, hold=True)
+def test_a_reset_ends_a_held_call_with_503(
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
+) -> None:
+    fake.behave(hold=True)
     pool, future = held_call(fake_api)
     with pool:
         fake_api.reset()

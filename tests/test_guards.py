@@ -3,7 +3,6 @@ shadow mode and approvals. The bridge must not be able to wreck a fleet."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,35 +18,9 @@ from bridge.auth import InboundAuth
 from bridge.cli import main
 from bridge.client import Secret
 from tests.conftest import Bridge, Fake
-from tests.helpers import read_audit
+from tests.helpers import Clock, alert, device_down, read_audit, webhook
 
 NOON = 1_800_014_400.0  # 2027-01-15T12:00:00Z, a Friday
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def am(*alerts: dict[str, Any]) -> bytes:
-    """An Alertmanager payload carrying these alerts ({labels, status?, startsAt?})."""
-    return json.dumps({
-        "version": "4", "status": "firing", "receiver": "bridge", "groupKey": "{}:{}",
-        "alerts": [{
-            "status": a.get("status", "firing"), "labels": a["labels"], "annotations": {},
-            "startsAt": a.get("startsAt", "2027-01-15T11:00:00Z"),
-            "endsAt": "0001-01-01T00:00:00Z" if a.get("status", "firing") == "firing"
-            else "2027-01-15T12:00:00Z",
-            "fingerprint": a.get("fingerprint", a["labels"].get("device", "")),
-        } for a in alerts],
-    }).encode()
-
-
-def down(device: str, **labels: str) -> dict[str, Any]:
-    return {"labels": {"alertname": "DeviceDown", "device": device, **labels}}
 
 
 def verdicts(answer: dict[str, Any]) -> Counter[str]:
@@ -78,7 +51,7 @@ def test_a_storm_of_500_reboots_against_a_budget_of_20_makes_20_calls(
     bridge = make_bridge(REBOOT, rate_limit=1000.0, concurrency=8)
     total: Counter[str] = Counter()
     for start in range(0, 500, 100):
-        answer = bridge.post("/webhook", am(*(down(d) for d in devices[start:start + 100])))
+        answer = bridge.post("/webhook", device_down(*devices[start:start + 100]))
         total += verdicts(answer.json())
     assert total == {"execute": 20, "held_by_budget": 480}
     bridge.outcomes(20)
@@ -102,7 +75,7 @@ def test_the_breaker_trips_survives_a_restart_and_resume_clears_it(
     make_bridge: Callable[..., Bridge], fake: Fake, tmp_path: Path
 ) -> None:
     bridge = make_bridge(BREAKER)
-    answer = bridge.post("/webhook", am(*(down(f"r{i}") for i in range(5)))).json()
+    answer = bridge.post("/webhook", device_down(*(f"r{i}" for i in range(5)))).json()
     assert [d["verdict"] for a in answer["alerts"] for d in a["decisions"]] == [
         "execute", "execute", "execute", "breaker_open", "breaker_open"]
     assert answer["alerts"][3]["decisions"][0]["reason"] == (
@@ -111,12 +84,12 @@ def test_the_breaker_trips_survives_a_restart_and_resume_clears_it(
     state = tmp_path / "state.db"
     again = make_bridge(BREAKER)  # a restart on the same state file
     assert requests.get(again.url + "/-/ready", timeout=5).json()["sending"] == "breaker_open"
-    assert verdicts(again.post("/webhook", am(down("r7"))).json()) == {"breaker_open": 1}
+    assert verdicts(again.post("/webhook", device_down("r7")).json()) == {"breaker_open": 1}
     status = cli("status", "--state", str(state))
     assert "Sending:  STORM BREAKER OPEN since" in status.output
     resumed = cli("resume", "--state", str(state))
     assert resumed.output == ("Resumed (was: storm breaker open); queued operations are sent.\n")
-    assert verdicts(again.post("/webhook", am(down("r8"))).json()) == {"execute": 1}
+    assert verdicts(again.post("/webhook", device_down("r8")).json()) == {"execute": 1}
     again.outcomes(4)
     # The operations queued before the trip were never sent while it was open... and are now.
     assert "r8" in {c["device"] for c in fake.calls()}
@@ -126,10 +99,10 @@ def test_pause_is_a_kill_switch_that_persists(make_bridge: Callable[..., Bridge]
                                              tmp_path: Path) -> None:
     bridge = make_bridge(BREAKER.replace("max: 3", "max: 100"), start_dispatcher=False)
     state = str(tmp_path / "state.db")
-    bridge.post("/webhook", am(down("r1")))  # queued while the dispatcher is stopped
+    bridge.post("/webhook", device_down("r1"))  # queued while the dispatcher is stopped
     assert cli("pause", "--state", state).output == (
         "Paused: no operation is sent until `alert-bridge resume`.\n")
-    assert verdicts(bridge.post("/webhook", am(down("r2"))).json()) == {"paused": 1}
+    assert verdicts(bridge.post("/webhook", device_down("r2")).json()) == {"paused": 1}
     assert bridge.dispatcher.step() > 0  # nothing may be claimed while paused
     assert fake.calls() == []
     assert cli("resume", "--state", state).output.startswith("Resumed (was: paused)")
@@ -153,7 +126,8 @@ def test_give_up_on_a_device_that_keeps_failing(make_bridge: Callable[..., Bridg
     bridge = make_bridge(GIVE_UP, clock=clock, start_dispatcher=False)
     seen = []
     for _ in range(4):
-        seen.append(bridge.post("/webhook", am(down("r1"))).json()["alerts"][0]["decisions"][0])
+        answer = bridge.post("/webhook", device_down("r1")).json()
+        seen.append(answer["alerts"][0]["decisions"][0])
         clock.now += 11 * 60
     assert [d["verdict"] for d in seen] == ["execute", "execute", "gave_up", "gave_up"]
     assert seen[2]["reason"] == "reboot already sent 2 times within 1h; giving up on r1"
@@ -174,7 +148,7 @@ def test_a_maintenance_window_holds_the_operation_until_it_opens(
 ) -> None:
     clock = Clock(NOON)
     bridge = make_bridge(WINDOWED, clock=clock, start_dispatcher=False)
-    answer = bridge.post("/webhook", am({"labels": {"alertname": "Drift", "device": "r1"}}))
+    answer = bridge.post("/webhook", webhook(alert("Drift", "r1")))
     decision = answer.json()["alerts"][0]["decisions"][0]
     assert decision["verdict"] == "held_for_window"
     assert decision["not_before"] == "2027-01-15T21:00:00.000Z"  # 22:00 in Madrid (CET)
@@ -198,12 +172,14 @@ rules:
 def test_min_age_rides_out_a_flap(make_bridge: Callable[..., Bridge], fake: Fake) -> None:
     clock = Clock(NOON)
     bridge = make_bridge(PATIENT, clock=clock, start_dispatcher=False)
-    young = {**down("r1"), "startsAt": "2027-01-15T11:59:00Z"}
-    decision = bridge.post("/webhook", am(young)).json()["alerts"][0]["decisions"][0]
+    started = "2027-01-15T11:59:00Z"  # a minute before NOON
+    young = webhook(alert("DeviceDown", "r1", starts_at=started))
+    decision = bridge.post("/webhook", young).json()["alerts"][0]["decisions"][0]
     assert (decision["verdict"], decision["not_before"]) == (
         "held_min_age", "2027-01-15T12:04:00.000Z")
     clock.now += 60
-    resolved = bridge.post("/webhook", am({**young, "status": "resolved"})).json()
+    resolved = bridge.post("/webhook", webhook(
+        alert("DeviceDown", "r1", status="resolved", starts_at=started))).json()
     assert resolved["summary"] == {"no_match": 1}
     clock.now += 600
     bridge.dispatcher.step()
@@ -215,7 +191,7 @@ def test_min_age_rides_out_a_flap(make_bridge: Callable[..., Bridge], fake: Fake
 def test_min_age_then_send(make_bridge: Callable[..., Bridge], fake: Fake) -> None:
     clock = Clock(NOON)
     bridge = make_bridge(PATIENT, clock=clock, start_dispatcher=False)
-    bridge.post("/webhook", am({**down("r1"), "startsAt": "2027-01-15T11:59:00Z"}))
+    bridge.post("/webhook", webhook(alert("DeviceDown", "r1", starts_at="2027-01-15T11:59:00Z")))
     clock.now += 4 * 60 + 1
     bridge.dispatcher.step()
     assert [c["device"] for c in fake.calls()] == ["r1"]
@@ -224,7 +200,7 @@ def test_min_age_then_send(make_bridge: Callable[..., Bridge], fake: Fake) -> No
 def test_shadow_mode_audits_and_sends_nothing(make_bridge: Callable[..., Bridge],
                                               fake: Fake) -> None:
     bridge = make_bridge(PATIENT.replace("    min_age: 5m", "    dry_run: true"))
-    answer = bridge.post("/webhook", am(down("r1"))).json()
+    answer = bridge.post("/webhook", device_down("r1")).json()
     assert answer["alerts"][0]["decisions"][0]["verdict"] == "dry_run"
     assert answer["dry_run"] is False  # the bridge is live; only this rule is in shadow mode
     assert [r.reason for r in bridge.audit()] == ["shadow mode (rule dry_run): nothing is sent"]
@@ -255,8 +231,7 @@ def test_destructive_operations_wait_for_approval(make_bridge: Callable[..., Bri
                                                   fake: Fake, tmp_path: Path) -> None:
     bridge = make_bridge(WIPE)
     state = str(tmp_path / "state.db")
-    owned = am({"labels": {"alertname": "Owned", "device": "r1"}},
-               {"labels": {"alertname": "Owned", "device": "r2"}})
+    owned = webhook(alert("Owned", "r1"), alert("Owned", "r2"))
     answer = bridge.post("/webhook", owned).json()
     assert verdicts(answer) == {"pending_approval": 2}
     listing = cli("pending", "--state", state)
@@ -287,10 +262,12 @@ def test_approval_over_http_needs_an_admin_token(make_bridge: Callable[..., Brid
     closed = make_bridge(WIPE)
     r = requests.post(closed.url + "/api/operations/1/approve", timeout=5)
     assert (r.status_code, r.json()) == (
-        403, {"error": "the operator API is disabled: set BRIDGE_ADMIN_TOKENS"})
+        403, {"error": "the operator API is disabled: start the bridge with BRIDGE_ADMIN_TOKENS"
+                       " (or BRIDGE_ADMIN_TOKENS_FILE) set, and send one of its tokens as"
+                       " Authorization: Bearer TOKEN"})
     closed.stop()
     bridge = make_bridge(WIPE, admin_auth=InboundAuth(bearer_tokens=(Secret("admin-1"),)))
-    bridge.post("/webhook", am({"labels": {"alertname": "Owned", "device": "r1"}}))
+    bridge.post("/webhook", webhook(alert("Owned", "r1")))
     ok = {"Authorization": "Bearer admin-1"}
     assert requests.get(bridge.url + "/api/operations/pending", timeout=5).status_code == 401
     listed = requests.get(bridge.url + "/api/operations/pending", headers=ok, timeout=5).json()
@@ -315,7 +292,7 @@ def test_unapproved_operations_expire(make_bridge: Callable[..., Bridge], fake: 
     clock = Clock(NOON)
     bridge = make_bridge(WIPE.replace("rules:", "defaults: {approval_timeout: 30m}\nrules:"),
                          clock=clock, start_dispatcher=False)
-    bridge.post("/webhook", am({"labels": {"alertname": "Owned", "device": "r1"}}))
+    bridge.post("/webhook", webhook(alert("Owned", "r1")))
     clock.now += 31 * 60
     bridge.dispatcher.step()
     assert [(r.outcome, r.reason) for r in bridge.audit() if r.event == "outcome"] == [
@@ -324,7 +301,7 @@ def test_unapproved_operations_expire(make_bridge: Callable[..., Bridge], fake: 
 
 
 WIPE_IN_5S = WIPE.replace("rules:", "defaults: {approval_timeout: 5s}\nrules:")
-OWNED = am({"labels": {"alertname": "Owned", "device": "r1"}})
+OWNED = webhook(alert("Owned", "r1"))
 
 
 def test_an_approval_past_its_timeout_is_expired_though_no_sweep_ran(

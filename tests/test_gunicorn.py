@@ -10,16 +10,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+from click.testing import CliRunner
 
-from tests.conftest import Fake
+from bridge.cli import main
+from tests import postgres
+from tests.conftest import RULES, Fake
 from tests.helpers import BridgeProcess, audit, outcomes, payload, wait_until
 
 
-def post_together(url: str, body: bytes, n: int) -> list[requests.Response]:
-    """Send `n` identical deliveries released at the same instant from `n` threads."""
+def post_together(url: str | list[str], body: bytes, n: int) -> list[requests.Response]:
+    """Send `n` identical deliveries released at the same instant from `n` threads (taking
+    turns over the URLs, when there are several)."""
     barrier = threading.Barrier(n)
+    urls = [url] if isinstance(url, str) else url
 
-    def one(_: int) -> requests.Response:
+    def one(i: int) -> requests.Response:
+        url = urls[i % len(urls)]
         with requests.Session() as s:
             s.get(url.rsplit("/webhook", 1)[0] + "/-/healthy", timeout=10)  # connect first
             barrier.wait(10)
@@ -31,9 +37,9 @@ def post_together(url: str, body: bytes, n: int) -> list[requests.Response]:
 
 
 def test_twenty_simultaneous_duplicates_make_exactly_one_call(
-    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake, state_location: str
 ) -> None:
-    bridge = gunicorn_bridge(workers=3)
+    bridge = gunicorn_bridge(workers=3, state=state_location)
     answers = post_together(bridge.url + "/webhook/alertmanager",
                             payload("alertmanager_resolved.json"), 20)
     assert [r.status_code for r in answers] == [200] * 20
@@ -46,6 +52,56 @@ def test_twenty_simultaneous_duplicates_make_exactly_one_call(
     assert Counter((r.event, r.outcome) for r in records) == {
         ("decision", "execute"): 1, ("decision", "cooldown"): 19, ("outcome", "succeeded"): 1}
     assert len({r.id for r in records}) == 21
+
+
+def test_two_replicas_on_one_database_make_exactly_one_call(
+    gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake, postgres_url: str
+) -> None:
+    postgres.empty(postgres_url)
+    # The local server trusts its users, so a password in the URL is sent but not needed:
+    # enough to see that it never shows.
+    url = postgres_url.replace("://postgres@", "://postgres:pw-Replica-9@")
+    replicas = [gunicorn_bridge(workers=2, state=url) for _ in range(2)]
+    answers = post_together([r.url + "/webhook/alertmanager" for r in replicas],
+                            payload("alertmanager_resolved.json"), 20)
+    assert [r.status_code for r in answers] == [200] * 20
+    verdicts = Counter(r.json()["alerts"][0]["decisions"][0]["verdict"] for r in answers)
+    assert verdicts == {"execute": 1, "cooldown": 19}
+    outcomes(replicas[0], 1)
+    assert len(fake.calls()) == 1
+    result = CliRunner().invoke(main, ["audit", "verify", "--state", url])
+    assert (result.exit_code, result.output.split(", head")[0]) == (
+        0, "OK: 21 records, chain intact")
+    assert "pw-Replica-9" not in replicas[0].log() + replicas[1].log()
+    assert f"state {postgres_url}," in replicas[0].log()  # named, without the password
+
+
+def ready(bridge: BridgeProcess) -> dict[str, object]:
+    body: dict[str, object] = requests.get(bridge.url + "/-/ready", timeout=5).json()
+    return body
+
+
+def test_ready_and_status_name_the_database_and_count_each_serve_once(
+    gunicorn_bridge: Callable[..., BridgeProcess], postgres_url: str
+) -> None:
+    postgres.empty(postgres_url)
+    url = postgres_url.replace("://postgres@", "://postgres:pw-Ready-5@")
+    first = gunicorn_bridge(workers=2, state=url)
+    wait_until(lambda: ready(first)["replicas"] == 1, what="the first replica's heartbeat")
+    second = gunicorn_bridge(workers=2, state=url)
+    # Two serves of two workers each: two replicas, whichever worker of either answers.
+    wait_until(lambda: [ready(r)["replicas"] for r in (first, second) * 3] == [2] * 6,
+               what="both replicas counted by both")
+    body = ready(second)
+    assert (body["status"], body["state"], body["engine"]) == (
+        "ready", postgres_url, "postgresql")
+    status = CliRunner().invoke(main, ["status", "--state", url, "--url", first.url])
+    assert f"State:    {postgres_url} (postgresql), 2 replicas alive" in status.output
+    assert "pw-Ready-5" not in str(body) + status.output + first.log() + second.log()
+    sqlite_one = gunicorn_bridge(workers=2)  # the default: a SQLite file
+    wait_until(lambda: ready(sqlite_one)["replicas"] == 1, what="the SQLite replica")
+    assert (ready(sqlite_one)["state"], ready(sqlite_one)["engine"]) == (
+        str(sqlite_one.state), "sqlite")
 
 
 def test_every_writer_gives_up_within_the_state_timeout(
@@ -73,8 +129,7 @@ def test_every_writer_gives_up_within_the_state_timeout(
 
 def test_several_workers_really_serve(gunicorn_bridge: Callable[..., BridgeProcess]) -> None:
     bridge = gunicorn_bridge(workers=3)
-    wait_until(lambda: bridge.log().count("Booting worker with pid") >= 3,
-               what="three gunicorn workers")
+    bridge.wait_for_workers(3)
 
 
 def test_a_restart_keeps_cooldowns(gunicorn_bridge: Callable[..., BridgeProcess],
@@ -96,8 +151,13 @@ def test_sighup_reaches_the_server_and_it_keeps_serving(
 ) -> None:
     bridge = gunicorn_bridge(workers=2)
     assert bridge.proc is not None
+    old = bridge.wait_for_workers(2)
+    # SIGHUP with new rules replaces every worker (with the same rules it changes nothing:
+    # tests/test_reload.py).
+    bridge.rules.write_text(RULES + "# changed\n")
     bridge.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "Hang up" in bridge.log(), what="gunicorn to log the SIGHUP")
+    wait_until(lambda: (lambda w: len(w) == 2 and not w & old)(bridge.worker_pids()),
+               what="two new workers after SIGHUP")
     wait_until(lambda: requests.get(bridge.url + "/-/ready", timeout=2).status_code == 200,
                what="ready after SIGHUP")
     assert bridge.stop(signal.SIGTERM) == 0
@@ -106,15 +166,16 @@ def test_sighup_reaches_the_server_and_it_keeps_serving(
 def test_kill_9_loses_nothing_and_sends_nothing_twice(
     gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
 ) -> None:
-    # One call at a time, each slow: when the crash comes, one operation is in flight and
-    # two are queued. A 2 s read timeout makes the in-flight lease short (about 10 s).
+    # One call at a time, the first held by the fake: when the crash comes, one operation is
+    # in flight and two are queued. A 2 s read timeout makes the in-flight lease short (about
+    # 10 s).
     env = {"BRIDGE_CONCURRENCY": "1", "BRIDGE_API_TIMEOUT": "2"}
     first = gunicorn_bridge(workers=2, env=env)
-    fake.behave(delay=1.5, times=1)
+    fake.behave(hold=True, times=1)
     answer = requests.post(first.url + "/webhook", timeout=30,
                            data=payload("alertmanager_firing_multi.json")).json()
     assert answer["summary"] == {"execute": 3}
-    wait_until(lambda: len(fake.calls()) == 1, what="the first call to be in flight")
+    fake.arrived(1)
     first.crash()
     second = gunicorn_bridge(workers=2, env=env, state=first.state)
     ended = outcomes(second, 3, timeout=60)
@@ -132,11 +193,17 @@ def test_kill_9_loses_nothing_and_sends_nothing_twice(
 def test_sigterm_drains_calls_in_flight(gunicorn_bridge: Callable[..., BridgeProcess],
                                         fake: Fake) -> None:
     bridge = gunicorn_bridge(workers=2)
-    fake.behave(delay=2.0)
+    fake.behave(hold=True, times=1)
     requests.post(bridge.url + "/webhook", data=payload("alertmanager_resolved.json"),
                   timeout=30)
-    wait_until(lambda: len(fake.calls()) == 1, what="the call to be in flight")
-    assert bridge.stop(signal.SIGTERM) == 0
+    fake.arrived(1)
+    workers = bridge.wait_for_workers(2)
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGTERM)
+    # The idle worker leaves at once; the one with the call waits for its answer.
+    assert bridge.wait_for_workers(1) < workers and bridge.proc.poll() is None
+    fake.open_gate()
+    assert bridge.proc.wait(30) == 0
     assert [(r.event, r.outcome) for r in audit(bridge)] == [
         ("decision", "execute"), ("outcome", "succeeded")]
 

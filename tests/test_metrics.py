@@ -29,9 +29,19 @@ from bridge.cli import main
 from bridge.client import Secret
 from bridge.dispatch import API_UNAUTHORIZED
 from bridge.metrics import MULTIPROC_ENV, Metrics
-from bridge.store import BREAKER_OPEN, SqliteStore, StoreError
+from bridge.store import BREAKER_OPEN, RELOAD_FAILED, RELOAD_OK, SqliteStore, StoreError
 from tests.conftest import RULES, TOKEN, Bridge, Fake
-from tests.helpers import ROOT, BridgeProcess, make_disk_full, need, payload, wait_until
+from tests.helpers import (
+    ROOT,
+    BridgeProcess,
+    Samples,
+    make_disk_full,
+    need,
+    payload,
+    scrape,
+    value,
+    wait_until,
+)
 
 ALERT_RULES = ROOT / "docs" / "prometheus-alerts.yml"
 WEBHOOK_TOKEN = "wh-Zq81-never-in-metrics"
@@ -43,21 +53,6 @@ RESOLVED = payload("alertmanager_resolved.json")  # 1 alert: reconf-on-resolve, 
 MULTI = payload("alertmanager_firing_multi.json")  # 3 alerts: sync-high-load, execute
 LEGACY = payload("grafana_legacy_alerting_evalmatch_tags.json")  # 1 alert: legacy-cpu, execute
 UNIFIED = payload("grafana_unified_resolved.json")  # 1 alert: no_match
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(url: str) -> Samples:
-    r = requests.get(url + "/metrics", timeout=10)  # a new connection: any worker may answer
-    assert r.status_code == 200, r.text
-    assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
-
 
 def by_labels(samples: Samples, name: str, *keys: str) -> dict[tuple[str, ...], float]:
     """Every sample of `name`, keyed by the values of `keys`; zero samples left out."""
@@ -118,7 +113,7 @@ def test_webhooks_are_counted_by_source_and_answer_code(
     assert requests.get(bridge.url + "/webhook", timeout=5).status_code == 405
     assert bridge.post("/webhook/other", RESOLVED, headers=ok).status_code == 404
 
-    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])
+    make_disk_full(mocker, bridge.context.store)
     assert bridge.post("/webhook", UNIFIED, headers=ok).status_code == 503
     mocker.stopall()
 
@@ -218,23 +213,22 @@ def test_state_gauges_are_read_from_the_store_at_scrape_time(
 
     assert CliRunner().invoke(main, ["resume", "--state", state]).exit_code == 0
     other.set_flag(API_UNAUTHORIZED, None)
-    other.close()
     assert gauges() == {**before, "queue_queued": 3, "queue_pending_approval": 1}
 
-    # The reload code reports through the app's metrics.
-    metrics = bridge.app.extensions["bridge"]["metrics"]
-    metrics.note_reload(False, time.time() + 100)
+    # The master records each reload in the store, as it refuses or accepts the file.
+    other.set_flag(RELOAD_FAILED, time.time() + 100)
     samples = scrape(bridge.url)
     assert value(samples, "alert_bridge_reload_success") == 0
     assert value(samples, "alert_bridge_reload_timestamp_seconds") == reload_time
-    metrics.note_reload(True, 2_000_000_000.0)
+    other.set_flag(RELOAD_OK, 2_000_000_000.0)
+    other.close()
     samples = scrape(bridge.url)
     assert value(samples, "alert_bridge_reload_success") == 1
     assert value(samples, "alert_bridge_reload_timestamp_seconds") == 2_000_000_000.0
 
 
 def test_a_failing_store_leaves_metrics_up_and_says_so(bridge: Bridge, mocker: Any) -> None:
-    store = bridge.app.extensions["bridge"]["store"]
+    store = bridge.context.store
     mocker.patch.object(store, "queue_depth", side_effect=StoreError("state store: locked"))
     samples = scrape(bridge.url)
     assert value(samples, "alert_bridge_state_store_up") == 0
@@ -245,7 +239,7 @@ def test_a_failing_store_leaves_metrics_up_and_says_so(bridge: Bridge, mocker: A
 def test_readiness_and_the_store_gauge_say_when_the_store_cannot_be_written(
     bridge: Bridge, mocker: Any
 ) -> None:
-    make_disk_full(mocker, bridge.app.extensions["bridge"]["store"])  # reads still work
+    make_disk_full(mocker, bridge.context.store)  # reads still work
     ready = requests.get(bridge.url + "/-/ready", timeout=5)
     assert (ready.status_code, ready.json()) == (503, {
         "status": "not ready",
@@ -321,8 +315,8 @@ def test_metrics_refuse_a_directory_set_after_prometheus_client_was_imported(
 ) -> None:
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="imported before PROMETHEUS_MULTIPROC_DIR"):
-        Metrics(bridge.app.extensions["bridge"]["store"], dry_run=True,
-                rules_loaded=lambda: 0, started=0.0)
+        Metrics(bridge.context.store, dry_run=True,
+                rules_loaded=0, started=0.0)
 
 
 # -- under gunicorn, several workers -------------------------------------------------------
@@ -351,7 +345,7 @@ def test_every_worker_answers_the_same_exact_totals(
     bridge = gunicorn_bridge(workers=3)
     directory = metrics_dir(bridge)
     assert directory.is_dir() and oct(directory.stat().st_mode & 0o777) == "0o700"
-    wait_until(lambda: len(list(directory.glob("gauge_livemin_*.db"))) == 3,
+    wait_until(lambda: len(list(directory.glob("gauge_livemostrecent_*.db"))) == 3,
                what="three workers with their metrics")
 
     def post(_: int) -> int:
@@ -395,8 +389,8 @@ def test_every_worker_answers_the_same_exact_totals(
     # A worker that dies takes its live gauges along; what it counted stays in the totals.
     victim = max(per_worker, key=lambda pid: per_worker[pid])
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: not (directory / f"gauge_livemin_{victim}.db").exists()
-               and len(list(directory.glob("gauge_livemin_*.db"))) == 3,
+    wait_until(lambda: not (directory / f"gauge_livemostrecent_{victim}.db").exists()
+               and len(list(directory.glob("gauge_livemostrecent_*.db"))) == 3,
                what="the dead worker forgotten and its replacement started")
     for _ in range(6):
         assert value(scrape(bridge.url), "alert_bridge_webhooks_total", source="alertmanager",
@@ -526,11 +520,11 @@ def test_promtool_accepts_the_alert_rules_and_they_fire(tmp_path: Path) -> None:
 
 def test_counting_a_storm_stays_cheap(make_bridge: Callable[..., Bridge]) -> None:
     bridge = make_bridge(dry_run=True)
-    metrics = bridge.app.extensions["bridge"]["metrics"]
+    metrics = bridge.context.metrics
     from bridge.decide import Decision
     from bridge.store import Recorded
 
-    rule = bridge.app.extensions["bridge"]["rules"].rules[0]
+    rule = bridge.context.rules.rules[0]
     recorded = [Recorded(Decision(None, rule, f"d{i}", "sync", "execute", ""))  # type: ignore
                 for i in range(2000)]
     start = time.perf_counter()

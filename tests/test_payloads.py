@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from bridge.errors import PayloadError
 from bridge.payloads import SOURCES, Alert, Notification, detect, fingerprint, parse
+from tests.helpers import PAYLOADS
+from tests.helpers import payload as body
+from tests.helpers import payload_json as doc
 
-PAYLOAD_DIR = Path(__file__).parent / "payloads"
-PAYLOAD_FILES = sorted(PAYLOAD_DIR.glob("*.json"))
+PAYLOAD_FILES = sorted(PAYLOADS.glob("*.json"))
 
 # database=None: hypothesis must not write a .hypothesis/ directory into the tree.
 FUZZ = settings(
@@ -25,14 +27,6 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-
-
-def body(name: str) -> bytes:
-    return (PAYLOAD_DIR / name).read_bytes()
-
-
-def doc(name: str) -> Any:
-    return json.loads(body(name))
 
 
 def encode(value: Any) -> bytes:
@@ -69,26 +63,26 @@ def parse_error(raw: bytes, source: str | None = None) -> PayloadError:
     return info.value
 
 
+def replaced(target: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Set each key of `changes` in `target`; a None value deletes the key instead."""
+    for key, value in changes.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+
 def am_with(**changes: Any) -> dict[str, Any]:
     """alertmanager_firing_multi.json with top-level keys replaced (None deletes)."""
     payload = doc("alertmanager_firing_multi.json")
-    for key, value in changes.items():
-        if value is None:
-            payload.pop(key, None)
-        else:
-            payload[key] = value
+    replaced(payload, changes)
     return payload
 
 
 def am_alert_with(index: int, **changes: Any) -> dict[str, Any]:
     """alertmanager_firing_multi.json with keys of alerts[index] replaced (None deletes)."""
     payload = doc("alertmanager_firing_multi.json")
-    alert = payload["alerts"][index]
-    for key, value in changes.items():
-        if value is None:
-            alert.pop(key, None)
-        else:
-            alert[key] = value
+    replaced(payload["alerts"][index], changes)
     return payload
 
 

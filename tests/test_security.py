@@ -25,13 +25,14 @@ from bridge.errors import ConfigError
 from tests.conftest import TOKEN, Bridge, Fake
 from tests.helpers import (
     BridgeProcess,
+    alert,
     audit,
     device_down,
-    firing,
     following,
     outcomes,
     payload,
     raw_controls,
+    webhook,
 )
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
@@ -210,7 +211,7 @@ TIMES = st.sampled_from([
 def test_fuzz_alert_shaped_payloads_never_cause_a_5xx(timed_bridge: Bridge,
                                                       alerts: list) -> None:
     bridge = timed_bridge  # one for all examples: state builds up as in life
-    body = json.dumps({"version": "4", "status": "firing", "alerts": alerts}).encode()
+    body = webhook(*alerts)
     for path in ("/webhook/alertmanager", "/api/explain"):
         r = bridge.post(path, body)
         assert r.status_code < 500, r.text
@@ -283,7 +284,7 @@ def test_a_chunked_body_over_the_limit_gets_413_under_gunicorn(
     gunicorn_bridge: Callable[..., BridgeProcess], fake: Fake
 ) -> None:
     bridge = gunicorn_bridge(RULES, workers=1, env={"BRIDGE_MAX_BODY": "4096"})
-    big = device_down(*(f"r{i}" for i in range(40)))  # about 8 kB, valid JSON
+    big = device_down(*(f"r{i}" for i in range(40)))  # about 7 kB, valid JSON
     assert len(big) > 4096
     chunks = [big[i:i + 1000] for i in range(0, len(big), 1000)]
     status, doc = post_chunked(bridge.url, "/webhook/alertmanager", chunks)
@@ -310,9 +311,9 @@ HOSTILE_TEXT = ("Owned\n" + FORGED_ROW + "\r\x1b[2J\x1b]52;c;cm0gLXJmIH4K\x07\x9
                 "\u202eevil\u2028next\u2029\x7f\U000e0041")
 
 
-def owned(n: int, **labels: str) -> bytes:
+def owned(n: int, alertname: str | None = None, **labels: str) -> bytes:
     """One firing alert that wipe-owned sends to device d{n}, with these labels as well."""
-    return firing({"kind": "owned", "device": f"d{n}", **labels})
+    return webhook(alert(alertname, f"d{n}", kind="owned", **labels))
 
 
 def human_outputs(bridge: Bridge, payload_path: Path, **extra: list[str]) -> dict[str, Result]:

@@ -15,7 +15,7 @@ import requests
 from bridge.audit import iso
 from bridge.store import SqliteStore
 from tests.conftest import RULES, TOKEN, Bridge, Fake
-from tests.helpers import ROOT, payload, payload_json
+from tests.helpers import ROOT, alert, payload, payload_json, webhook
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
 
@@ -262,13 +262,8 @@ NOW = 1_795_000_000.0  # 2026-11-19T09:46:40Z: a fixed clock, so every derived t
 
 def group(*alerts: tuple[str, str, str]) -> bytes:
     """An Alertmanager group of (alertname, device, startsAt) alerts, all firing, critical."""
-    return json.dumps({
-        "version": "4", "status": "firing", "receiver": "bridge", "groupKey": "{}:{}",
-        "alerts": [{"status": "firing", "labels": {"alertname": name, "device": device,
-                                                   "severity": "critical"},
-                    "annotations": {}, "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z"}
-                   for name, device, starts in alerts],
-    }).encode()
+    return webhook(*(alert(name, device, starts_at=starts, severity="critical")
+                     for name, device, starts in alerts))
 
 
 def sql(bridge: Bridge, query: str) -> list[tuple[Any, ...]]:
@@ -346,7 +341,7 @@ def test_a_webhook_that_fails_after_deciding_commits_nothing(
     bridge = make_bridge(start_dispatcher=False)
     body = payload("alertmanager_firing_multi.json")
     # A fault no payload can cause any more: building the answer fails after the decisions.
-    mocker.patch("bridge.app._decision_json", side_effect=RuntimeError("boom"))
+    mocker.patch("bridge.intake._decision_json", side_effect=RuntimeError("boom"))
     r = bridge.post("/webhook/alertmanager", body)
     assert (r.status_code, r.json()["error"]) == (500, "internal error")
     assert bridge.audit() == []

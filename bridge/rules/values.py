@@ -208,6 +208,8 @@ class RuleSet:
     # Which rules an alert's labels can match (bridge.rules.index): with rules generated per
     # site, team or device class, an alert is tried against a handful of rules, not all.
     _index: RuleIndex = field(init=False, repr=False, compare=False)
+    _by_name: Mapping[str, Rule] = field(init=False, repr=False, compare=False,
+                                         default_factory=dict)
 
     def __post_init__(self) -> None:
         TOP.check(self)  # rules, budgets (each valid, names unique) and breaker
@@ -215,6 +217,18 @@ class RuleSet:
         cooldown = DEFAULTS["cooldown"].check(self.default_cooldown, "cooldown")
         object.__setattr__(self, "default_cooldown", cooldown)
         object.__setattr__(self, "_index", index_rules([r.matchers for r in self.rules]))
+        object.__setattr__(self, "_by_name", {rule.name: rule for rule in self.rules})
+
+    def why_not_sent(self, rule_name: str) -> str | None:
+        """Why these rules no longer send what the rule of that name queued (it is gone, or in
+        shadow mode now), or None when they still do."""
+        rule = self._by_name.get(rule_name)
+        where = f"{self.path} (rules version {self.version})"
+        if rule is None:
+            return f"rule {rule_name!r} was removed from {where}"
+        if rule.dry_run:
+            return f"rule {rule_name!r} is in shadow mode (dry_run) in {where}"
+        return None
 
     def may_match(self, labels: Mapping[str, str]) -> list[Rule]:
         """The rules that may match these labels, in file order (others certainly do not):

@@ -1,0 +1,1125 @@
+"""The store's logic, written once in SQL that every engine runs: claims, queue, audit.
+
+An engine (sqlite.py, postgres.py) supplies connections, transactions and the few words its
+SQL spells differently, through a Tx; everything that decides what is written lives here.
+Statements use `?` for parameters; a Tx translates them when its engine wants another mark.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, closing
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+from typing import Any, Protocol, TypeVar
+
+from bridge.audit import (
+    COLUMNS,
+    CONTENT,
+    GENESIS,
+    AuditQuery,
+    AuditRecord,
+    ChainReport,
+    Delivery,
+    chain_hash,
+    iso,
+    new_record,
+    verify_chain,
+)
+from bridge.client import CallResult
+from bridge.decide import Decision, Key, State
+from bridge.errors import BridgeError
+from bridge.rules import Budget
+from bridge.vocab import (
+    DEMAND,
+    NEVER_SENT,
+    OPEN_STATES,
+    QUEUING,
+    CallOutcome,
+    Event,
+    Flag,
+    Hold,
+    OpState,
+    Outcome,
+    Verdict,
+)
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+#: The longest a readiness probe or a scrape waits for its test write's turn: writes that
+#: wait longer than that are what not ready means.
+PROBE_WAIT = 1.0
+#: Seconds between a replica's heartbeats; one unseen for REPLICA_GONE is counted gone.
+HEARTBEAT = 5.0
+REPLICA_GONE = 3 * HEARTBEAT
+#: A replica's row is deleted once unseen this long (its host is not coming back).
+_REPLICA_FORGOTTEN = 86400.0
+#: The tables a state is made of, in the order copy-state writes them, each with its key.
+STATE_TABLES = (("meta", "key"), ("cooldowns", "device, operation"), ("operations", "id"),
+                ("audit", "id"))
+#: The last "table" export_rows gives: the highest audit id ever written, in one row.
+AUDIT_WRITTEN = "audit_written"
+#: Rows per INSERT batch of copy-state.
+COPY_BATCH = 500
+
+
+class StoreError(BridgeError):
+    """The state store cannot be read or written, or refuses what was asked of it."""
+
+    status = 503
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message, status)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A decision as it was committed; EXECUTE decisions carry the id of their operation."""
+
+    decision: Decision
+    operation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A recorded EXECUTE decision on its way to the device API."""
+
+    id: int
+    device: str
+    operation: str
+    rule: str
+    state: str
+    created: float
+    attempts: int
+    claim_until: float
+    request_id: str
+    source: str
+    receiver: str
+    group_key: str
+    fingerprint: str
+    alertname: str
+    alert_status: str
+    rules_version: str = ""
+    #: Not sent after this time: the approval timeout while pending, then the maximum age.
+    expires_at: float = 0.0
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Operation:
+        """The operation in a row that holds (at least) its columns."""
+        return cls(**{name: row[name] for name in _OP_FIELDS})
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id, "state": self.state, "device": self.device,
+            "operation": self.operation, "rule": self.rule, "created": iso(self.created),
+            "expires_at": iso(self.expires_at), "alertname": self.alertname,
+            "fingerprint": self.fingerprint, "request_id": self.request_id,
+        }
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """A cooldown in force: no `operation` is queued for `device` again before `until`."""
+
+    device: str
+    operation: str
+    until: float
+    rule: str  # the rule whose operation claimed it
+    operation_id: int | None  # that operation; None for claims older than this column
+
+    def to_json(self) -> dict[str, object]:
+        return {"device": self.device, "operation": self.operation, "until": iso(self.until),
+                "rule": self.rule, "operation_id": self.operation_id}
+
+
+@dataclass(frozen=True)
+class AskingAlert:
+    """The alert that asked for an operation, as a person deciding on it needs to see it."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float | None  # None: the payload gave no startsAt
+
+
+@dataclass(frozen=True)
+class DeviceSeen:
+    """A device the audit names: how many records it has and when the newest was written."""
+
+    device: str
+    records: int
+    last_seen: float
+
+
+#: Seconds in the buckets of operations_per_week.
+WEEK = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The operation a sender may send now, or None and how long to wait for the rate limit."""
+
+    operation: Operation | None
+    wait: float
+
+
+_OP_FIELDS = tuple(f.name for f in fields(Operation))
+_OP_COLUMNS = ", ".join(_OP_FIELDS)
+_COOLDOWN_COLUMNS = ", ".join(f.name for f in fields(Cooldown))
+_AUDIT_COLUMNS = ", ".join(COLUMNS)
+#: The state an operation ends in, for each final result of a call.
+_ENDS_AS = {CallOutcome.SUCCEEDED: OpState.SUCCEEDED, CallOutcome.FAILED: OpState.FAILED,
+            CallOutcome.UNKNOWN: OpState.UNKNOWN}
+
+
+class Store(Protocol):
+    """What the bridge needs from a state backend: SQLite (one server) or PostgreSQL."""
+
+    #: Where the state is, as messages and logs show it (never a password).
+    where: str
+    #: Which engine keeps it: "sqlite" or "postgresql".
+    engine: str
+
+    def ping(self) -> None: ...
+    def active_cooldowns(self, now: float) -> dict[Key, float]: ...
+    def cooldowns(self, now: float, device: str | None = None) -> list[Cooldown]: ...
+    def clear_cooldowns(self, device: str, operation: str | None, who: str,
+                        now: float) -> list[Cooldown]: ...
+    def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
+               *, max_age: float, approval_timeout: float,
+               answer: Callable[[list[Recorded]], T]) -> T: ...
+    def read_state(self, judge: Callable[[State], T]) -> T: ...
+    def pending(self, now: float) -> list[Operation]: ...
+    def operation(self, operation_id: int, now: float) -> Operation | None: ...
+    def asking_alerts(self, operation_ids: Sequence[int]) -> dict[int, AskingAlert]: ...
+    def devices(self, containing: str, limit: int) -> list[DeviceSeen]: ...
+    def operations_per_week(self, device: str, now: float, weeks: int) -> list[int]: ...
+    def pause(self, now: float, who: str) -> bool: ...
+    def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
+               max_age: float, release_until: float) -> Operation: ...
+    def cancel(self, why: Callable[[Operation], str | None], now: float, *,
+               operation_id: int | None = None,
+               release_until: float | None = None) -> list[Operation]: ...
+    def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
+    def finish(self, op: Operation, result: CallResult, now: float, *,
+               retry_at: float | None = None, release_until: float | None = None) -> None: ...
+    def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
+    def queue_depth(self, now: float) -> dict[str, int]: ...
+    def outcome_counts(self, since: float) -> dict[str, int]: ...
+    def resume(self, now: float, who: str | None = None) -> list[str]: ...
+    def prune(self, before: float, batch: int = 500) -> int: ...
+    def checkpoint(self) -> bool: ...
+    def check_writable(self, now: float) -> None: ...
+    def get_flag(self, key: str) -> float | None: ...
+    def set_flag(self, key: str, value: float | None) -> None: ...
+    def audit(self, query: AuditQuery) -> list[AuditRecord]: ...
+    def verify_audit(self) -> ChainReport: ...
+    def heartbeat(self, replica: str, version: str, now: float) -> None: ...
+    def replicas_alive(self, now: float) -> int: ...
+    def export_rows(self) -> Iterator[tuple[str, list[Row]]]: ...
+    def import_rows(self, batches: Iterable[tuple[str, list[Row]]]) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+class Lock(Enum):
+    """What a write transaction must not run beside, on an engine that lets writers run at
+    once (PostgreSQL). SQLite runs one writer at a time anyway and needs none of these."""
+
+    #: Decisions and every audit append, one at a time: budgets and the storm breaker are
+    #: counts that must not change between reading and writing, and the hash chain is one line.
+    CHAIN = "chain"
+    #: Claims, one at a time: the concurrency limit, the rate-limit slot and one operation per
+    #: device hold only if no two claims read the same counts. Never waits for CHAIN.
+    CLAIM = "claim"
+    #: Rows nobody else reads to decide anything (flags, the write probe, pruning).
+    NONE = "none"
+
+
+class Tx:
+    """A connection inside one transaction, speaking the SQL this module writes.
+
+    Engines subclass it for the few things their SQL spells differently.
+    """
+
+    #: Appended to the claim's SELECT: where other writers run at once, a row one of them
+    #: holds is skipped, not waited for.
+    SKIP_LOCKED = ""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def translate(self, sql: str) -> str:
+        """`sql` with its `?` marks as the engine's driver wants them."""
+        return sql
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Any:
+        return self.conn.execute(self.translate(sql), tuple(params))
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        return _named(self.execute(sql, params))
+
+    def row(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+    def value(self, sql: str, params: Sequence[object] = ()) -> Any:
+        found = self.execute(sql, params).fetchone()
+        return found[0] if found else None
+
+    def stream(self, sql: str, params: Sequence[object] = ()) -> Generator[Row, None, None]:
+        """Rows one at a time, for a result too large to hold (the whole audit)."""
+        cursor = self.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        for values in cursor:
+            yield dict(zip(names, values, strict=True))
+
+    def json_text(self, column: str, key: str) -> str:
+        """An expression for the text at `key` of the JSON object in `column` (NULL if none).
+
+        `key` is a label name, checked at load ([a-zA-Z_][a-zA-Z0-9_]*): safe in the SQL."""
+        raise NotImplementedError
+
+    def contains(self, column: str) -> str:
+        """An expression true where the text in `column` contains the parameter's text, in
+        any case (one `?`)."""
+        raise NotImplementedError
+
+    def audit_written(self) -> int:
+        """The highest audit id ever written, deleted or not (0 before the first)."""
+        raise NotImplementedError
+
+    def note_audit_written(self, last_id: int) -> None:
+        """Remember `last_id` as written, where the engine does not remember it by itself."""
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        cursor = self.conn.cursor()
+        try:
+            cursor.executemany(self.translate(sql), rows)
+        finally:
+            cursor.close()
+
+    def after_import(self, audit_written: int) -> None:
+        """After rows came in with their own ids: the engine's counters go on from them, and
+        the highest audit id ever written is `audit_written` (or the highest id, if more)."""
+        raise NotImplementedError
+
+    def schema_version(self) -> int:
+        """The version of the schema (schema.MIGRATIONS) this state was last brought to."""
+        raise NotImplementedError
+
+    def set_schema_version(self, version: int) -> None:
+        raise NotImplementedError
+
+
+def _named(cursor: Any) -> list[Row]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+
+class SqlStore:
+    """Every Store method, over an engine's transactions (`_write`, `_reading`)."""
+
+    #: Where the state is, as messages show it (never a password).
+    where: str
+
+    # -- what an engine supplies ----------------------------------------------------------
+
+    def _write(self, wait: float | None = None,
+               lock: Lock = Lock.CHAIN) -> AbstractContextManager[Tx]:
+        """One write transaction, committed when the block ends, rolled back if it raises;
+        StoreError (503) if its turn does not come within `wait` (default: the timeout)."""
+        raise NotImplementedError
+
+    def _reading(self, snapshot: bool = False) -> AbstractContextManager[Tx]:
+        """A connection to read with; in one consistent snapshot if `snapshot`."""
+        raise NotImplementedError
+
+    def checkpoint(self) -> bool:
+        """Give back what the engine's log holds; False if some had to stay (next time)."""
+        return True
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        with self._reading() as tx:
+            return tx.rows(sql, params)
+
+    def ping(self) -> None:
+        self._read("SELECT count(*) AS n FROM cooldowns")
+
+    def active_cooldowns(self, now: float) -> dict[Key, float]:
+        rows = self._read("SELECT device, operation, until FROM cooldowns WHERE until > ?", (now,))
+        return {(r["device"], r["operation"]): r["until"] for r in rows}
+
+    def cooldowns(self, now: float, device: str | None = None) -> list[Cooldown]:
+        """The cooldowns in force at `now` (of one device, or all), by device and operation."""
+        sql = (f"SELECT {_COOLDOWN_COLUMNS} FROM cooldowns WHERE until > ?"
+               + (" AND device = ?" if device is not None else "")
+               + " ORDER BY device, operation")
+        return [Cooldown(**r) for r in self._read(sql, (now,) if device is None
+                                                  else (now, device))]
+
+    def pending(self, now: float) -> list[Operation]:
+        """Operations waiting for a person, and not yet past their approval timeout."""
+        rows = self._read(
+            f"SELECT {_OP_COLUMNS} FROM operations WHERE state = ? AND expires_at >= ?"
+            " ORDER BY id", (OpState.PENDING_APPROVAL, now),
+        )
+        return [Operation.of(r) for r in rows]
+
+    def operation(self, operation_id: int, now: float) -> Operation | None:
+        """One operation by its id, or None. One still open but past its expiry at `now` reads
+        as expired, swept or not, as everywhere else."""
+        rows = self._read(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?", (operation_id,))
+        if not rows:
+            return None
+        op = Operation.of(rows[0])
+        if op.state in (OpState.QUEUED, OpState.PENDING_APPROVAL) and op.expires_at < now:
+            op = replace(op, state=OpState.EXPIRED)
+        return op
+
+    def asking_alerts(self, operation_ids: Sequence[int]) -> dict[int, AskingAlert]:
+        """The alert (labels, annotations, startsAt) that asked for each of these operations."""
+        ids = list(operation_ids)
+        if not ids:
+            return {}
+        rows = self._read(
+            f"SELECT id, labels, annotations, starts_at FROM operations"
+            f" WHERE id IN ({', '.join('?' * len(ids))})", ids)
+        return {r["id"]: AskingAlert(_json(r["labels"]), _json(r["annotations"]), r["starts_at"])
+                for r in rows}
+
+    def devices(self, containing: str, limit: int) -> list[DeviceSeen]:
+        """The devices the audit names whose name contains this text (any case), the most
+        recently seen first."""
+        with self._reading() as tx:
+            rows = tx.rows(
+                "SELECT device, count(*) AS records, max(ts) AS last_seen FROM audit"
+                f" WHERE device != '' AND {tx.contains('device')} GROUP BY device"
+                " ORDER BY max(ts) DESC, device LIMIT ?", (containing, limit))
+        return [DeviceSeen(**r) for r in rows]
+
+    def operations_per_week(self, device: str, now: float, weeks: int) -> list[int]:
+        """How many operations alerts asked for on `device` in each of the last `weeks` weeks
+        (7-day spans ending at `now`), oldest first: whether it keeps coming back."""
+        rows = self._read(
+            "SELECT created FROM operations WHERE device = ? AND created > ? AND created <= ?",
+            (device, now - weeks * WEEK, now))
+        counts = [0] * weeks
+        for r in rows:
+            counts[weeks - 1 - int((now - r["created"]) / WEEK)] += 1
+        return counts
+
+    def outcome_counts(self, since: float) -> dict[str, int]:
+        """How many operations ended with each outcome since then."""
+        rows = self._read(
+            "SELECT outcome, count(*) AS n FROM audit WHERE event = ? AND ts >= ?"
+            " GROUP BY outcome", (Event.OUTCOME, since),
+        )
+        return {r["outcome"]: r["n"] for r in rows}
+
+    def queue_depth(self, now: float) -> dict[str, int]:
+        """Open operations by state; those past their expiry are no longer open, swept or not."""
+        rows = self._read(
+            "SELECT state, count(*) AS n FROM operations WHERE state IN (?, ?, ?)"
+            " AND (state = ? OR expires_at >= ?) GROUP BY state",
+            (*sorted(OPEN_STATES), OpState.SENDING, now),
+        )
+        return {**dict.fromkeys(sorted(OPEN_STATES), 0), **{r["state"]: r["n"] for r in rows}}
+
+    def get_flag(self, key: str) -> float | None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def audit(self, query: AuditQuery) -> list[AuditRecord]:
+        where: list[str] = ["id > ?"]
+        params: list[object] = [query.after_id]
+        for column in ("device", "rule", "outcome", "operation_id"):
+            value = getattr(query, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.since is not None:
+            where.append("ts >= ?")
+            params.append(query.since)
+        if query.before_id is not None:
+            where.append("id < ?")
+            params.append(query.before_id)
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)}"
+        if query.limit is None:
+            rows = self._read(sql + " ORDER BY id", params)
+        elif query.oldest_first:
+            rows = self._read(sql + " ORDER BY id LIMIT ?", [*params, query.limit])
+        else:
+            rows = self._read(sql + " ORDER BY id DESC LIMIT ?", [*params, query.limit])[::-1]
+        return [AuditRecord(**r) for r in rows]
+
+    def verify_audit(self) -> ChainReport:
+        """Walk the whole audit chain, in one read snapshot: writers carry on meanwhile."""
+        with self._reading(snapshot=True) as tx:
+            written = tx.audit_written()
+            # Closed inside the transaction even when the walk stops at a break early.
+            with closing(tx.stream(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id")) as rows:
+                return verify_chain((AuditRecord(**r) for r in rows), written)
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def record(self, delivery: Delivery, judge: Callable[[State], list[Decision]], now: float,
+               *, max_age: float, approval_timeout: float,
+               answer: Callable[[list[Recorded]], T]) -> T:
+        """Decide and commit in one write transaction: claims, queue, holds, audit.
+
+        `judge` (decide.decide with the payload bound) reads the state through the write lock,
+        so no other worker can claim the same cooldown or spend the same budget meanwhile:
+        whatever it decides is what is committed, all or nothing. `answer` turns what was
+        recorded into the reply, before the commit: if it fails, nothing is committed, and
+        the sender's retry finds the state as it was.
+        """
+        recorded: list[Recorded] = []
+        entries: list[Row] = []
+        with self._write() as tx:
+            state = _TxnState(tx)
+            decisions = judge(state)
+            if any(d.verdict == Verdict.BREAKER_OPEN for d in decisions) \
+                    and not state.breaker_open:
+                _set_meta(tx, Flag.BREAKER_OPEN, now)
+            for d in decisions:
+                op_id = None
+                if d.verdict in QUEUING:
+                    op_id = _queue(tx, delivery, d, now, max_age, approval_timeout)
+                entries.append(_decision_entry(now, delivery, d, op_id))
+                recorded.append(Recorded(d, op_id))
+            resolved = {d.alert.fingerprint for d in decisions if d.alert.status == "resolved"}
+            for fingerprint in resolved:
+                entries.extend(_cancel_immature(tx, fingerprint, now))
+            _append(tx, entries)
+            return answer(recorded)
+
+    def read_state(self, judge: Callable[[State], T]) -> T:
+        """Run `judge` on the current state without writing anything (explain, tests)."""
+        with self._write() as tx:
+            return judge(_TxnState(tx))
+
+    # -- the queue ------------------------------------------------------------------------
+
+    def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim:
+        """Take the next queued operation that may be sent now, and mark it SENDING.
+
+        All senders in all processes share the limits kept here: at most `concurrency`
+        operations SENDING, one call started per `spacing` seconds, and never two operations
+        on one device at once. A sender that holds an operation past `lease` is presumed dead.
+        """
+        with self._write(lock=Lock.CLAIM) as tx:
+            if _meta(tx, Flag.PAUSED) or _meta(tx, Flag.BREAKER_OPEN):
+                return Claim(None, 0.0)  # a person must resume the bridge first
+            sending = tx.value("SELECT count(*) FROM operations WHERE state = ?",
+                               (OpState.SENDING,))
+            if sending >= concurrency:
+                return Claim(None, 0.0)
+            slot = _meta(tx, Flag.NEXT_CALL_SLOT)
+            if slot > now:
+                return Claim(None, slot - now)
+            row = tx.row(
+                f"SELECT {_OP_COLUMNS} FROM operations o WHERE state = ? AND next_attempt <= ?"
+                " AND expires_at >= ?"  # too old, though the sweep has not ended it yet
+                " AND NOT EXISTS (SELECT 1 FROM operations s"
+                "                 WHERE s.state = ? AND s.device = o.device)"
+                " ORDER BY next_attempt, id LIMIT 1" + tx.SKIP_LOCKED,
+                (OpState.QUEUED, now, now, OpState.SENDING),
+            )
+            if row is None:
+                return Claim(None, 0.0)
+            op = Operation.of(row)
+            tx.execute(
+                "UPDATE operations SET state = ?, updated = ?, attempts = attempts + 1,"
+                " lease_until = ? WHERE id = ?",
+                (OpState.SENDING, now, now + lease, op.id),
+            )
+            _set_meta(tx, Flag.NEXT_CALL_SLOT, max(slot, now) + spacing)
+        return Claim(replace(op, state=OpState.SENDING, attempts=op.attempts + 1), 0.0)
+
+    def finish(self, op: Operation, result: CallResult, now: float, *,
+               retry_at: float | None = None, release_until: float | None = None) -> None:
+        """Record one attempt's result: queue the operation again, or end it with its outcome.
+
+        `release_until` shortens the device's cooldown (to that time) when the operation ends
+        without having reached the device, so a later alert may try again.
+        """
+        with self._write() as tx:
+            if retry_at is not None:
+                updated = tx.execute(
+                    "UPDATE operations SET state = ?, updated = ?, next_attempt = ?,"
+                    " lease_until = NULL WHERE id = ? AND state = ?",
+                    (OpState.QUEUED, now, retry_at, op.id, OpState.SENDING),
+                ).rowcount
+                event, reason = Event.ATTEMPT, f"{result.kind}; next attempt at {iso(retry_at)}"
+            else:
+                updated = tx.execute(
+                    "UPDATE operations SET state = ?, updated = ?, lease_until = NULL"
+                    " WHERE id = ? AND state = ?",
+                    (_ENDS_AS[CallOutcome(result.outcome)], now, op.id, OpState.SENDING),
+                ).rowcount
+                event = Event.OUTCOME
+                reason = "API call" if result.outcome == CallOutcome.SUCCEEDED else result.kind
+            if not updated:
+                # The lease ran out and the operation was already ended as unknown: that
+                # record stands, and this late result is recorded beside it, not over it.
+                event, reason = Event.ATTEMPT, f"{result.kind}; arrived after the lease ran out"
+            elif retry_at is None and release_until is not None:
+                _release(tx, op, release_until)
+            _append(tx, [_operation_entry(
+                now, event, op, result.outcome, reason, status_code=result.status_code,
+                execution_id=result.execution_id, error=result.error,
+            )])
+
+    def end_stale(self, now: float, release_until: float) -> list[Operation]:
+        """End operations that can no longer be sent as they should.
+
+        Queued ones past their maximum age, and ones nobody approved in time, end EXPIRED
+        (acting late can do more harm than good) and release their cooldown; ones whose
+        sender's lease ran out end UNKNOWN (the call may have reached the device) and keep it.
+        """
+        with self._write() as tx:
+            ended, entries = _expire(tx, now, release_until)
+            lost = tx.rows(
+                f"UPDATE operations SET state = ?, updated = ?, lease_until = NULL"
+                f" WHERE state = ? AND lease_until < ? RETURNING {_OP_COLUMNS}",
+                (OpState.UNKNOWN, now, OpState.SENDING, now),
+            )
+            for row in lost:
+                op = Operation.of(row)
+                entries.append(_operation_entry(
+                    now, Event.OUTCOME, op, OpState.UNKNOWN, "lost_in_flight",
+                    error="the process sending it stopped before the answer was recorded",
+                ))
+                ended.append(op)
+            _append(tx, entries)
+        return ended
+
+    def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
+               max_age: float, release_until: float) -> Operation:
+        """A person's answer to an operation pending approval: queue it, or reject it.
+
+        One past its approval timeout is refused and ends EXPIRED now if no sweep ended it
+        yet (releasing its cooldown to `release_until`): an answer after the timeout is no
+        answer, whether or not the bridge was running to notice the timeout.
+        """
+        refusal: StoreError | None = None
+        with self._write() as tx:
+            _, entries = _expire(tx, now, release_until, operation_id)
+            _append(tx, entries)
+            op, not_before, hold = _stored(tx, operation_id)
+            refusal = _not_pending(op, hold)
+            if refusal is None:
+                _answer(tx, op, approve, who, now, max(now, not_before) + max_age)
+        if refusal is not None:
+            raise refusal  # after the commit: the expiry it found is kept
+        return replace(op, state=OpState.QUEUED if approve else OpState.REJECTED)
+
+    def cancel(self, why: Callable[[Operation], str | None], now: float, *,
+               operation_id: int | None = None,
+               release_until: float | None = None) -> list[Operation]:
+        """End operations that wait to be sent (queued, held, pending approval) as CANCELLED,
+        each audited with the reason `why` gives it; `why` returning None leaves one waiting.
+
+        With `operation_id`, that one operation: StoreError 404 when there is none, 409 when
+        it no longer waits (being sent, or ended). Without, every waiting one `why` names.
+        `release_until` shortens the cooldown each one claimed; None keeps it.
+        """
+        if operation_id is None:
+            # Read first, outside the write lock: dispatchers ask every second, and there is
+            # almost never anything to cancel.
+            rows = self._read(f"SELECT {_OP_COLUMNS} FROM operations WHERE state IN (?, ?)"
+                              " AND expires_at >= ? ORDER BY id",
+                              (OpState.QUEUED, OpState.PENDING_APPROVAL, now))
+            reasons = {op.id: reason for op in (Operation.of(r) for r in rows)
+                       if (reason := why(op)) is not None}
+            if not reasons:
+                return []
+        ended: list[Operation] = []
+        entries: list[Row] = []
+        with self._write() as tx:
+            if operation_id is not None:
+                reasons = {operation_id: _cancellable(tx, operation_id, why, now)}
+            for op_id, reason in reasons.items():
+                # One a sender took since it was read is not touched: it is on its way.
+                cancelled = _cancel(tx, op_id, reason, now, release_until, entries)
+                if cancelled is not None:
+                    ended.append(cancelled)
+            _append(tx, entries)
+        return ended
+
+    # -- operators and housekeeping -------------------------------------------------------
+
+    def clear_cooldowns(self, device: str, operation: str | None, who: str,
+                        now: float) -> list[Cooldown]:
+        """End the cooldowns in force on `device` (one operation, or all), by a person's word.
+
+        For a device fixed by hand that must be remediable again now. Each one cleared gets an
+        audit record. Refused while an operation for it is still open: a new alert could then
+        queue a second one behind it.
+        """
+        what = f"{device} ({operation})" if operation else device
+        with self._write() as tx:
+            rows = tx.rows(
+                f"SELECT {_COOLDOWN_COLUMNS} FROM cooldowns WHERE device = ? AND until > ?"
+                + (" AND operation = ?" if operation else "") + " ORDER BY operation",
+                (device, now, operation) if operation else (device, now),
+            )
+            cleared = [Cooldown(**r) for r in rows]
+            if not cleared:
+                raise StoreError(f"no cooldown in force on {what}", status=404)
+            _refuse_if_open(tx, cleared)
+            entries = []
+            for c in cleared:
+                tx.execute("DELETE FROM cooldowns WHERE device = ? AND operation = ?",
+                           (c.device, c.operation))
+                entries.append(_entry(
+                    now, Event.OPERATOR, rule=c.rule, device=c.device, operation=c.operation,
+                    outcome=Outcome.COOLDOWN_CLEARED, operation_id=c.operation_id,
+                    reason=f"cleared by {who}; it ran until {iso(c.until)}",
+                ))
+            _append(tx, entries)
+        return cleared
+
+    def pause(self, now: float, who: str) -> bool:
+        """Stop sending, by a person's word, audited under `who`; False if already paused."""
+        with self._write() as tx:
+            if _meta(tx, Flag.PAUSED):
+                return False
+            _set_meta(tx, Flag.PAUSED, now)
+            _append(tx, [_entry(now, Event.OPERATOR, outcome=Outcome.SENDING_PAUSED,
+                                reason=f"paused by {who}")])
+        return True
+
+    def resume(self, now: float, who: str | None = None) -> list[str]:
+        """Clear pause and storm breaker; what was set, for the operator to read. With `who`,
+        the resumption is audited under that name."""
+        with self._write() as tx:
+            was = [name for name, flag in (("paused", Flag.PAUSED),
+                                           ("storm breaker open", Flag.BREAKER_OPEN))
+                   if _meta(tx, flag)]
+            tx.execute("DELETE FROM meta WHERE key IN (?, ?)", (Flag.PAUSED, Flag.BREAKER_OPEN))
+            _set_meta(tx, Flag.RESUMED, now)
+            if who is not None:
+                reason = f"resumed by {who} (was: {', '.join(was) or 'running'})"
+                _append(tx, [_entry(now, Event.OPERATOR, outcome=Outcome.SENDING_RESUMED,
+                                    reason=reason)])
+        return was
+
+    def set_flag(self, key: str, value: float | None) -> None:
+        with self._write(lock=Lock.NONE) as tx:
+            if value is None:
+                tx.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                _set_meta(tx, key, value)
+
+    def check_writable(self, now: float) -> None:
+        """Write one row, as a webhook would: StoreError (its cause) if the store cannot take
+        it now. A read cannot tell: a full disk, or a lock held elsewhere, stops writes only."""
+        with self._write(PROBE_WAIT, lock=Lock.NONE) as tx:
+            _set_meta(tx, Flag.WRITE_CHECKED, now)
+
+    def prune(self, before: float, batch: int = 500) -> int:
+        """Delete up to `batch` audit records older than `before`, oldest first, and the
+        final operations as old. Short transactions, so webhooks never wait long; the newest
+        record always stays, so the hash chain goes on from it. Returns how many went."""
+        with self._write(lock=Lock.NONE) as tx:
+            gone = tx.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ?"
+                " AND id < (SELECT max(id) FROM audit) ORDER BY id LIMIT ?)", (before, batch),
+            ).rowcount
+            tx.execute(
+                "DELETE FROM operations WHERE id IN (SELECT id FROM operations WHERE updated < ?"
+                " AND state NOT IN (?, ?, ?) ORDER BY id LIMIT ?)",
+                (before, *sorted(OPEN_STATES), batch),
+            )
+        return int(gone)
+
+    # -- replicas and copies -----------------------------------------------------------------
+
+    def heartbeat(self, replica: str, version: str, now: float) -> None:
+        """Note `replica` alive now (its first beat notes its start); forget long-gone ones."""
+        with self._write(lock=Lock.NONE) as tx:
+            tx.execute(
+                "INSERT INTO replicas (id, started, last_seen, version) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,"
+                " version = excluded.version", (replica, now, now, version))
+            tx.execute("DELETE FROM replicas WHERE last_seen < ?", (now - _REPLICA_FORGOTTEN,))
+
+    def replicas_alive(self, now: float) -> int:
+        """How many replicas beat within REPLICA_GONE seconds of `now`."""
+        return int(self._read("SELECT count(*) AS n FROM replicas WHERE last_seen >= ?",
+                              (now - REPLICA_GONE,))[0]["n"])
+
+    def export_rows(self) -> Iterator[tuple[str, list[Row]]]:
+        """The whole state as (table, rows) batches, from one read snapshot: STATE_TABLES in
+        order, then AUDIT_WRITTEN. JSON columns come as text on both engines."""
+        with self._reading(snapshot=True) as tx:
+            for table, key in STATE_TABLES:
+                batch: list[Row] = []
+                with closing(tx.stream(f"SELECT * FROM {table} ORDER BY {key}")) as rows:
+                    for row in rows:
+                        batch.append({k: _json_text(v) for k, v in row.items()})
+                        if len(batch) == COPY_BATCH:
+                            yield table, batch
+                            batch = []
+                if batch:
+                    yield table, batch
+            yield AUDIT_WRITTEN, [{"id": tx.audit_written()}]
+
+    def import_rows(self, batches: Iterable[tuple[str, list[Row]]]) -> dict[str, int]:
+        """Fill this empty store with export_rows' batches, as they are (the same ids, the
+        same audit hashes), in one transaction: all of it or nothing. Rows per table."""
+        copied = {table: 0 for table, _ in STATE_TABLES}
+        with self._write() as tx:
+            held = _held(tx)
+            if any(held.values()):
+                raise StoreError(
+                    f"{self.where} already holds state ({_counted(held)}): copy-state only"
+                    " fills an empty store", status=409)
+            tx.execute("DELETE FROM meta")  # at most the readiness probe's own row
+            written = 0
+            for table, rows in batches:
+                if table == AUDIT_WRITTEN:
+                    written = int(rows[0]["id"])
+                    continue
+                columns = list(rows[0])
+                tx.execute_many(
+                    f"INSERT INTO {table} ({', '.join(columns)})"
+                    f" VALUES ({', '.join('?' * len(columns))})",
+                    [tuple(row[c] for c in columns) for row in rows])
+                copied[table] += len(rows)
+            tx.after_import(written)
+        return copied
+
+
+def _held(tx: Tx) -> dict[str, int]:
+    """What a store holds that copy-state would overwrite (a readiness probe's row aside)."""
+    count = "SELECT count(*) FROM "
+    return {
+        "audit records": int(tx.value(count + "audit")),
+        "operations": int(tx.value(count + "operations")),
+        "cooldowns": int(tx.value(count + "cooldowns")),
+        "flags": int(tx.value(count + "meta WHERE key <> ?", (Flag.WRITE_CHECKED,))),
+    }
+
+
+def _counted(held: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in held.items())
+
+
+def _json_text(value: Any) -> Any:
+    """A column's value as both engines take it: a JSON object (PostgreSQL jsonb) as text."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
+class _TxnState:
+    """decide.State read through the connection that holds the write transaction."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+        self.paused = _meta(tx, Flag.PAUSED) > 0
+        self.breaker_open = _meta(tx, Flag.BREAKER_OPEN) > 0
+        # Nothing is written while decide() reads, so a count asked twice is the same count;
+        # a storm payload asks the breaker and budget counts once per operation.
+        self._counts: dict[tuple[str, tuple[object, ...]], int] = {}
+
+    def _count(self, sql: str, params: Sequence[object]) -> int:
+        key = (sql, tuple(params))
+        if key not in self._counts:
+            self._counts[key] = int(self._tx.value(sql, params))
+        return self._counts[key]
+
+    def cooldown_until(self, key: Key) -> float | None:
+        return self._tx.value(
+            "SELECT until FROM cooldowns WHERE device = ? AND operation = ?", key)
+
+    def operations_since(self, key: Key, since: float) -> int:
+        return self._count(
+            "SELECT count(*) FROM operations WHERE device = ? AND operation = ? AND created >= ?"
+            " AND state NOT IN (?, ?, ?, ?)", (*key, since, OpState.FAILED, *sorted(NEVER_SENT)),
+        )
+
+    def budget_used(self, budget: Budget, group: str, since: float) -> int:
+        sql = "SELECT count(*) FROM operations WHERE created >= ? AND state NOT IN (?, ?, ?)"
+        params: list[object] = [since, *sorted(NEVER_SENT)]
+        if budget.operation:
+            sql += " AND operation = ?"
+            params.append(budget.operation)
+        if budget.group_by:
+            sql += f" AND coalesce({self._tx.json_text('labels', budget.group_by)}, '') = ?"
+            params.append(group)
+        return self._count(sql, params)
+
+    def demand_since(self, since: float) -> int:
+        since = max(since, _meta(self._tx, Flag.RESUMED))
+        demand = sorted(DEMAND)
+        return self._count(
+            f"SELECT count(*) FROM audit WHERE event = ? AND ts >= ?"
+            f" AND outcome IN ({', '.join('?' * len(demand))})",
+            (Event.DECISION, since, *demand),
+        )
+
+
+# -- writing, step by step: each takes the transaction it is part of ----------------------
+
+
+def _queue(tx: Tx, delivery: Delivery, d: Decision, now: float, max_age: float,
+           approval_timeout: float) -> int:
+    """Queue the operation a decision asks for and claim its cooldown: the operation's id."""
+    assert d.rule is not None and d.until is not None
+    not_before = d.not_before or now
+    if d.verdict == Verdict.PENDING_APPROVAL:
+        state, hold, expires = OpState.PENDING_APPROVAL, Hold.APPROVAL, now + approval_timeout
+    else:
+        hold = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE}.get(
+            Verdict(d.verdict), Hold.NONE)
+        # Max age counts from when the operation may first be sent.
+        state, expires = OpState.QUEUED, max(now, not_before) + max_age
+    op_id = int(tx.value(
+        "INSERT INTO operations (device, operation, rule, state, created, updated,"
+        " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
+        " rules_version, labels, annotations, starts_at, hold, claim_until, next_attempt,"
+        " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
+        (
+            d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
+            delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
+            d.alert.alertname, d.alert.status, delivery.rules_version,
+            json.dumps(dict(d.alert.labels)), json.dumps(dict(d.alert.annotations)),
+            d.alert.starts_at.timestamp() if d.alert.starts_at else None, hold, d.until,
+            not_before, expires,
+        ),
+    ))
+    tx.execute(
+        "INSERT INTO cooldowns (device, operation, until, rule, operation_id)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, operation) DO UPDATE"
+        " SET until = excluded.until, rule = excluded.rule,"
+        " operation_id = excluded.operation_id",
+        (d.device, d.operation, d.until, d.rule.name, op_id),
+    )
+    return op_id
+
+
+def _cancel_immature(tx: Tx, fingerprint: str, now: float) -> list[Row]:
+    """Cancel the held operations of an alert that resolved: their audit entries, to append."""
+    # An alert that resolves before its rule's min_age was a flap: its held operation
+    # is dropped, which is what min_age is for.
+    rows = tx.rows(
+        "SELECT id FROM operations WHERE fingerprint = ? AND state = ? AND hold = ?"
+        " AND attempts = 0", (fingerprint, OpState.QUEUED, Hold.MIN_AGE),
+    )
+    entries: list[Row] = []
+    for row in rows:
+        _cancel(tx, row["id"], "resolved_before_min_age", now, now, entries,
+                error="the alert resolved before the rule's min_age: not sent")
+    return entries
+
+
+def _cancel(tx: Tx, operation_id: int, reason: str, now: float, release_until: float | None,
+            entries: list[Row], error: str = "") -> Operation | None:
+    """The one way an operation ends CANCELLED: only while it waits (queued, held or
+    pending approval, and not past its expiry), never once a sender holds it. Appends its
+    audit entry to `entries`; None when it no longer waits."""
+    row = tx.row(
+        f"UPDATE operations SET state = ?, updated = ? WHERE id = ? AND state IN (?, ?)"
+        f" AND expires_at >= ? RETURNING {_OP_COLUMNS}",
+        (OpState.CANCELLED, now, operation_id, OpState.QUEUED, OpState.PENDING_APPROVAL, now),
+    )
+    if row is None:
+        return None
+    op = Operation.of(row)
+    if release_until is not None:
+        _release(tx, op, release_until)
+    entries.append(_operation_entry(now, Event.OUTCOME, op, OpState.CANCELLED, reason,
+                                    error=error))
+    return op
+
+
+def _cancellable(tx: Tx, operation_id: int, why: Callable[[Operation], str | None],
+                 now: float) -> str:
+    """Why this one operation is cancelled; StoreError 404 or 409 when it cannot be."""
+    op, _, _ = _stored(tx, operation_id)
+    reason = why(op)
+    if op.state not in (OpState.QUEUED, OpState.PENDING_APPROVAL) or reason is None:
+        raise StoreError(
+            f"operation {operation_id} is {op.state}: only an operation that waits to be"
+            " sent (queued, held or pending approval) can be cancelled", status=409)
+    if op.expires_at < now:  # the sweep records it EXPIRED; nothing to cancel
+        raise StoreError(f"operation {operation_id} expired at {iso(op.expires_at)}: it can"
+                         " no longer be cancelled", status=409)
+    return reason
+
+
+def _expire(tx: Tx, now: float, release_until: float,
+            operation_id: int | None = None) -> tuple[list[Operation], list[Row]]:
+    """End EXPIRED the open operations past their expiry (or just this one, if it is):
+    the operations, and their audit entries to append."""
+    sql = ("UPDATE operations SET state = ?, updated = ? WHERE state IN (?, ?)"
+           " AND expires_at < ?")
+    params: list[object] = [OpState.EXPIRED, now, OpState.QUEUED, OpState.PENDING_APPROVAL, now]
+    if operation_id is not None:
+        sql += " AND id = ?"
+        params.append(operation_id)
+    ended: list[Operation] = []
+    entries: list[Row] = []
+    for row in tx.rows(f"{sql} RETURNING {_OP_COLUMNS}, hold", params):
+        op = Operation.of(row)
+        _release(tx, op, release_until)
+        reason, error = ("approval_timeout", "nobody approved it in time") \
+            if row["hold"] == Hold.APPROVAL else ("max_age", "not sent within the maximum age")
+        entries.append(_operation_entry(now, Event.OUTCOME, op, OpState.EXPIRED, reason,
+                                        error=error))
+        ended.append(op)
+    return ended, entries
+
+
+def _answer(tx: Tx, op: Operation, approve: bool, who: str, now: float,
+            expires_at: float) -> None:
+    outcome: str
+    if approve:
+        tx.execute(
+            "UPDATE operations SET state = ?, updated = ?, hold = ?, expires_at = ?"
+            " WHERE id = ?", (OpState.QUEUED, now, Hold.NONE, expires_at, op.id),
+        )
+        event, outcome, reason = Event.APPROVAL, Outcome.APPROVED, f"approved by {who}"
+    else:
+        # A rejected operation keeps its cooldown: the same alert asking again at
+        # once would only ask the same person the same question.
+        tx.execute("UPDATE operations SET state = ?, updated = ? WHERE id = ?",
+                   (OpState.REJECTED, now, op.id))
+        event, outcome, reason = Event.OUTCOME, OpState.REJECTED, f"rejected by {who}"
+    _append(tx, [_operation_entry(now, event, op, outcome, reason)])
+
+
+def _release(tx: Tx, op: Operation, until: float) -> None:
+    # Only the cooldown this operation claimed, and only ever shorter.
+    tx.execute(
+        "UPDATE cooldowns SET until = ? WHERE device = ? AND operation = ? AND until = ?"
+        " AND until > ?",
+        (until, op.device, op.operation, op.claim_until, until),
+    )
+
+
+def _refuse_if_open(tx: Tx, cooldowns: list[Cooldown]) -> None:
+    for c in cooldowns:
+        row = tx.row(
+            "SELECT id, state FROM operations WHERE device = ? AND operation = ?"
+            " AND state IN (?, ?, ?) ORDER BY id LIMIT 1",
+            (c.device, c.operation, *sorted(OPEN_STATES)),
+        )
+        if row is not None:
+            raise StoreError(
+                f"{c.operation} on {c.device}: operation {row['id']} is still {row['state']};"
+                " clearing its cooldown would let an alert queue a second one. Wait for it to"
+                " end (or reject it, if it is pending approval)", status=409)
+
+
+def _stored(tx: Tx, operation_id: int) -> tuple[Operation, float, str]:
+    """An operation, the time before which it is not sent, and why it waits; StoreError 404
+    if there is none."""
+    row = tx.row(f"SELECT {_OP_COLUMNS}, next_attempt, hold FROM operations WHERE id = ?",
+                 (operation_id,))
+    if row is None:
+        raise StoreError(f"no operation {operation_id}", status=404)
+    return Operation.of(row), row["next_attempt"], row["hold"]
+
+
+def _not_pending(op: Operation, hold: str) -> StoreError | None:
+    """Why a person's answer to this operation comes too late, if it does."""
+    if op.state == OpState.PENDING_APPROVAL:
+        return None
+    if op.state == OpState.EXPIRED and hold == Hold.APPROVAL:
+        return StoreError(f"operation {op.id} expired at {iso(op.expires_at)}"
+                          " (approval timeout)", status=409)
+    return StoreError(f"operation {op.id} is {op.state}, not pending approval", status=409)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value: SQLite gives its text, PostgreSQL (jsonb) the value itself."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _meta(tx: Tx, key: str, default: float = 0.0) -> float:
+    value = tx.value("SELECT value FROM meta WHERE key = ?", (key,))
+    return default if value is None else value
+
+
+def _set_meta(tx: Tx, key: str, value: float) -> None:
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+# -- the audit: entries keyed by column, appended to the chain ----------------------------
+
+#: A new record's columns when nothing is said of them: empty text, or NULL where the column
+#: takes numbers.
+_BLANK: dict[str, object] = {
+    column: None if column in ("status_code", "execution_id", "operation_id", "attempt")
+    else "" for column in CONTENT
+}
+
+
+def _entry(now: float, event: Event, **columns: object) -> Row:
+    """A new audit record's content, keyed by column; what is not given is blank."""
+    unknown = set(columns) - set(_BLANK)
+    if unknown:
+        raise TypeError(f"not audit columns: {sorted(unknown)}")
+    return {**_BLANK, "ts": now, "event": event, **columns}
+
+
+def _decision_entry(now: float, delivery: Delivery, d: Decision, op_id: int | None) -> Row:
+    return _entry(
+        now, Event.DECISION, request_id=delivery.request_id, source=delivery.source,
+        receiver=delivery.receiver, group_key=delivery.group_key,
+        fingerprint=d.alert.fingerprint, alertname=d.alert.alertname,
+        alert_status=d.alert.status, rule=d.rule.name if d.rule else "", device=d.device,
+        operation=d.operation, outcome=d.verdict, reason=d.reason, operation_id=op_id,
+        rules_version=delivery.rules_version,
+    )
+
+
+def _operation_entry(now: float, event: Event, op: Operation, outcome: str, reason: str,
+                     **columns: object) -> Row:
+    return _entry(
+        now, event, request_id=op.request_id, source=op.source, receiver=op.receiver,
+        group_key=op.group_key, fingerprint=op.fingerprint, alertname=op.alertname,
+        alert_status=op.alert_status, rule=op.rule, device=op.device, operation=op.operation,
+        outcome=outcome, reason=reason, operation_id=op.id, attempt=op.attempts,
+        rules_version=op.rules_version, **columns,
+    )
+
+
+_AUDIT_INSERT = (
+    f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
+)
+
+
+def _append(tx: Tx, entries: Iterable[Row]) -> None:
+    """Append audit records, each chained to the one before: the one way records are written.
+
+    The caller holds the transaction that serialises appends (Lock.CHAIN), so no other writer
+    appends between reading the head and writing: the chain stays linear. The head is read
+    once per call, however many records. The id goes past the highest ever written, so the
+    records after a deleted tail show the gap.
+    """
+    entries = list(entries)
+    if not entries:
+        return
+    head = tx.row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+    last_id, prev_hash = (head["id"], head["hash"]) if head is not None else (0, GENESIS)
+    next_id = max(last_id, tx.audit_written()) + 1
+    for content in entries:
+        values = new_record(next_id, content, prev_hash)
+        prev_hash = chain_hash(values)
+        tx.execute(_AUDIT_INSERT, (*values.values(), prev_hash))
+        next_id += 1
+    tx.note_audit_written(next_id - 1)

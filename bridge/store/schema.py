@@ -1,0 +1,286 @@
+"""The store's schema and its versions: numbered migrations, applied in order, never undone.
+
+The state records the version it was last brought to (SQLite: PRAGMA user_version;
+PostgreSQL: a row per version in schema_migrations), so
+opening a state upgrades it by the steps it lacks, inside one transaction that keeps every
+other process out; a state written by a newer bridge is refused rather than misread.
+
+A new version is one more Migration at the end of MIGRATIONS, with the steps each engine
+takes to reach it (both engines share the numbers, so a state moves between them as is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.audit import CONTENT, GENESIS, chain_hash
+from bridge.store.base import StoreError, Tx
+
+Step = Callable[[Tx], None]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    what: str
+    sqlite: tuple[Step, ...]
+    postgres: tuple[Step, ...]
+
+
+def _run(script: str) -> Step:
+    """A step that runs every statement of `script` (`;`-separated, no `;` inside one)."""
+    def step(tx: Tx) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                tx.execute(statement)
+    return step
+
+
+#: Indexes: the same statements on both engines.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS operations_open ON operations (state, next_attempt)
+    WHERE state IN ('queued', 'sending', 'pending_approval');
+CREATE INDEX IF NOT EXISTS operations_key ON operations (device, operation, created);
+CREATE INDEX IF NOT EXISTS operations_created ON operations (created);
+CREATE INDEX IF NOT EXISTS operations_updated ON operations (updated);
+CREATE INDEX IF NOT EXISTS operations_held_for_age ON operations (fingerprint)
+    WHERE state = 'queued' AND hold = 'min_age';
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+CREATE INDEX IF NOT EXISTS audit_demand ON audit (event, ts, outcome);
+CREATE INDEX IF NOT EXISTS audit_device ON audit (device, id)
+"""
+
+SQLITE_TABLES = """
+CREATE TABLE IF NOT EXISTS cooldowns (
+    device TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    until REAL NOT NULL,
+    rule TEXT NOT NULL,
+    operation_id INTEGER,            -- the operation that claimed it (NULL in old state files)
+    PRIMARY KEY (device, operation)
+);
+CREATE TABLE IF NOT EXISTS operations (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    alertname TEXT NOT NULL,
+    alert_status TEXT NOT NULL,
+    rules_version TEXT NOT NULL DEFAULT '',
+    labels TEXT NOT NULL,            -- the alert's labels, JSON: budgets group by them
+    annotations TEXT NOT NULL DEFAULT '{}',  -- the alert's annotations, JSON, for a person
+    starts_at REAL,                  -- the alert's startsAt, for a person (NULL: none given)
+    hold TEXT NOT NULL,              -- why it waited: '', approval, window, min_age
+    claim_until REAL NOT NULL,       -- the cooldown end this operation claimed
+    next_attempt REAL NOT NULL,      -- not sent before this time (holds, retry spacing)
+    expires_at REAL NOT NULL,        -- not sent after this time (max age, approval timeout)
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL                 -- while sending: past this, the sender is presumed dead
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    event TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    alertname TEXT NOT NULL,
+    alert_status TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    device TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status_code INTEGER,
+    execution_id TEXT,
+    error TEXT NOT NULL,
+    operation_id INTEGER,
+    attempt INTEGER,
+    rules_version TEXT NOT NULL DEFAULT '',
+    prev_hash TEXT NOT NULL DEFAULT '',  -- hash of the record before (the chain, see audit.py)
+    hash TEXT NOT NULL DEFAULT ''        -- sha256 of id, every column and prev_hash
+);
+"""
+
+POSTGRES_TABLES = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    applied_at double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cooldowns (
+    device text NOT NULL,
+    operation text NOT NULL,
+    until double precision NOT NULL,
+    rule text NOT NULL,
+    operation_id bigint,
+    PRIMARY KEY (device, operation)
+);
+CREATE TABLE IF NOT EXISTS operations (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    device text NOT NULL,
+    operation text NOT NULL,
+    rule text NOT NULL,
+    state text NOT NULL,
+    created double precision NOT NULL,
+    updated double precision NOT NULL,
+    request_id text NOT NULL,
+    source text NOT NULL,
+    receiver text NOT NULL,
+    group_key text NOT NULL,
+    fingerprint text NOT NULL,
+    alertname text NOT NULL,
+    alert_status text NOT NULL,
+    rules_version text NOT NULL DEFAULT '',
+    labels jsonb NOT NULL,
+    annotations jsonb NOT NULL DEFAULT '{}',
+    starts_at double precision,
+    hold text NOT NULL,
+    claim_until double precision NOT NULL,
+    next_attempt double precision NOT NULL,
+    expires_at double precision NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    lease_until double precision
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key text PRIMARY KEY,
+    value double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id bigint PRIMARY KEY,             -- given by the appender, in chain order (see base._append)
+    ts double precision NOT NULL,
+    event text NOT NULL,
+    request_id text NOT NULL,
+    source text NOT NULL,
+    receiver text NOT NULL,
+    group_key text NOT NULL,
+    fingerprint text NOT NULL,
+    alertname text NOT NULL,
+    alert_status text NOT NULL,
+    rule text NOT NULL,
+    device text NOT NULL,
+    operation text NOT NULL,
+    outcome text NOT NULL,
+    reason text NOT NULL,
+    status_code integer,
+    execution_id text,
+    error text NOT NULL,
+    operation_id bigint,
+    attempt integer,
+    rules_version text NOT NULL DEFAULT '',
+    prev_hash text NOT NULL,
+    hash text NOT NULL
+);
+-- The highest audit id ever written: what SQLite's AUTOINCREMENT counter remembers. Written
+-- in the appending transaction (a sequence would move on for appends that roll back).
+CREATE TABLE IF NOT EXISTS audit_written (id bigint NOT NULL);
+INSERT INTO audit_written (id) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM audit_written)
+"""
+
+#: Columns added to state files before they had a version: (table, column, declaration).
+_UNVERSIONED_COLUMNS = (
+    ("audit", "rules_version", "TEXT NOT NULL DEFAULT ''"),
+    ("operations", "rules_version", "TEXT NOT NULL DEFAULT ''"),
+    ("cooldowns", "operation_id", "INTEGER"),
+    ("operations", "annotations", "TEXT NOT NULL DEFAULT '{}'"),
+    ("operations", "starts_at", "REAL"),
+)
+
+
+def _sqlite_columns(tx: Tx, table: str) -> set[str]:
+    return {row["name"] for row in tx.rows(f"PRAGMA table_info({table})")}
+
+
+def _add_unversioned_columns(tx: Tx) -> None:
+    """A state file from before versions may lack columns added since: added, empty for
+    old rows. (The one place columns are probed: such a file says nothing of its shape.)"""
+    for table, column, declaration in _UNVERSIONED_COLUMNS:
+        if column not in _sqlite_columns(tx, table):
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _chain_unchained_audit(tx: Tx) -> None:
+    """Give an audit table from before the hash chain its two columns, and chain its records.
+
+    The chain then vouches for those records as they were at the upgrade, not before.
+    """
+    if "hash" in _sqlite_columns(tx, "audit"):
+        return
+    tx.execute("ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT ''")
+    tx.execute("ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
+    after, prev_hash = 0, GENESIS
+    columns = ", ".join(("id", *CONTENT))
+    while True:
+        batch = tx.rows(f"SELECT {columns} FROM audit WHERE id > ? ORDER BY id LIMIT 1000",
+                        (after,))
+        if not batch:
+            return
+        for row in batch:
+            digest = chain_hash({**row, "prev_hash": prev_hash})
+            tx.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?",
+                       (prev_hash, digest, row["id"]))
+            prev_hash = digest
+        after = batch[-1]["id"]
+
+
+#: Replicas alive: one row per running `serve` (its workers beat it in turn), see
+#: base.SqlStore.heartbeat. Not state: copy-state leaves it behind.
+REPLICAS = """
+CREATE TABLE IF NOT EXISTS replicas (
+    id {text} PRIMARY KEY,           -- host:pid of the serve (gunicorn master)
+    started {real} NOT NULL,
+    last_seen {real} NOT NULL,
+    version {text} NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "the tables; a state file from before versions gets the columns it lacks, and an"
+           " audit from before the hash chain is chained",
+        sqlite=(_run(SQLITE_TABLES), _add_unversioned_columns, _chain_unchained_audit,
+                _run(INDEXES)),
+        postgres=(_run(POSTGRES_TABLES), _run(INDEXES)),
+    ),
+    Migration(
+        2, "the replicas table: a heartbeat row per running bridge",
+        sqlite=(_run(REPLICAS.format(text="TEXT", real="REAL")),),
+        postgres=(_run(REPLICAS.format(text="text", real="double precision")),),
+    ),
+)
+#: The version this bridge writes, and the newest it can read.
+LATEST = MIGRATIONS[-1].version
+
+
+def refuse_newer(found: int, where: str) -> None:
+    """A state written by a newer bridge may mean what this one cannot know: not read."""
+    if found > LATEST:
+        raise StoreError(
+            f"state store {where}: its schema is version {found}, newer than this bridge knows"
+            f" (up to version {LATEST}): run the bridge version that wrote it, or a newer one")
+
+
+def upgrade(tx: Tx, engine: str, where: str) -> None:
+    """Bring the schema to LATEST, inside the caller's transaction (which keeps every other
+    process out, so the version read here is the one the steps start from)."""
+    found = tx.schema_version()
+    refuse_newer(found, where)
+    for migration in MIGRATIONS:
+        if migration.version > found:
+            for step in getattr(migration, engine):
+                step(tx)
+            tx.set_schema_version(migration.version)
