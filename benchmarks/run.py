@@ -96,7 +96,7 @@ QUICK = Config(
     slow_delay=2.0, throughput_ops=80, throughput_concurrency=8, throughput_delay=0.1,
     load_clients=8, load_duration=2.0, load_rounds=1, load_warmup=0.5, live_storms=3,
     core_rules=(10, 100, 1_000), core_alerts=(1, 100, 1_000), core_budget=2.0,
-    core_passes=1, load_rules=(1_000,), load_repeats=1, memory_rules=(100, 1_000),
+    core_passes=1, load_rules=(10_000,), load_repeats=1, memory_rules=(100, 10_000),
 )
 
 DISPATCH_RULES = """\
