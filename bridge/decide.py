@@ -110,7 +110,7 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
     tally = _Tally(set(), Counter())
     for alert in alerts:
         matched = [
-            r for r in rules.candidates(alert.labels)
+            r for r in rules.may_match(alert.labels)
             if r.wants(alert.status) and r.matches(alert.labels)
         ]
         if not matched:

@@ -205,13 +205,13 @@ class Choice(Kind):
     noun: str = ""
 
     def check(self, value: Any, name: str) -> str:
+        if isinstance(value, str) and value in self.values:
+            return value
         expected = ", ".join(self.values)
         if not isinstance(value, str):
             raise ValueError(f"'{name}' must be one of: {expected}, got {describe(value)}")
-        if value not in self.values:
-            what = f"{self.noun} '{value}'" if self.noun else f"value '{value}' in {name}"
-            raise ValueError(f"unknown {what} (expected one of: {expected})")
-        return value
+        what = f"{self.noun} '{value}'" if self.noun else f"value '{value}' in {name}"
+        raise ValueError(f"unknown {what} (expected one of: {expected})")
 
     def json(self) -> dict[str, Any]:
         return {"type": "string", "enum": list(self.values)}
