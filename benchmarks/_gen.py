@@ -33,16 +33,24 @@ def guardrails_off() -> str:
     return _GUARDRAILS_OFF
 
 
+#: How rule i of rules_yaml picks its alerts, by the `by` argument: an equality on alertname,
+#: an equality on another label, or a regex that no index can use (t5 and its sub-teams t5-x).
+KEYS = {
+    "alertname": 'alertname = "A{i}"',
+    "team": 'team = "t{i}"',
+    "unindexed": 'team =~ "t{i}(-.+)?"',
+}
+
+
 def rules_yaml(count: int, *, by: str = "alertname", operation: str = "sync",
                cooldown: str = "1h") -> str:
-    """`count` rules; rule i matches `alertname = "A{i}"` (by="alertname", indexed by the
-    bridge) or `team = "t{i}"` (by="team", not indexed), plus a severity regex, and names its
-    device with a template over the alert's labels."""
-    if by not in ("alertname", "team"):
+    """`count` rules; rule i matches its own alerts by the matcher KEYS[by] names, plus a
+    severity regex, and names its device with a template over the alert's labels."""
+    if by not in KEYS:
         raise ValueError(by)
     lines = [guardrails_off().rstrip(), "defaults:", "  cooldown: 30m", "rules:"]
     for i in range(count):
-        first = f'alertname = "A{i}"' if by == "alertname" else f'team = "t{i}"'
+        first = KEYS[by].format(i=i)
         lines += [
             f"  - name: rule-{i}",
             "    match:",
@@ -64,7 +72,7 @@ def alert_labels(i: int, rules: int, *, by: str = "alertname", device: str = "")
         "device": device or f"dev-{i}",
         "site": "hq",
     }
-    if by == "team":
+    if by != "alertname":
         labels["team"] = f"t{k}"
     return labels
 

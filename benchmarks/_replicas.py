@@ -1,4 +1,4 @@
-"""Section 5: SQLite (one server) against PostgreSQL (one to three replicas): reaction time,
+"""Section 6: SQLite (one server) against PostgreSQL (one to three replicas): reaction time,
 and webhooks per second.
 
 Reaction time: from just before a webhook is sent to when the fake device API receives the
@@ -123,7 +123,7 @@ def section_replicas(quick: bool, report: Report, wd: Path, rules: Path, env: di
             load_rows.append((name, CLIENTS, loaded.count, f"{loaded.rate:.0f}",
                               ms(loaded.pct(50)), ms(loaded.pct(99)), len(loaded.errors)))
     report.add(
-        "### 5a. Reaction time, one server and several replicas\n\n"
+        "### 6a. Reaction time, one server and several replicas\n\n"
         f"From a webhook sent to the PUT it causes arriving at the fake device API, {samples} "
         f"webhooks one at a time, {PACE:g} s apart, to an idle bridge (2 workers per server, "
         "4 senders each); across replicas each goes to the next replica, and any may send. "
@@ -132,7 +132,7 @@ def section_replicas(quick: bool, report: Report, wd: Path, rules: Path, env: di
                  "reaction max ms"), reaction_rows)
     )
     report.add(
-        "### 5b. Webhooks per second, one server and several replicas\n\n"
+        "### 6b. Webhooks per second, one server and several replicas\n\n"
         f"{CLIENTS} clients for {duration:g} s, spread evenly over the replicas; each webhook "
         "queues one operation for a device of its own, which the bridge sends meanwhile.\n\n"
         + table(("state", "clients", "webhooks", "per second", "p50 ms", "p99 ms", "errors"),
@@ -140,6 +140,6 @@ def section_replicas(quick: bool, report: Report, wd: Path, rules: Path, env: di
     )
     for name, engine in (("SQLite, 1 server", "sqlite"), ("PostgreSQL, 3 replicas", "postgres")):
         limit = TARGETS[engine]
-        report.target(Target("5a", f"{name}: reaction p99 ≤ {ms(limit)} ms",
+        report.target(Target("6a", f"{name}: reaction p99 ≤ {ms(limit)} ms",
                              f"{ms(measured[name])} ms", measured[name] / limit,
                              measured[name] <= limit))

@@ -55,10 +55,16 @@ class Target:
 class Report:
     parts: list[str] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
+    #: Said under every section heading when only some sections run (run.py --only).
+    refreshed: str = ""
 
     def add(self, text: str) -> None:
         self.parts.append(text.rstrip() + "\n")
         print(text.rstrip() + "\n", flush=True)
+
+    def section(self, heading: str) -> None:
+        """Start a section ("## 3. Title"): merge_reports replaces sections by their number."""
+        self.add(heading + "\n" + (f"\n{self.refreshed}\n" if self.refreshed else ""))
 
     def target(self, target: Target) -> None:
         self.targets.append(target)
@@ -139,3 +145,72 @@ def machine(root: Path, workdir: Path) -> list[tuple[str, str]]:
          f"{ms(commit_latency(workdir))} ms median"),
         ("bridge code", git_revision(root)),
     ]
+
+
+TARGETS = "## Targets"
+
+
+def _blocks(text: str) -> list[tuple[str, str]]:
+    """The text cut before each "## " heading: (key, block); the key of "## 3. Title" is
+    "3.", of another heading the heading itself, of what comes before the first one "".
+    """
+    blocks: list[tuple[str, str]] = []
+    key, lines = "", []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            blocks.append((key, "".join(lines)))
+            words = line.split()
+            key = words[1] if words[1][:-1].isdigit() and words[1].endswith(".") else line.strip()
+            lines = []
+        lines.append(line)
+    blocks.append((key, "".join(lines)))
+    return [(k, b) for k, b in blocks if b or k]
+
+
+def _number(key: str) -> float:
+    """The number of a numbered section's key; other keys sort after every number."""
+    return int(key[:-1]) if key[:-1].isdigit() else float("inf")
+
+
+def _section_order(section: str) -> tuple[int, str]:
+    digits = "".join(c for c in section if c.isdigit())
+    return (int(digits) if digits else 0, section)
+
+
+def _merge_targets(old: str, new: str) -> str:
+    """The old targets table with the rows of the sections in `new` replaced by its rows."""
+    def rows(block: str) -> list[str]:
+        return [line for line in block.splitlines()[1:] if line.startswith("| ")][2:]
+
+    fresh = rows(new)
+    ran = {row.split("|")[1].strip() for row in fresh}
+    kept = [row for row in rows(old) if row.split("|")[1].strip() not in ran]
+    merged = sorted(kept + fresh, key=lambda row: _section_order(row.split("|")[1].strip()))
+    lines = old.splitlines()
+    table_at = [i for i, line in enumerate(lines) if line.startswith("| ")]
+    if not table_at:
+        return new
+    first, last = table_at[0], table_at[-1]
+    return "\n".join(lines[: first + 2] + merged + lines[last + 1 :]) + "\n"
+
+
+def merge_reports(old: str, new: str) -> str:
+    """`old` with every section of `new` in place of the section of the same number (or
+    heading), new sections put in number order, and the targets table's rows of the sections
+    that ran replaced: for a run of only some sections (run.py --only)."""
+    blocks = _blocks(old)
+    for key, block in _blocks(new):
+        if not key:
+            continue
+        keys = [k for k, _ in blocks]
+        if key == TARGETS and key in keys:
+            at = keys.index(key)
+            blocks[at] = (key, _merge_targets(blocks[at][1], block))
+        elif key in keys:
+            blocks[keys.index(key)] = (key, block)
+        elif _number(key) == float("inf"):
+            blocks.append((key, block))
+        else:
+            later = [i for i, k in enumerate(keys) if k and _number(k) > _number(key)]
+            blocks.insert(later[0] if later else len(blocks), (key, block))
+    return "".join(block.rstrip("\n") + "\n\n" for _, block in blocks).rstrip("\n") + "\n"

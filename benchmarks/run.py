@@ -1,9 +1,10 @@
-"""alert-bridge benchmarks: dispatch, webhooks under load, the decision core, memory per worker.
+"""alert-bridge benchmarks: dispatch, webhooks under load, the decision core, memory, loading.
 
     python benchmarks/run.py            # the full run, about 6-8 minutes
     python benchmarks/run.py --quick    # every part shortened: a smoke run of a minute or two
+    python benchmarks/run.py --only load,match   # some parts; their sections replaced in --out
 
-Section 5 makes (and drops) a database on the PostgreSQL server at BRIDGE_BENCH_POSTGRES
+Section 6 makes (and drops) a database on the PostgreSQL server at BRIDGE_BENCH_POSTGRES
 (default postgresql://postgres@127.0.0.1:5432/postgres).
 
 Prints a Markdown report and writes it to docs/benchmarks.md (--out to change). Servers run as
@@ -50,7 +51,8 @@ from _procs import (  # noqa: E402
     wait_until,
 )
 from _replicas import section_replicas  # noqa: E402
-from _report import Report, Target, machine, ms, ratio, table  # noqa: E402
+from _report import Report, Target, machine, merge_reports, ms, ratio, table  # noqa: E402
+from _rules_loading import compare_check, hold_rules  # noqa: E402
 
 FAKE_TOKEN = "bench-token"
 WEBHOOK = "/webhook/alertmanager"
@@ -79,6 +81,11 @@ class Config:
     core_rules: tuple[int, ...]
     core_alerts: tuple[int, ...]
     core_budget: float  # seconds: longer single decide() calls are skipped
+    core_passes: int  # times the grid is timed; each combination keeps its lowest cost
+    # 5
+    load_rules: tuple[int, ...]  # rules in the files `check` reads; the target is the last
+    load_repeats: int
+    memory_rules: tuple[int, ...]  # rules held; the target compares the last to the first
 
 
 FULL = Config(
@@ -86,12 +93,14 @@ FULL = Config(
     slow_delay=2.0, throughput_ops=400, throughput_concurrency=8, throughput_delay=0.1,
     load_clients=8, load_duration=8.0, load_rounds=2, load_warmup=1.0, live_storms=10,
     core_rules=(10, 100, 1_000, 10_000), core_alerts=(1, 100, 10_000), core_budget=15.0,
+    core_passes=2, load_rules=(1_000, 10_000), load_repeats=3, memory_rules=(100, 1_000, 10_000),
 )
 QUICK = Config(
     quick=True, dispatch_webhooks=40, dispatch_rounds=1, dispatch_alerts=3, dispatch_clients=4,
     slow_delay=2.0, throughput_ops=80, throughput_concurrency=8, throughput_delay=0.1,
     load_clients=8, load_duration=2.0, load_rounds=1, load_warmup=0.5, live_storms=3,
     core_rules=(10, 100, 1_000), core_alerts=(1, 100, 1_000), core_budget=2.0,
+    core_passes=1, load_rules=(10_000,), load_repeats=1, memory_rules=(100, 10_000),
 )
 
 DISPATCH_RULES = """\
@@ -557,36 +566,43 @@ def fmt_rss(values: list[float]) -> tuple[str, str]:
 # Section 3: the decision core
 
 
+#: How the rules of section 3 pick their alerts (see _gen.KEYS), as the table names them.
+CORE_KEYS = {
+    "alertname": '`alertname = "A<i>"`',
+    "team": '`team = "t<i>"` (another label)',
+    "unindexed": '`team =~ "t<i>(-.+)?"` (a regex: no index)',
+}
+
+
 def section_core(cfg: Config, report: Report) -> None:
     results, parse_times = run_core(cfg.core_rules, cfg.core_alerts, budget=cfg.core_budget,
-                                    log=log)
+                                    log=log, keys=tuple(CORE_KEYS), passes=cfg.core_passes)
     by_key = {(r.by, r.rules, r.alerts): r for r in results}
     rows = []
-    for by in ("alertname", "team"):
+    for by, shown in CORE_KEYS.items():
         for n_rules in cfg.core_rules:
             cells = []
             for n_alerts in cfg.core_alerts:
                 r = by_key[(by, n_rules, n_alerts)]
                 cells.append(f"{r.per_alert * 1e6:.1f}" if r.per_alert is not None
                              else f"— ({r.note})")
-            matcher = 'alertname = "A<i>"' if by == "alertname" else 'team = "t<i>"'
-            rows.append((f"`{matcher}` (indexed)" if by == "alertname"
-                         else f"`{matcher}` (not indexed)", f"{n_rules:,}", *cells,
-                         f"{parse_times[(by, n_rules)]:.2f}"))
+            rows.append((shown, f"{n_rules:,}", *cells, f"{parse_times[(by, n_rules)]:.2f}"))
     report.add(
         "CPU time per alert of `bridge.decide.decide(alerts, ruleset, <no state>, now, "
         "dry_run=True)`, best of up to 7 batches of ≥ 0.1 s (CPU time of the benchmark "
-        "process, so other processes on the machine do not count). Rule i matches "
-        "`alertname = \"A<i>\"` (the bridge indexes alertname equality) or "
-        "`team = \"t<i>\"` (not indexed), plus `severity =~ \"critical|page\"`, and "
-        "renders `{{ labels.device }}`; alert j matches rule j mod rules, so every alert "
-        "gets one `dry_run` decision. Rulesets come from "
-        "`bridge.rules.parse_rules` on generated YAML; the last column is that parse time "
-        "(what `serve` and every worker pay at start and on SIGHUP). Calls estimated to "
-        f"take more than {cfg.core_budget:g} s are skipped.\n\n"
+        "process, so other processes on the machine do not count), and of "
+        f"{cfg.core_passes} pass(es) over the grid, rule counts ascending then descending. "
+        "Rule i picks its alerts by one of three matchers: an equality on `alertname`, an "
+        "equality on another label (`team`), or a regex that is not a list of literals, "
+        "which no index can use; each rule also has `severity =~ \"critical|page\"` and "
+        "renders `{{ labels.device }}`. Alert j matches rule j mod rules, so every alert "
+        "gets one `dry_run` decision. Rulesets come from `bridge.rules.parse_rules` on "
+        "generated YAML; the last column is that parse's CPU time. Calls estimated to take "
+        "more than "
+        f"{cfg.core_budget:g} s are skipped.\n\n"
         + table(("rules match by", "rules",
                  *(f"µs/alert, {n:,} alert{'s' if n > 1 else ''}" for n in cfg.core_alerts),
-                 "parse s"), rows)
+                 "parse CPU s"), rows)
     )
     mid = cfg.core_alerts[1] if len(cfg.core_alerts) > 1 else cfg.core_alerts[0]
 
@@ -595,40 +611,127 @@ def section_core(cfg: Config, report: Report) -> None:
         return r.per_alert if r.per_alert is not None else float("nan")
 
     steps = list(zip(cfg.core_rules, cfg.core_rules[1:], strict=False))
-    growth = [(a, b, cost("team", b) / cost("team", a)) for a, b in steps]
+    report.add(table(
+        ("rules step", *(f"{shown}: cost per alert ({mid} alerts)" for shown in CORE_KEYS.values()),
+         "rules growth"),
+        [(f"{a:,} → {b:,}", *(ratio(cost(by, b) / cost(by, a)) for by in CORE_KEYS),
+          ratio(b / a)) for a, b in steps],
+    ))
+    low, high = 100, cfg.core_rules[-1]
+    for by in ("alertname", "team"):
+        value = cost(by, high) / cost(by, low)
+        report.target(Target(
+            "3", f"rules keyed by {CORE_KEYS[by]}: {high:,} rules cost ≤ 2 × what {low} rules "
+                 f"cost per alert",
+            f"{cost(by, high) * 1e6:.1f} vs {cost(by, low) * 1e6:.1f} µs/alert", value,
+            value <= 2,
+        ))
+    growth = [(a, b, cost("unindexed", b) / cost("unindexed", a)) for a, b in steps]
     worst_step = max(growth, key=lambda s: s[2] / (s[1] / s[0]), default=None)
     worst = worst_step[2] / (worst_step[1] / worst_step[0]) if worst_step else float("nan")
-    report.add(table(
-        ("rules step (unindexed)", f"cost growth per alert ({mid} alerts)", "rules growth"),
-        [(f"{a:,} → {b:,}", ratio(g), ratio(b / a)) for a, b, g in growth],
-    ))
     report.target(Target(
         "3", "unindexed rules: cost per alert grows no worse than linearly in rules",
         (f"worst step {worst_step[0]:,} → {worst_step[1]:,} rules: cost per alert "
          f"{ratio(worst_step[2])} for {ratio(worst_step[1] / worst_step[0])} the rules"
          if worst_step else "—"), worst, worst <= 1.0,
     ))
-    low, high = 100, cfg.core_rules[-1]
-    value = cost("alertname", high) / cost("alertname", low)
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 5: loading rules
+
+
+def section_load(cfg: Config, report: Report, wd: Path) -> None:
+    results = []
+    for n in cfg.load_rules:
+        for by in ("team", "alertname"):
+            path = wd / f"rules-load-{by}-{n}.yaml"
+            path.write_text(rules_yaml(n, by=by))
+            r = compare_check(path, by, n, ROOT, cfg.load_repeats)
+            results.append(r)
+            log(f"  check {by:9} rules={n:<6} {r.check.cpu:.2f} s CPU, libyaml alone "
+                f"{r.libyaml.cpu:.2f} s: {r.ratio:.2f}×")
+    report.add(
+        f"`python -m bridge check FILE` (what `alert-bridge check` runs) beside a Python that "
+        f"only reads the same file with libyaml, `yaml.load(text, Loader=yaml.CSafeLoader)`: "
+        f"each a fresh process, imports included, best of {cfg.load_repeats} alternating runs, "
+        f"CPU seconds (user + system of the child) and wall seconds. Rule i matches "
+        f'`team = "t<i>"` or `alertname = "A<i>"` plus `severity =~ "critical|page"`, and '
+        f"renders `{{{{ labels.device }}}}`, which no matcher guarantees: `check` prints one "
+        f"warning per rule, and the time includes them.\n\n"
+        + table(("rules keyed by", "rules", "libyaml alone CPU s", "check CPU s",
+                 "check ÷ libyaml", "libyaml wall s", "check wall s", "check says"),
+                [(f"`{r.by}`", f"{r.rules:,}", f"{r.libyaml.cpu:.2f}", f"{r.check.cpu:.2f}",
+                  ratio(r.ratio), f"{r.libyaml.wall:.2f}", f"{r.check.wall:.2f}",
+                  r.summary.split(": ", 1)[-1].split(" (")[0]) for r in results])
+    )
+    for r in results:
+        if r.rules == cfg.load_rules[-1]:
+            report.target(Target(
+                "5", f"`check` on {r.rules:,} rules keyed by {r.by} ≤ 2 × libyaml alone",
+                f"{r.check.cpu:.2f} vs {r.libyaml.cpu:.2f} CPU s", r.ratio, r.ratio <= 2,
+            ))
+    held = []
+    for n in cfg.memory_rules:
+        path = wd / f"rules-hold-{n}.yaml"
+        path.write_text(rules_yaml(n, by="team"))
+        held.append(hold_rules(path, ROOT))
+        log(f"  holding {n} rules: {held[-1].rss_mib:.1f} MiB")
+    report.add(
+        "Memory of a process that imports what a worker imports (`bridge.app`), loads the "
+        "rules (keyed by `team`) and collects its garbage: VmRSS then, and VmHWM, the peak "
+        "while loading, MiB.\n\n"
+        + table(("rules", "RSS MiB", "peak MiB", "RSS ÷ RSS with the fewest rules"),
+                [(f"{h.rules:,}", f"{h.rss_mib:.1f}", f"{h.peak_mib:.1f}",
+                  ratio(h.rss_mib / held[0].rss_mib)) for h in held])
+    )
+    low, high = held[0], held[-1]
+    value = high.rss_mib / low.rss_mib
     report.target(Target(
-        "3", f"alertname rules: {high:,} rules cost < 10 × what {low} rules cost per alert",
-        f"{cost('alertname', high) * 1e6:.1f} vs {cost('alertname', low) * 1e6:.1f} µs/alert",
-        value, value < 10,
+        "5", f"memory holding {high.rules:,} rules ≤ 2 × holding {low.rules}",
+        f"{high.rss_mib:.1f} vs {low.rss_mib:.1f} MiB", value, value <= 2,
     ))
 
 
 # ---------------------------------------------------------------------------------------------
 
 
+#: The parts --only can name, in run order: what each runs.
+PARTS = {
+    "dispatch": "section 1 (dispatch latency and throughput)",
+    "webhooks": "sections 2 and 4 (webhooks under load, memory per worker)",
+    "match": "section 3 (the decision core: cost per alert by rule count)",
+    "load": "section 5 (loading rules: check vs libyaml, memory holding rules)",
+    "replicas": "section 6 (reaction time and webhooks/s, SQLite vs PostgreSQL replicas)",
+}
+
+
+def parse_only(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(
+            f"unknown part {', '.join(unknown) or 'none'} (expected some of: {', '.join(PARTS)})"
+        )
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="parts for --only: " + "; ".join(f"{k}: {v}" for k, v in PARTS.items()),
+    )
     parser.add_argument("--quick", action="store_true", help="shorten every part (smoke run)")
+    parser.add_argument("--only", type=parse_only, default=None, metavar="PART,...",
+                        help="run only these parts and replace only their sections (and "
+                             "their rows of the targets table) in --out, keeping the rest")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="where to write the report (default: docs/benchmarks.md)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (logs, state files) for inspection")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    parts = args.only or tuple(PARTS)
     # Ctrl-C and SIGTERM end the run through the finally below, which kills the servers
     # (SIGINT too when started in the background, where it is inherited as ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -636,68 +739,17 @@ def main(argv: list[str] | None = None) -> int:
 
     wd = Path(tempfile.mkdtemp(prefix="alert-bridge-bench-"))
     started = time.monotonic()
-    report = Report()
-    command = "python benchmarks/run.py" + (" --quick" if cfg.quick else "")
-    report.add(
-        f"# alert-bridge benchmarks\n\n"
-        f"Generated by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-        + (" (**quick smoke run: short and noisy, not for conclusions**)" if cfg.quick else "")
-        + ". Rerun it to refresh this file; numbers from another machine or another run are "
-        "comparable only as ratios.\n\n"
-        + table(("machine", ""), machine(ROOT, wd))
-        + "\n\nEvery generated rules file "
-        + ("sets the bridge's guardrails out of the way (`budgets: []`, storm `breaker` at "
-           "100,000,000 operations per minute): these benchmarks measure the pipeline, not "
-           "the guards." if guardrails_off() else "is plain: this bridge has no budgets or "
-           "storm breaker.")
-    )
+    command = "python benchmarks/run.py" + (" --quick" if cfg.quick else "") + (
+        f" --only {','.join(args.only)}" if args.only else "")
+    report = Report(refreshed=_refreshed_note(command, wd) if args.only else "")
+    if not args.only:
+        report.add(_preamble(command, cfg, wd))
     failed: list[str] = []
-
-    def guarded(section: str, fn: Callable[..., object], *fn_args: object) -> None:
-        """Run one section; a failure is reported (with the servers' errors) and the run goes
-        on, so one broken part of a bridge under development does not hide the others."""
-        since = time.time()
-        try:
-            fn(*fn_args)
-        except Exception as exc:
-            failed.append(section)
-            log(f"section {section} failed:\n{traceback.format_exc()}")
-            report.add(f"**Section {section} failed**: `{type(exc).__name__}: {exc}`"
-                       + server_errors(wd, since))
-            report.target(Target(section, "the targets of this section", "failed (see above)",
-                                 float("nan"), None))
-
     try:
-        fake = start_fake_api(wd, FAKE_TOKEN)
-        rules = wd / "dispatch-rules.yaml"
-        rules.write_text(guardrails_off() + DISPATCH_RULES)
-        log("section 1: dispatch")
-        report.add("## 1. Dispatch (issue 3)\n")
-        guarded("1a", dispatch_latency, cfg, report, wd, fake, rules)
-        guarded("1b", dispatch_throughput, cfg, report, wd, fake, rules)
-        log("section 2: webhooks under load")
-        report.add("## 2. Webhooks under load (issue 4)\n")
-        memory: list[tuple[Any, ...]] = []
-        guarded("2", section_webhooks, cfg, report, wd, memory)
-        guarded("2b", live_storm, cfg, report, wd, fake)
-        fake_control(fake, "POST", "reset")
-        log("section 3: decision core")
-        report.add("## 3. The decision core alone (no HTTP, no store)\n")
-        guarded("3", section_core, cfg, report)
-        report.add(
-            "## 4. Memory per worker\n\nVmRSS of each gunicorn worker (children of the master, "
-            "from /proc), MiB, right after start (workers booted, nothing served) and after "
-            "the section 2 load.\n\n"
-            + table(("server", "when", "RSS per worker (MiB)", "mean"), memory)
-        )
-        log("section 5: reaction time, one server and several replicas")
-        report.add("## 5. Several replicas on PostgreSQL (issue 12)\n")
-        guarded("5", section_replicas, cfg.quick, report, wd, rules, live_env(fake),
-                lambda: fake_calls(fake))
-        fake.stop()
+        run_parts(cfg, report, wd, parts, failed)
         report.add("## Targets\n\n" + report.targets_table())
-        elapsed = time.monotonic() - started
-        report.add(f"Whole run: {elapsed / 60:.1f} minutes.")
+        if not args.only:
+            report.add(f"Whole run: {(time.monotonic() - started) / 60:.1f} minutes.")
     except BaseException:
         log(f"interrupted; logs and state files are kept in {wd}")
         args.keep = True
@@ -712,11 +764,96 @@ def main(argv: list[str] | None = None) -> int:
             log(f"work directory (logs, state files): {wd}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     analysis = (Path(__file__).parent / "ANALYSIS.md").read_text()
-    args.out.write_text(report.text().rstrip("\n") + "\n\n" + analysis)
+    text = report.text().rstrip("\n") + "\n\n" + analysis
+    if args.only and args.out.exists():
+        text = merge_reports(args.out.read_text(), text)
+    args.out.write_text(text)
     log(f"wrote {args.out}")
     if failed:
         log(f"sections that failed: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+def _preamble(command: str, cfg: Config, wd: Path) -> str:
+    return (
+        f"# alert-bridge benchmarks\n\n"
+        f"Generated by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        + (" (**quick smoke run: short and noisy, not for conclusions**)" if cfg.quick else "")
+        + ". Rerun it to refresh this file; numbers from another machine or another run are "
+        "comparable only as ratios. `--only PART,...` reruns some parts and replaces only "
+        "their sections.\n\n"
+        + table(("machine", ""), machine(ROOT, wd))
+        + "\n\nEvery generated rules file "
+        + ("sets the bridge's guardrails out of the way (`budgets: []`, storm `breaker` at "
+           "100,000,000 operations per minute): these benchmarks measure the pipeline, not "
+           "the guards." if guardrails_off() else "is plain: this bridge has no budgets or "
+           "storm breaker.")
+    )
+
+
+def _refreshed_note(command: str, wd: Path) -> str:
+    facts = dict(machine(ROOT, wd))
+    return (f"*Refreshed alone by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (load "
+            f"average at start {facts['load average at start']}; bridge code "
+            f"{facts['bridge code']}).*")
+
+
+def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
+              failed: list[str]) -> None:
+    def guarded(section: str, fn: Callable[..., object], *fn_args: object) -> None:
+        """Run one section; a failure is reported (with the servers' errors) and the run goes
+        on, so one broken part of a bridge under development does not hide the others."""
+        since = time.time()
+        try:
+            fn(*fn_args)
+        except Exception as exc:
+            failed.append(section)
+            log(f"section {section} failed:\n{traceback.format_exc()}")
+            report.add(f"**Section {section} failed**: `{type(exc).__name__}: {exc}`"
+                       + server_errors(wd, since))
+            report.target(Target(section, "the targets of this section", "failed (see above)",
+                                 float("nan"), None))
+
+    fake = start_fake_api(wd, FAKE_TOKEN) if {"dispatch", "webhooks", "replicas"} & set(parts) \
+        else None
+    rules = wd / "dispatch-rules.yaml"
+    rules.write_text(guardrails_off() + DISPATCH_RULES)
+    if "dispatch" in parts:
+        assert fake is not None
+        log("section 1: dispatch")
+        report.section("## 1. Dispatch (issue 3)")
+        guarded("1a", dispatch_latency, cfg, report, wd, fake, rules)
+        guarded("1b", dispatch_throughput, cfg, report, wd, fake, rules)
+    memory: list[tuple[Any, ...]] = []
+    if "webhooks" in parts:
+        assert fake is not None
+        log("section 2: webhooks under load")
+        report.section("## 2. Webhooks under load (issue 4)")
+        guarded("2", section_webhooks, cfg, report, wd, memory)
+        guarded("2b", live_storm, cfg, report, wd, fake)
+    if "replicas" in parts:
+        assert fake is not None
+        log("section 6: reaction time, one server and several replicas")
+        report.section("## 6. Several replicas on PostgreSQL (issue 12)")
+        guarded("6", section_replicas, cfg.quick, report, wd, rules, live_env(fake),
+                lambda: fake_calls(fake))
+    if fake is not None:
+        fake.stop()
+    if "match" in parts:
+        log("section 3: decision core")
+        report.section("## 3. The decision core alone (no HTTP, no store)")
+        guarded("3", section_core, cfg, report)
+    if "webhooks" in parts:
+        report.section("## 4. Memory per worker")
+        report.add(
+            "VmRSS of each gunicorn worker (children of the master, from /proc), MiB, right "
+            "after start (workers booted, nothing served) and after the section 2 load.\n\n"
+            + table(("server", "when", "RSS per worker (MiB)", "mean"), memory)
+        )
+    if "load" in parts:
+        log("section 5: loading rules")
+        report.section("## 5. Loading rules (issue 15)")
+        guarded("5", section_load, cfg, report, wd)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
             decisions.append(Decision(alert, None, "", "", OWN_ALERT, OWN_ALERT_REASON))
             continue
         matched = [
-            r for r in rules.candidates(alert.labels)
+            r for r in rules.may_match(alert.labels)
             if r.wants(alert.status) and r.matches(alert.labels)
         ]
         if not matched:

@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from bridge import decide as d
 from bridge.payloads import Alert
-from bridge.rules import Budget, parse_rules
+from bridge.rules import Budget, Matcher, Rule, RuleSet, parse_rules
+
+# Hypothesis' "explain" phase imports libcst, which warns on import (see test_rules.py).
+PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
 
 NOW = 1_800_000_000.0
 
@@ -184,6 +187,52 @@ rules:
     for labels in ({"alertname": "X", "site": "hq"}, {"alertname": "Y"}, {"site": "hq"}):
         every = [r.name for r in rules.rules if r.matches(labels)]
         assert [r.name for r in rules.candidates(labels) if r.matches(labels)] == every
+
+
+# Small vocabularies, so that random rules and alerts often meet. Values include lists of
+# literals ("a|b", "(a|b)", "a|" for "a" or missing), escapes, and regexes no index can use.
+_LABELS = ["alertname", "team", "severity"]
+_VALUES = ["", "a", "b", "a.b", "A", "a|b"]
+_PATTERNS = ["a", "a|b", "(a|b)", "(?:b|a)", "a|", "", "a\\.b", "a.b", ".+", "(?i)a", "a|b.*",
+             "[ab]", "a\\|b", "A|a"]
+_MATCHER = st.one_of(
+    st.builds(Matcher, st.sampled_from(_LABELS), st.sampled_from(["=", "!="]),
+              st.sampled_from(_VALUES)),
+    st.builds(Matcher, st.sampled_from(_LABELS), st.sampled_from(["=~", "!~"]),
+              st.sampled_from(_PATTERNS)),
+)
+_ALERT_LABELS = st.dictionaries(st.sampled_from(_LABELS), st.sampled_from(_VALUES))
+
+
+@settings(max_examples=400, deadline=None, phases=PHASES)
+@given(st.lists(st.lists(_MATCHER, max_size=4), max_size=15), st.lists(_ALERT_LABELS, max_size=5))
+def test_the_index_finds_exactly_the_rules_a_full_scan_finds(
+    matchers: list[list[Matcher]], alerts: list[dict[str, str]]
+) -> None:
+    rules = RuleSet(tuple(Rule(f"r{i}", tuple(m), "d", "sync", 60.0)
+                          for i, m in enumerate(matchers)), 60.0, "rules.yaml", "v")
+    position = {r.name: i for i, r in enumerate(rules.rules)}
+    for labels in alerts:
+        found = rules.may_match(labels)
+        assert [position[r.name] for r in found] == sorted({position[r.name] for r in found})
+        assert [r for r in found if r.matches(labels)] == [
+            r for r in rules.rules if r.matches(labels)
+        ]
+
+
+def test_any_label_and_lists_of_literals_index_rules() -> None:
+    rules = parse_rules("""\
+rules:
+  - {name: by-team, match: ['team = "t1"', 'severity =~ "critical|page"'], device: d,
+     operation: sync}
+  - {name: by-severity, match: ['severity =~ "(critical|page)"'], device: d, operation: sync}
+  - {name: by-regex, match: ['team =~ "t1.*"'], device: d, operation: sync}
+  - {name: empty-is-missing, match: ['site = ""', 'team = "t2"'], device: d, operation: sync}
+""")
+    names = [r.name for r in rules.may_match({"team": "t1", "severity": "page"})]
+    assert names == ["by-team", "by-severity", "by-regex"]
+    assert [r.name for r in rules.may_match({"team": "t2"})] == ["by-regex", "empty-is-missing"]
+    assert [r.name for r in rules.may_match({"severity": "warning"})] == ["by-regex"]
 
 
 # -- guards ----------------------------------------------------------------------------------

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 
 from click.testing import CliRunner
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from bridge.cli import main
-from bridge.lint import lint
-from bridge.rules import parse_rules
+from bridge.lint import _clashes, _may_overlap, lint
+from bridge.rules import STATUSES, Matcher, Rule, parse_rules
+
+# Hypothesis' "explain" phase imports libcst, which warns on import (see test_rules.py).
+PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
 
 RULES = """\
 rules:
@@ -82,3 +88,30 @@ def test_the_shipped_rules_have_no_warnings() -> None:
     result = CliRunner().invoke(main, ["check", "--strict", str(ROOT / "rules.yaml")])
     assert result.exit_code == 0, result.output
     assert "Warning" not in result.output
+
+
+# Small vocabularies, so that random rules often share labels, values and devices.
+_MATCHERS = st.builds(
+    Matcher, st.sampled_from(["alertname", "team", "site"]),
+    st.sampled_from(["=", "!=", "=~", "!~"]), st.sampled_from(["", "a", "b", "a|b", ".+"]),
+)
+_RULES = st.lists(
+    st.tuples(st.lists(_MATCHERS, max_size=3), st.sampled_from(["{{ labels.device }}", "d"]),
+              st.sampled_from(["sync", "reboot", "reconf"]), st.sampled_from(STATUSES)),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None, phases=PHASES)
+@given(_RULES)
+def test_overlaps_are_those_a_comparison_of_every_pair_finds(specs: list[tuple]) -> None:
+    rules = tuple(
+        Rule(f"r{i}", tuple(matchers), device, operation, 60.0, status, line=i + 1)
+        for i, (matchers, device, operation, status) in enumerate(specs)
+    )
+    every_pair = [
+        (i, j) for i, j in combinations(range(len(rules)), 2)
+        if rules[i].operation != rules[j].operation and rules[i].device == rules[j].device
+        and _may_overlap(rules[i], rules[j])
+    ]
+    assert _clashes(rules) == every_pair

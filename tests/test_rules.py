@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import BridgeError, RulesError
@@ -772,6 +773,114 @@ def test_yamlish_text_never_crashes(lines: list[str]) -> None:
         assert all(str(p).startswith("rules.yaml") for p in exc.problems)
     else:
         assert isinstance(result, RuleSet)
+
+
+# --- loading fast: libyaml, shared values ------------------------------------------------------
+
+
+def _read_view(text: str, fast: bool) -> object:
+    """What a loader reads from `text`, lines included, in a form that compares by value (or
+    "error"): libyaml's reading (the loader's own chain) or PyYAML's pure-Python parser's."""
+    from bridge.rules.yaml_lines import LineDict, LineList, _LineLoader, _read, load_yaml
+
+    def view(x: object) -> object:
+        if isinstance(x, LineDict):
+            return ("map", x.line, [(view(k), x.key_lines[k], view(v)) for k, v in x.items()],
+                    [(view(k), line, first) for k, line, first in x.duplicates])
+        if isinstance(x, LineList):
+            return ("list", x.line, list(zip(x.item_lines, map(view, x), strict=True)))
+        return (type(x).__name__, repr(x) if isinstance(x, float) else x)  # repr: nan == nan
+
+    if fast:
+        data, problem = load_yaml(text, "rules.yaml")
+        return "error" if problem else view(data)
+    try:
+        return view(_read(text, _LineLoader))
+    except Exception:
+        return "error"
+
+
+def _libyaml_agrees(text: str) -> bool:
+    # Where the two parsers differ, libyaml follows YAML 1.2 and its reading is kept: tabs as
+    # separators ("a:\tb", "a: b\t"), which the pure-Python parser refuses, and an empty
+    # value with the bare tag "!" ('' for libyaml, None for it).
+    return "\t" not in text and not re.search(r"!(?![!\w])", text)
+
+
+@settings(max_examples=300, deadline=None, phases=PHASES)
+@given(st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=10), max_size=25))
+def test_libyaml_reads_what_the_pure_python_parser_reads(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    assume(_libyaml_agrees(text))
+    assert _read_view(text, fast=True) == _read_view(text, fast=False)
+
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(
+    allow_nan=False) | st.sampled_from(["<<", "=", "2024-01-02", "1h", "~", "yes", "0x1f"])
+_KEYS = st.booleans() | st.integers(-3, 3) | st.text(max_size=5) | st.sampled_from(["<<", "="])
+_DATA = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+    _KEYS, inner, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, phases=PHASES)
+@given(_DATA, st.sampled_from([False, True, None]), st.booleans())
+def test_libyaml_reads_generated_documents_as_the_pure_python_parser_does(
+    data: object, flow: bool | None, shared: bool
+) -> None:
+    import yaml
+
+    # A value twice in the document makes PyYAML write an anchor and an alias.
+    document = {"a": data, "b": data} if shared else data
+    text = yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True)
+    assume(_libyaml_agrees(text))
+    assert _read_view(text, fast=True) == _read_view(text, fast=False)
+
+
+def test_libyaml_reads_merges_anchors_and_tags_as_the_pure_python_parser_does() -> None:
+    text = (
+        "common: &c {device: d, operation: sync}\n"
+        "rules:\n"
+        "  - <<: *c\n    name: a\n    name: again\n    device: e\n"
+        "  - {<<: [*c, {x: 1}], name: !!str 2}\n"
+        "  - ? [complex, key]\n    : v\n"
+        "  - !!binary aGVsbG8=\n"
+        "  - !!set {a, b}\n"
+        "  - 2024-01-02 03:04:05\n"
+    )
+    assert _read_view(text, fast=True) == _read_view(text, fast=False) != "error"
+
+
+def test_loading_leaves_the_garbage_collector_as_it_was() -> None:
+    import gc
+
+    assert gc.isenabled()
+    parse_rules(VALID)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        parse_rules(VALID)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RulesError):
+        parse_rules("rules: [\n")
+    assert gc.isenabled()
+
+
+def test_rules_share_their_templates_and_matchers() -> None:
+    from bridge.rules.templates import compile_template
+
+    text = "rules:\n" + "".join(
+        f"  - name: r{i}\n    match: ['team = \"t{i}\"', 'severity =~ \"critical|page\"']\n"
+        f"    device: '{{{{ labels.device }}}}-shared'\n    operation: sync\n"
+        for i in range(50)
+    )
+    compile_template.cache_clear()
+    rules = parse_rules(text).rules
+    assert compile_template.cache_info().misses == 1
+    assert len({id(r._template) for r in rules}) == 1
+    assert len({id(r.matchers[1]) for r in rules}) == 1  # the same severity matcher
+    assert len({id(r.give_up) for r in rules}) == 1
 
 
 # --- guardrails: parsing -----------------------------------------------------------------------

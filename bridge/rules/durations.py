@@ -28,26 +28,27 @@ def parse_duration(text: str) -> float:
 
     Raises ValueError with a message fit for the user.
     """
-    error = ValueError(
-        f"invalid duration '{text}' (expected a Prometheus duration such as 90s, 30m, 1h, 1d)"
-    )
-    if not isinstance(text, str):
-        raise error
     if text == "0":
         return 0.0
-    match = _DURATION_RE.fullmatch(text) if text else None
+    match = _DURATION_RE.fullmatch(text) if isinstance(text, str) and text else None
     if match is None:
-        raise error
+        raise _invalid(text)
     total_ms = 0
     for digits, (_, unit_ms) in zip(match.groups(), _UNITS_MS, strict=True):
         if digits is None:
             continue
         if len(digits) > 20:  # far beyond the limit below; also keeps int() off huge strings
-            raise error
+            raise _invalid(text)
         total_ms += int(digits) * unit_ms
     if total_ms > _MAX_DURATION_MS:
-        raise error
+        raise _invalid(text)
     return total_ms / 1000
+
+
+def _invalid(text: object) -> ValueError:
+    return ValueError(
+        f"invalid duration '{text}' (expected a Prometheus duration such as 90s, 30m, 1h, 1d)"
+    )
 
 
 def format_duration(seconds: float) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ class _BadRegex(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=4096)  # rule files repeat regexes; catch_warnings is slow
 def _compile_regex(pattern: str) -> re.Pattern[str]:
     """Compile an Alertmanager regex; callers use fullmatch, which anchors it like ``^(?:...)$``.
 
@@ -42,6 +45,30 @@ def _compile_regex(pattern: str) -> re.Pattern[str]:
             raise _BadRegex(str(exc)) from exc
 
 
+# A regex that is a list of literals, "critical|page": "|" between runs of characters that are
+# not metacharacters, or are punctuation escaped (an escaped "|" is left out: it would take
+# telling apart from the bars between literals).
+_LITERAL_LIST_RE = re.compile(r"(?:[^\\.^$*+?{}\[\]()]|\\[!-/:-@\[-`{}~ ])*")
+_ESCAPED_RE = re.compile(r"\\(.)")
+
+
+def _literals(pattern: str) -> frozenset[str] | None:
+    """The strings a regex made only of literals and "|" matches in full, else None. One
+    group around it all is allowed: "(critical|page)", "(?:critical|page)"."""
+    for opening in ("(?:", "("):
+        if pattern.startswith(opening) and pattern.endswith(")"):
+            pattern = pattern[len(opening) : -1]
+            break
+    if not _LITERAL_LIST_RE.fullmatch(pattern):
+        return None
+    return frozenset(_ESCAPED_RE.sub(_unescaped, part) if "\\" in part else part
+                     for part in pattern.split("|"))
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return match.group(1)
+
+
 def quote(value: str) -> str:
     """Double-quote a string the way Alertmanager prints matcher values."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -54,6 +81,9 @@ def _read_quoted(text: str, start: int) -> tuple[str, int]:
     Escapes follow Alertmanager's matcher parser: \\" \\\\ and \\n are decoded and any other
     backslash is kept as is, so regexes such as "\\d+" need no doubled backslashes.
     """
+    end = text.find('"', start + 1)
+    if end != -1 and "\\" not in text[start + 1 : end]:
+        return text[start + 1 : end], end + 1  # nothing escaped: the common case, at C speed
     out = []
     i = start + 1
     while i < len(text):
@@ -70,7 +100,7 @@ def _read_quoted(text: str, start: int) -> tuple[str, int]:
     raise ValueError("missing closing double quote")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: rules are scanned by the thousand, keep them small
 class Matcher:
     """One Alertmanager label matcher, e.g. ``severity=~"critical|page"``."""
 
@@ -84,6 +114,11 @@ class Matcher:
             raise ValueError(
                 f"unknown matcher operator '{self.op}' (expected one of: =, !=, =~, !~)"
             )
+        # One shared object for each operator and label name: rules are scanned by the
+        # thousand, and comparing or hashing the same object stays in the CPU's caches.
+        object.__setattr__(self, "op", MATCH_OPS[MATCH_OPS.index(self.op)])
+        if type(self.name) is str:
+            object.__setattr__(self, "name", sys.intern(self.name))
         if self.op in ("=~", "!~"):
             object.__setattr__(self, "_regex", _compile_regex(self.value))
 
@@ -102,11 +137,28 @@ class Matcher:
         hit = self._regex.fullmatch(value) is not None
         return hit if self.op == "=~" else not hit
 
+    def only_values(self) -> frozenset[str] | None:
+        """The only values of the label with which this matcher holds ("" for a missing
+        label), when there are a few: ``=``, and ``=~`` with a list of literals such as
+        ``critical|page``. None for the others, which allow any number of values."""
+        if self.op == "=":
+            return frozenset((self.value,))
+        if self.op != "=~":
+            return None
+        values = _literals(self.value)
+        assert self._regex is not None
+        if values is None or not all(self._regex.fullmatch(v) for v in values):
+            return None
+        return values
+
     def __str__(self) -> str:
         name = self.name if _MATCHER_NAME_RE.fullmatch(self.name) else quote(self.name)
         return f"{name}{self.op}{quote(self.value)}"
 
 
+# Matchers are immutable, and ten thousand rules generated from an inventory repeat most of
+# theirs (severity =~ "critical|page"): parse each text once, and share the value.
+@functools.lru_cache(maxsize=4096)
 def parse_matcher(text: str) -> Matcher:
     """Parse ``name OP value`` (OP one of =, !=, =~, !~) as Alertmanager does.
 

@@ -7,7 +7,7 @@ its kind), checks a value built in code field by field, and describes itself in 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
@@ -52,6 +52,7 @@ class Field:
 class Values(dict[str, Any]):
     """What was read from one mapping of the file, by key, and the line it started on."""
 
+    __slots__ = ("line",)
     line: int
 
 
@@ -78,9 +79,13 @@ class Section:
     owner: str = ""
     checks: tuple[CrossCheck, ...] = ()
     _by_key: dict[str, Field] = dataclass_field(init=False, repr=False, compare=False)
+    _defaults: dict[str, Any] = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_key", {f.key: f for f in self.fields})
+        object.__setattr__(self, "_defaults", {
+            f.key: f.default for f in self.fields if f.default is not NO_DEFAULT
+        })
 
     def __getitem__(self, key: str) -> Field:
         return self._by_key[key]
@@ -89,9 +94,6 @@ class Section:
     def keys(self) -> tuple[str, ...]:
         return tuple(f.key for f in self.fields)
 
-    def defaults(self) -> dict[str, Any]:
-        return {f.key: f.default for f in self.fields if f.default is not NO_DEFAULT}
-
     def _prefix(self, name: Any) -> str:
         """How messages about an item named ``name`` start, when the section owns them so."""
         if self.owner != "prefix":
@@ -99,9 +101,12 @@ class Section:
         return f"{self.name} '{name}': " if _is_name(name) else f"{self.name}: "
 
     def _owned(self, at: At, name: Any) -> At:
+        # At(...) rather than dataclasses.replace: this runs once per rule, and replace is slow.
         if self.owner == "rule":
-            return replace(at, rule=name if _is_name(name) else None)
-        return replace(at, prefix=self._prefix(name)) if self.owner else at
+            return At(at.path, at.problems, at.names, name if _is_name(name) else None, at.prefix)
+        if self.owner:
+            return At(at.path, at.problems, at.names, at.rule, self._prefix(name))
+        return at
 
     def read(self, mapping: LineDict, line: int, at: At) -> Values:
         """Every key of ``mapping`` checked against the fields; problems go to ``at``."""
@@ -124,10 +129,10 @@ class Section:
                 key_line = mapping.key_lines[f.key]
                 value = f.kind.read(mapping[f.key], key_line, self.path + f.key, at)
                 if f.unique and value is not INVALID:
-                    at.define(self, value, key_line)
+                    at.define(self.name, value, key_line)
                 values[f.key] = value
         for check in self.checks:
-            found = check({**self.defaults(), **values})
+            found = check({**self._defaults, **values})
             if found is not None:
                 key, message = found
                 at.problem(mapping.key_lines.get(key, line), message)

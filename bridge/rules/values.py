@@ -6,12 +6,14 @@ can never hold what the file could not.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any, ClassVar
 
 import jinja2
 
+from bridge.rules.index import RuleIndex, index_rules
 from bridge.rules.kinds import NO_DEFAULT
 from bridge.rules.matchers import Matcher
 from bridge.rules.schema import (
@@ -92,6 +94,9 @@ class Step:
 _CLASSES: Mapping[str, type] = {
     cls.SECTION.name: cls for cls in (GiveUp, Window, Budget, Breaker, Step)
 }
+_SECTIONS: Mapping[str, Section] = {
+    s.name: s for s in (GIVE_UP, Window.SECTION, BUDGET, BREAKER, STEP)
+}
 
 
 def resolve(entry: Field, *layers: Mapping[str, Any]) -> Any:
@@ -117,6 +122,22 @@ def resolve(entry: Field, *layers: Mapping[str, Any]) -> Any:
 
 def build(section: Section, values: Mapping[str, Any]) -> Any:
     """The value (GiveUp, Window, Budget, Breaker) of a section from what was read, by key."""
+    try:
+        key = (section.name, tuple(values.items()))
+        return _built(key)
+    except TypeError:  # an unhashable value: build it afresh
+        return _build(section, values)
+
+
+# Rules share their give_up and window settings by the thousand (defaults, or one line
+# generated for every rule): build each distinct value once. The values are frozen.
+@functools.lru_cache(maxsize=1024)
+def _built(key: tuple[str, tuple[tuple[str, Any], ...]]) -> Any:
+    name, items = key
+    return _build(_SECTIONS[name], dict(items))
+
+
+def _build(section: Section, values: Mapping[str, Any]) -> Any:
     return _CLASSES[section.name](
         **{
             f.attribute: resolve(f, values)
@@ -132,7 +153,7 @@ DEFAULT_BUDGETS: tuple[Budget, ...] = resolve(TOP["budgets"])
 DEFAULT_BREAKER: Breaker = resolve(TOP["breaker"])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: rules are scanned by the thousand, keep them small
 class Rule:
     """One rule: when an alert matches, run ``operation`` on the device its template names.
 
@@ -163,11 +184,15 @@ class Rule:
     escalate: tuple[Step, ...] = field(default=(), kw_only=True)
     _template: jinja2.Template | None = field(default=None, repr=False, compare=False, kw_only=True)
     _ladder: tuple[Rule, ...] = field(default=(), init=False, repr=False, compare=False)
+    #: Set by the loader only, for values it has read against RULE already: checking them
+    #: again was a third of the time ten thousand rules took to load.
+    _checked: InitVar[bool] = field(default=False, kw_only=True)
 
     SECTION: ClassVar[Section] = RULE
 
-    def __post_init__(self) -> None:
-        RULE.check(self)
+    def __post_init__(self, _checked: bool) -> None:
+        if not _checked:
+            RULE.check(self)
         object.__setattr__(self, "require_approval",
                            _approval(self.operation, self.require_approval))
         if self._template is None:
@@ -209,7 +234,10 @@ class Rule:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """True when every matcher holds for these labels."""
-        return all(m.matches(labels) for m in self.matchers)
+        for m in self.matchers:  # not all(...): a generator per rule costs more than matching
+            if not m.matches(labels):
+                return False
+        return True
 
     def failed_matcher(self, labels: Mapping[str, str]) -> Matcher | None:
         """The first matcher that does not hold, or None when the rule matches."""
@@ -253,12 +281,9 @@ class RuleSet:
     breaker: Breaker = DEFAULT_BREAKER
     #: Seconds an operation waits for a person's approval before it expires.
     approval_timeout: float = DEFAULTS["approval_timeout"].default
-    # Rules indexed by the value of an `alertname = "..."` matcher, and the rest: most rule
-    # sets name their alert, so an alert is tried against a handful of rules, not all.
-    _by_alertname: Mapping[str, tuple[int, ...]] = field(
-        init=False, repr=False, compare=False, default_factory=dict
-    )
-    _unindexed: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
+    # Which rules an alert's labels can match (bridge.rules.index): with rules generated per
+    # site, team or device class, an alert is tried against a handful of rules, not all.
+    _index: RuleIndex = field(init=False, repr=False, compare=False)
     _by_name: Mapping[str, Rule] = field(init=False, repr=False, compare=False,
                                          default_factory=dict)
 
@@ -267,16 +292,7 @@ class RuleSet:
         DEFAULTS.check(self)  # approval_timeout
         cooldown = DEFAULTS["cooldown"].check(self.default_cooldown, "cooldown")
         object.__setattr__(self, "default_cooldown", cooldown)
-        by_name: dict[str, list[int]] = {}
-        rest: list[int] = []
-        for i, rule in enumerate(self.rules):
-            names = {m.value for m in rule.matchers if m.name == "alertname" and m.op == "="}
-            if len(names) == 1:
-                by_name.setdefault(names.pop(), []).append(i)
-            else:  # no alertname equality, or two that contradict (never matches anyway)
-                rest.append(i)
-        object.__setattr__(self, "_by_alertname", {k: tuple(v) for k, v in by_name.items()})
-        object.__setattr__(self, "_unindexed", tuple(rest))
+        object.__setattr__(self, "_index", index_rules([r.matchers for r in self.rules]))
         object.__setattr__(self, "_by_name", {rule.name: rule for rule in self.rules})
 
     def named(self, name: str) -> Rule | None:
@@ -294,11 +310,21 @@ class RuleSet:
             return f"rule {rule_name!r} is in shadow mode (dry_run) in {where}"
         return None
 
+    def may_match(self, labels: Mapping[str, str]) -> list[Rule]:
+        """The rules that may match these labels, in file order (others certainly do not):
+        those filed under the labels' values, and those with no matcher to file them under."""
+        return [self.rules[i] for i in self._index.candidates(labels)]
+
     def candidates(self, labels: Mapping[str, str]) -> list[Rule]:
-        """The rules that may match these labels, in file order (others certainly do not)."""
-        named = self._by_alertname.get(labels.get("alertname", ""), ())
-        if not named:
-            return [self.rules[i] for i in self._unindexed]
-        if not self._unindexed:
-            return [self.rules[i] for i in named]
-        return [self.rules[i] for i in sorted((*named, *self._unindexed))]
+        """The rules that may match these labels by their alertname alone, in file order:
+        those whose ``alertname = "..."`` names it, and those that name no single alertname.
+
+        What decide() used before every label was indexed; it now uses may_match().
+        """
+        name = labels.get("alertname", "")
+        return [r for r in self.rules if _alertname(r) in (None, name)]
+
+
+def _alertname(rule: Rule) -> str | None:
+    names = {m.value for m in rule.matchers if m.name == "alertname" and m.op == "="}
+    return names.pop() if len(names) == 1 else None

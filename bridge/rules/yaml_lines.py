@@ -1,8 +1,15 @@
-"""Step 1 of loading rules: YAML into dicts and lists that remember the line of each key."""
+"""Step 1 of loading rules: YAML into dicts and lists that remember the line of each key.
+
+libyaml (PyYAML's C parser) reads the file, and its events become values directly: no tree of
+nodes is built for a whole file first, which took more time and memory than the values. What
+that leaves out (anchors and aliases, explicit tags, merge keys, keys that are mappings) goes
+through nodes as PyYAML builds them. Only a file libyaml refuses is read again by PyYAML's
+pure-Python parser, ten times slower, whose messages name the offending character.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +22,7 @@ from bridge.errors import RuleProblem
 class LineDict(dict):
     """A YAML mapping that remembers its own line, each key's line, and repeated keys."""
 
+    __slots__ = ("line", "key_lines", "duplicates")  # a file has thousands: no __dict__ each
     line: int
     key_lines: dict[Any, int]
     duplicates: list[tuple[Any, int, int]]  # (key, line, line of the first occurrence)
@@ -23,6 +31,7 @@ class LineDict(dict):
 class LineList(list):
     """A YAML sequence that remembers its own line and each item's line."""
 
+    __slots__ = ("line", "item_lines")
     line: int
     item_lines: list[int]
 
@@ -50,17 +59,38 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1  # YAML marks are 0-based
 
 
-def _node_text(node: yaml.Node) -> str:
-    start, end = node.start_mark, node.end_mark
-    text = start.buffer[start.index : end.index] if start.buffer is not None else node.tag
-    text = " ".join(text.split())
-    return text if len(text) <= 60 else text[:57] + "..."
+class _Lines:
+    """What both loaders add to PyYAML's safe loader: line-keeping mappings and lists (the
+    constructors below), each distinct scalar built once, and unbuildable values as errors."""
 
+    source: str  # the text being read: libyaml's marks carry no copy of it
 
-class _LineLoader(yaml.SafeLoader):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)  # type: ignore[call-arg]
+        self.source = text
+        self.scalars: dict[tuple[str, str], Any] = {}
+        self.tags: dict[tuple[str, Any], str] = {}
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        # The parser asks for the tag of every scalar, and a scalar's tag depends only on its
+        # text and quoting (this loader has no path resolvers): ask PyYAML once per text.
+        if kind is not yaml.ScalarNode:
+            return super().resolve(kind, value, implicit)  # type: ignore[misc]
+        key = (value, implicit)
+        if key not in self.tags:
+            self.tags[key] = super().resolve(kind, value, implicit)  # type: ignore[misc]
+        return self.tags[key]
+
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
-            return super().construct_object(node, deep)
+            if type(node) is yaml.ScalarNode:
+                # Scalars build immutable values, and rule files repeat a few of them
+                # thousands of times ("sync", "1h", the same template): share one of each.
+                key = (node.tag, node.value)
+                if key not in self.scalars:
+                    self.scalars[key] = super().construct_object(node, deep)  # type: ignore[misc]
+                return self.scalars[key]
+            return super().construct_object(node, deep)  # type: ignore[misc]
         except (ValueError, OverflowError) as exc:
             # Scalars PyYAML resolves but cannot build, e.g. "2020-13-45" as a date or an int
             # longer than Python's digit limit: report them like any other YAML error.
@@ -68,8 +98,20 @@ class _LineLoader(yaml.SafeLoader):
                 None, None, f"cannot read value: {exc}", node.start_mark
             ) from exc
 
+    def node_text(self, node: yaml.Node) -> str:
+        text = " ".join(self.source[node.start_mark.index : node.end_mark.index].split())
+        return text if len(text) <= 60 else text[:57] + "..."
 
-def _construct_map(loader: _LineLoader, node: yaml.Node) -> Any:
+
+class _LineLoader(_Lines, yaml.SafeLoader):
+    """The pure-Python parser, for its messages."""
+
+
+class _FastLineLoader(_Lines, yaml.CSafeLoader):
+    """libyaml."""
+
+
+def _construct_map(loader: _LineLoader | _FastLineLoader, node: yaml.Node) -> Any:
     if not isinstance(node, yaml.MappingNode):
         found = getattr(node, "id", "a node")  # ScalarNode.id == "scalar"; absent from stubs
         raise ConstructorError(None, None, f"expected a mapping, found {found}", node.start_mark)
@@ -85,7 +127,7 @@ def _construct_map(loader: _LineLoader, node: yaml.Node) -> Any:
         try:
             hash(key)
         except TypeError:
-            key = _ComplexKey(_node_text(key_node))
+            key = _ComplexKey(loader.node_text(key_node))
         line = _line(key_node)
         # Keys from a merge are meant to be overridden; repeating a key of one's own is a mistake
         # PyYAML would hide by keeping the last value.
@@ -98,7 +140,7 @@ def _construct_map(loader: _LineLoader, node: yaml.Node) -> Any:
         data.key_lines[key] = line
 
 
-def _construct_seq(loader: _LineLoader, node: yaml.Node) -> Any:
+def _construct_seq(loader: _LineLoader | _FastLineLoader, node: yaml.Node) -> Any:
     if not isinstance(node, yaml.SequenceNode):
         found = getattr(node, "id", "a node")  # ScalarNode.id == "scalar"; absent from stubs
         raise ConstructorError(None, None, f"expected a list, found {found}", node.start_mark)
@@ -108,14 +150,125 @@ def _construct_seq(loader: _LineLoader, node: yaml.Node) -> Any:
     data.extend(loader.construct_object(child) for child in node.value)
 
 
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+for _loader in (_LineLoader, _FastLineLoader):
+    _loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+    _loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+class _Unsupported(Exception):
+    """Something only the node-based loaders build (see _Events)."""
+
+
+#: The tags of plain YAML values. The other tags a plain scalar can resolve to, "<<" (merge) and
+#: "=" (value), mean something only inside a mapping, which the node-based loaders handle.
+_VALUE_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "timestamp")
+)
+
+
+class _Events:
+    """Builds the document from libyaml's events as the node-based loaders would from nodes,
+    for documents without anchors, aliases, explicit tags, merge keys or complex keys: on
+    meeting one it raises _Unsupported."""
+
+    def __init__(self, loader: _FastLineLoader) -> None:
+        self.loader = loader
+        # Events as libyaml makes them (the stubs' Event | None would need a check per event).
+        self.next: Callable[[], Any] = loader.get_event
+
+    def document(self) -> Any:
+        self.next()  # the start of the stream
+        if type(self.next()) is yaml.StreamEndEvent:
+            return None  # no document at all
+        data = self.value(self.next())
+        self.next()  # the end of the document
+        if type(self.next()) is not yaml.StreamEndEvent:
+            raise _Unsupported  # another document: the node-based loaders refuse it
+        return data
+
+    def value(self, event: Any) -> Any:
+        kind = type(event)
+        if kind is yaml.ScalarEvent:
+            return self.scalar(event)
+        if event.anchor is not None or event.tag not in (None, "!"):
+            raise _Unsupported
+        if kind is yaml.MappingStartEvent:
+            return self.mapping(event)
+        if kind is yaml.SequenceStartEvent:
+            return self.sequence(event)
+        raise _Unsupported  # an alias
+
+    def scalar(self, event: Any) -> Any:
+        if event.anchor is not None or event.tag not in (None, "!"):
+            raise _Unsupported
+        loader = self.loader
+        tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        if tag not in _VALUE_TAGS:
+            raise _Unsupported
+        key = (tag, event.value)
+        if key not in loader.scalars:
+            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+            loader.scalars[key] = loader.yaml_constructors[tag](loader, node)
+        return loader.scalars[key]
+
+    def mapping(self, start: Any) -> LineDict:
+        data = LineDict()
+        data.line, data.key_lines, data.duplicates = _start_line(start), {}, []
+        first_lines: dict[Any, int] = {}
+        while True:
+            event = self.next()
+            if type(event) is yaml.MappingEndEvent:
+                return data
+            if type(event) is not yaml.ScalarEvent:
+                raise _Unsupported  # a key that is a mapping, a list or an alias
+            key = self.scalar(event)
+            line = _start_line(event)
+            if key in first_lines:
+                data.duplicates.append((key, line, first_lines[key]))
+            else:
+                first_lines[key] = line
+            data[key] = self.value(self.next())
+            data.key_lines[key] = line
+
+    def sequence(self, start: Any) -> LineList:
+        data = LineList()
+        data.line, data.item_lines = _start_line(start), []
+        while True:
+            event = self.next()
+            if type(event) is yaml.SequenceEndEvent:
+                return data
+            data.item_lines.append(_start_line(event))
+            data.append(self.value(event))
+
+
+def _start_line(event: Any) -> int:
+    return int(event.start_mark.line) + 1  # YAML marks are 0-based
+
+
+def _read(text: str, loader_class: type[_Lines], events: bool = False) -> Any:
+    loader = loader_class(text)
+    try:
+        if events:
+            assert isinstance(loader, _FastLineLoader)
+            return _Events(loader).document()
+        return loader.get_single_data()  # type: ignore[attr-defined]
+    finally:
+        loader.dispose()  # type: ignore[attr-defined]
 
 
 def load_yaml(text: str, path: str) -> tuple[Any, RuleProblem | None]:
     """The document, or a problem describing why it is not valid YAML."""
     try:
-        return yaml.load(text, Loader=_LineLoader), None
+        return _read(text, _FastLineLoader, events=True), None
+    except _Unsupported:
+        try:
+            return _read(text, _FastLineLoader), None
+        except Exception:  # whatever libyaml refuses, the pure-Python parser explains
+            pass
+    except Exception:  # as above
+        pass
+    try:
+        return _read(text, _LineLoader), None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
