@@ -243,6 +243,18 @@ def test_explain_shows_the_ladder_in_progress(ladder: tuple[Bridge, Clock]) -> N
         "until": iso(NOON + 600),
         "next": {"step": 2, "operation": "reboot", "at": iso(NOON + 600)}}]
     assert json.dumps(answer)  # plain JSON
+    from click.testing import CliRunner
+
+    from bridge.cli import main
+
+    saved = bridge.settings.state_path + ".payload.json"
+    with open(saved, "wb") as f:
+        f.write(unreachable())
+    shown = CliRunner().invoke(main, ["explain", saved, "--rules", bridge.settings.rules_path,
+                                      "--state", bridge.settings.state_path])
+    assert shown.exit_code == 0, shown.output
+    assert (f"      ladder     step 1: sync (operation 1) watching until {iso(NOON + 600)};"
+            " then step 2: reboot if it still fires") in shown.output.splitlines()
 
 
 def test_the_report_ack_and_status_from_the_cli_and_over_http(

@@ -296,6 +296,8 @@ CREATE TABLE IF NOT EXISTS verifications (
 CREATE INDEX IF NOT EXISTS verifications_watching ON verifications (deadline)
     WHERE state = 'watching';
 CREATE INDEX IF NOT EXISTS verifications_concluded ON verifications (concluded);
+CREATE INDEX IF NOT EXISTS verifications_open ON verifications (operation_id)
+    WHERE resolved_at IS NULL;
 CREATE INDEX IF NOT EXISTS operations_fingerprint ON operations (fingerprint);
 CREATE TABLE IF NOT EXISTS resolutions (
     fingerprint text NOT NULL,       -- an alert
