@@ -392,7 +392,7 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
                 say(f"      {g.guard:<9}  {'ok' if g.passed else g.verdict:<16}"
                            f"  {g.reason}")
             for rung in rungs:
-                if rung.rule == r.rule.name and rung.fingerprint == alert.fingerprint:
+                if rung.of(r.rule, alert.fingerprint):
                     say(f"      ladder     {rung.describe(r.rule)}")
 
 

@@ -472,8 +472,7 @@ def explanation_json(results: list[tuple[Alert, list[RuleExplanation]]],
     that has one on the alert, the step on its way or being verified and the one to follow."""
     def rule_json(alert: Alert, r: RuleExplanation) -> dict[str, object]:
         doc = r.to_json()
-        ladder = [g.to_json(r.rule) for g in rungs
-                  if g.rule == r.rule.name and g.fingerprint == alert.fingerprint]
+        ladder = [g.to_json(r.rule) for g in rungs if g.of(r.rule, alert.fingerprint)]
         return {**doc, "ladder": ladder} if ladder else doc
 
     return [

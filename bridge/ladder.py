@@ -123,6 +123,12 @@ class Rung:
     fingerprint: str
     until: float | None = None  # while watching: the end of the window
 
+    def of(self, rule: Rule, fingerprint: str) -> bool:
+        """Whether explain shows this rung under `rule` for the alert of `fingerprint`: a step
+        of its ladder, or an operation it verifies (not any operation on its way)."""
+        return (self.rule == rule.name and self.fingerprint == fingerprint
+                and (bool(rule.verify) or rule.steps > 1 or self.step > 1))
+
     def to_json(self, rule: Rule | None) -> dict[str, object]:
         """The rung as explain shows it, with the step that would follow it and when, when
         the rule (as it is now) has one."""
