@@ -30,16 +30,17 @@ def test_status_of_a_live_bridge(make_bridge: Callable[..., Bridge], fake: Fake)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     version = parse_rules(RULES).version
-    assert lines[:7] == [
+    assert lines[:8] == [
         f"Server:   {bridge.url}: live, 4 rules (version {version}), webhook auth: none",
         f"State:    {state} (sqlite), 1 replica alive",
         "Sending:  running",
         "API:      last hour: 1 succeeded",
         "Queue:    0 queued, 0 sending, 0 pending approval",
+        "Verified: last day: no operation verified",
         "Latest:",
         "  TIME                 RULE               DEVICE    OPERATION  OUTCOME    HTTP  DETAIL",
     ]
-    assert [line.split()[5] for line in lines[7:]] == ["execute", "succeeded"]
+    assert [line.split()[5] for line in lines[8:]] == ["execute", "succeeded"]
 
 
 def test_status_without_a_server_and_paused(make_bridge: Callable[..., Bridge]) -> None:
@@ -50,9 +51,10 @@ def test_status_without_a_server_and_paused(make_bridge: Callable[..., Bridge]) 
     assert CliRunner().invoke(main, ["pause", "--state", state]).exit_code == 0
     url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(main, ["status", "--state", state, "--url", url, "--last", "0"])
-    server, where, sending, api, queue = result.output.splitlines()
+    server, where, sending, api, queue, verified = result.output.splitlines()
     assert server == f"Server:   not answering at {url}"
     assert where == f"State:    {state} (sqlite), 1 replica alive"
     assert sending.startswith("Sending:  PAUSED since ")
     assert api == "API:      last hour: no operation ended"
     assert queue == "Queue:    0 queued, 0 sending, 0 pending approval"
+    assert verified == "Verified: last day: no operation verified"
