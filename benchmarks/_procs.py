@@ -136,7 +136,7 @@ def start_fake_api(workdir: Path, token: str) -> Server:
     return server.wait_ready()
 
 
-def start_bridge(workdir: Path, name: str, rules: Path, state: Path,
+def start_bridge(workdir: Path, name: str, rules: Path, state: Path | str,
                  env: dict[str, str]) -> Server:
     """`python -m bridge serve` with 2 workers; `env` holds its BRIDGE_* settings (no others:
     without BRIDGE_API_TOKEN the bridge runs in dry run)."""

@@ -4,6 +4,9 @@
     python benchmarks/run.py --quick    # every part shortened: a smoke run of a minute or two
     python benchmarks/run.py --only load,match   # some parts; their sections replaced in --out
 
+Section 6 makes (and drops) a database on the PostgreSQL server at BRIDGE_BENCH_POSTGRES
+(default postgresql://postgres@127.0.0.1:5432/postgres).
+
 Prints a Markdown report and writes it to docs/benchmarks.md (--out to change). Servers run as
 real processes on loopback ports: the bridge (`python -m bridge serve`, 2 gunicorn workers),
 the fake device API (`python -m bridge fake-api`) and a baseline bare Flask app under the same
@@ -47,6 +50,7 @@ from _procs import (  # noqa: E402
     stop_all,
     wait_until,
 )
+from _replicas import section_replicas  # noqa: E402
 from _report import Report, Target, machine, merge_reports, ms, ratio, table  # noqa: E402
 from _rules_loading import compare_check, hold_rules  # noqa: E402
 
@@ -698,6 +702,7 @@ PARTS = {
     "webhooks": "sections 2 and 4 (webhooks under load, memory per worker)",
     "match": "section 3 (the decision core: cost per alert by rule count)",
     "load": "section 5 (loading rules: check vs libyaml, memory holding rules)",
+    "replicas": "section 6 (reaction time and webhooks/s, SQLite vs PostgreSQL replicas)",
 }
 
 
@@ -809,11 +814,12 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
             report.target(Target(section, "the targets of this section", "failed (see above)",
                                  float("nan"), None))
 
-    fake = start_fake_api(wd, FAKE_TOKEN) if {"dispatch", "webhooks"} & set(parts) else None
+    fake = start_fake_api(wd, FAKE_TOKEN) if {"dispatch", "webhooks", "replicas"} & set(parts) \
+        else None
+    rules = wd / "dispatch-rules.yaml"
+    rules.write_text(guardrails_off() + DISPATCH_RULES)
     if "dispatch" in parts:
         assert fake is not None
-        rules = wd / "dispatch-rules.yaml"
-        rules.write_text(guardrails_off() + DISPATCH_RULES)
         log("section 1: dispatch")
         report.section("## 1. Dispatch (issue 3)")
         guarded("1a", dispatch_latency, cfg, report, wd, fake, rules)
@@ -825,6 +831,12 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
         report.section("## 2. Webhooks under load (issue 4)")
         guarded("2", section_webhooks, cfg, report, wd, memory)
         guarded("2b", live_storm, cfg, report, wd, fake)
+    if "replicas" in parts:
+        assert fake is not None
+        log("section 6: reaction time, one server and several replicas")
+        report.section("## 6. Several replicas on PostgreSQL (issue 12)")
+        guarded("6", section_replicas, cfg.quick, report, wd, rules, live_env(fake),
+                lambda: fake_calls(fake))
     if fake is not None:
         fake.stop()
     if "match" in parts:

@@ -28,6 +28,7 @@ from bridge.config import (
 from bridge.errors import BridgeError, PayloadError, RulesError
 from bridge.rules import format_duration, load_rules, parse_duration
 from bridge.text import json_line, printable
+from bridge.vocab import FINAL_STATES, Flag, OpState
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,15 +111,13 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
         insecure_no_auth=insecure_no_auth or None,
     )
     rules = load_rules(settings.rules_path)
-    from bridge.dispatch import API_UNAUTHORIZED
-    from bridge.store import RELOAD_FAILED
 
     # Opening the store now fails the start early on an unusable state path. A restart is
     # how an operator applies a fixed token, so an old "API rejected the token" is cleared;
     # and the file just loaded is valid, so a reload refused before the restart is over.
     store = settings.open_store()
-    store.set_flag(API_UNAUTHORIZED, None)
-    store.set_flag(RELOAD_FAILED, None)
+    store.set_flag(Flag.API_UNAUTHORIZED, None)
+    store.set_flag(Flag.RELOAD_FAILED, None)
     depth = store.queue_depth(time.time())
     state = store.where  # never a password
     store.close()
@@ -128,9 +127,9 @@ def serve(rules_path: str | None, bind: str | None, workers: int | None,
         "alert-bridge: %d rules from %s (version %s), state %s, device API %s",
         len(rules.rules), settings.rules_path, rules.version, state, settings.api_url,
     )
-    if depth["queued"] or depth["sending"]:
+    if depth[OpState.QUEUED] or depth[OpState.SENDING]:
         log.info("resuming: %d operations queued, %d were being sent when the bridge stopped",
-                 depth["queued"], depth["sending"])
+                 depth[OpState.QUEUED], depth[OpState.SENDING])
     if settings.auth.configured:
         log.info("webhook authentication: %s", ", ".join(settings.auth.methods))
     elif settings.insecure_no_auth:
@@ -620,8 +619,6 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
     """
     import requests
 
-    from bridge.dispatch import API_UNAUTHORIZED
-    from bridge.store import BREAKER_OPEN, PAUSED, RELOAD_FAILED, RELOAD_OK
 
     settings = Settings.from_env(state_path=state_path, listening=False)
     store = open_store(state_path)
@@ -643,22 +640,21 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
     alive = store.replicas_alive(time.time())
     say(f"State:    {store.where} ({store.engine}), {alive} replica{'' if alive == 1 else 's'}"
         " alive")
-    paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
+    paused, breaker = store.get_flag(Flag.PAUSED), store.get_flag(Flag.BREAKER_OPEN)
     if paused is not None:
         say(f"Sending:  PAUSED since {iso(paused)} (alert-bridge resume)")
     elif breaker is not None:
         say(f"Sending:  STORM BREAKER OPEN since {iso(breaker)} (alert-bridge resume)")
     else:
         say("Sending:  running")
-    unauthorized = store.get_flag(API_UNAUTHORIZED)
+    unauthorized = store.get_flag(Flag.API_UNAUTHORIZED)
     ends = store.outcome_counts(time.time() - 3600)
-    health = ", ".join(f"{ends[o]} {o}" for o in ("succeeded", "failed", "unknown", "expired",
-                                                   "rejected", "cancelled") if ends.get(o))
+    health = ", ".join(f"{ends[o]} {o}" for o in FINAL_STATES if ends.get(o))
     if unauthorized is not None:
         say(f"API:      TOKEN REJECTED (HTTP 401) since {iso(unauthorized)}")
     else:
         say(f"API:      last hour: {health or 'no operation ended'}")
-    ok_at, failed_at = store.get_flag(RELOAD_OK), store.get_flag(RELOAD_FAILED)
+    ok_at, failed_at = store.get_flag(Flag.RELOAD_OK), store.get_flag(Flag.RELOAD_FAILED)
     if failed_at is not None and (ok_at is None or failed_at > ok_at):
         say(f"Rules:    the last reload, at {iso(failed_at)}, was REFUSED (invalid file;"
                    " see the log): the previous rules still run")

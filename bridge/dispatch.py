@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from bridge.client import CallResult, DeviceClient
 from bridge.errors import BridgeError
 from bridge.store import Operation, Store
-from bridge.vocab import CallKind, CallOutcome
+from bridge.vocab import CallKind, CallOutcome, Flag, OpState
 
 if TYPE_CHECKING:
     from bridge.metrics import Metrics
@@ -28,9 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Store flag set (to the time) while the device API rejects the token; /-/ready fails on it.
-API_UNAUTHORIZED = "api_unauthorized_since"
 #: With a token file: the version (TokenSource.version) of the file whose token was rejected.
-API_UNAUTHORIZED_VERSION = "api_unauthorized_token_version"
 
 # Operations that may be sent again after an ambiguous attempt (a timeout or a dropped
 # connection after the request left, or a gateway timeout): the device may have started the
@@ -174,7 +172,7 @@ class Dispatcher:
         """End the operations that can no longer be sent as they should."""
         for op in self.store.end_stale(now, now + self.policy.failure_cooldown):
             self._ended(op, "ended without an answer: " +
-                        ("expired" if op.state == "expired" else "lost in flight"))
+                        ("expired" if op.state == OpState.EXPIRED else "lost in flight"))
         rules = self.rules
         if rules is None:
             return
@@ -200,7 +198,7 @@ class Dispatcher:
         final = step.result
         # An operation that certainly did not happen leaves a short cooldown, so the next
         # alert can try again without every repeat of it hammering the API.
-        release = None if final.outcome in ("succeeded", "unknown") else \
+        release = None if final.outcome in (CallOutcome.SUCCEEDED, CallOutcome.UNKNOWN) else \
             now + self.policy.failure_cooldown
         self.store.finish(op, final, now, retry_at=step.retry_at, release_until=release)
         if self.metrics is not None and step.retry_at is None:
@@ -211,7 +209,7 @@ class Dispatcher:
                         op.operation, op.device, op.attempts, final.error,
                         step.retry_at - now)
         else:
-            (log.info if final.outcome == "succeeded" else log.warning)(
+            (log.info if final.outcome == CallOutcome.SUCCEEDED else log.warning)(
                 "operation %d: %s on %s by rule %s: %s after %d attempt(s)%s", op.id,
                 op.operation, op.device, op.rule, final.outcome, op.attempts,
                 f" ({final.error})" if final.error else "",
@@ -222,28 +220,28 @@ class Dispatcher:
         if result.kind == "unauthorized":
             # The client looked at the token file after the 401, so this is the version that
             # held the rejected token. Written before the flag, which /-/ready reads.
-            self.store.set_flag(API_UNAUTHORIZED_VERSION, self.client.tokens.version)
-            if self.store.get_flag(API_UNAUTHORIZED) is None:
-                self.store.set_flag(API_UNAUTHORIZED, self.clock())
+            self.store.set_flag(Flag.API_UNAUTHORIZED_VERSION, self.client.tokens.version)
+            if self.store.get_flag(Flag.API_UNAUTHORIZED) is None:
+                self.store.set_flag(Flag.API_UNAUTHORIZED, self.clock())
             log.error(
                 "THE DEVICE API REJECTED THE TOKEN (HTTP 401): every further call will fail "
                 "until the token is replaced: write the new one to BRIDGE_API_TOKEN_FILE (used "
                 "from the next call on), or fix BRIDGE_API_TOKEN and restart"
             )
-        elif result.outcome == "succeeded" and self.store.get_flag(API_UNAUTHORIZED):
-            self.store.set_flag(API_UNAUTHORIZED, None)
+        elif result.outcome == CallOutcome.SUCCEEDED and self.store.get_flag(Flag.API_UNAUTHORIZED):
+            self.store.set_flag(Flag.API_UNAUTHORIZED, None)
 
     def _forget_a_replaced_token(self) -> None:
         """Clear the 401 flag once the token file no longer holds the rejected token, as a
         restart with a new token does: a readiness probe that kept failing would keep away
         the webhooks whose calls show that the new token works."""
         tokens = self.client.tokens
-        if tokens.path is None or self.store.get_flag(API_UNAUTHORIZED) is None:
+        if tokens.path is None or self.store.get_flag(Flag.API_UNAUTHORIZED) is None:
             return
-        rejected = self.store.get_flag(API_UNAUTHORIZED_VERSION)
+        rejected = self.store.get_flag(Flag.API_UNAUTHORIZED_VERSION)
         tokens.get()  # reads the file again if it changed
         if rejected is not None and tokens.version != rejected:
-            self.store.set_flag(API_UNAUTHORIZED, None)
+            self.store.set_flag(Flag.API_UNAUTHORIZED, None)
             log.warning("the token file %s was replaced since the device API rejected its "
                         "token: ready again; the next call will tell whether the new one works",
                         tokens.path)

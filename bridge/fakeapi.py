@@ -384,6 +384,8 @@ def _operation_call(state: FakeApiState, raw_path: str) -> Response:
             "device": unquote(name),
             "authorization": request.headers.get("Authorization"),
             "content_type": request.headers.get("Content-Type"),
+            # Tells which of several client processes sent it (their socket's port).
+            "client_port": request.environ.get("REMOTE_PORT"),
             "body": body.decode("utf-8", errors="replace"),
             "json": parsed,
             "time": arrived,

@@ -18,7 +18,7 @@ from bridge import logs, metrics
 from bridge.config import Settings
 from bridge.errors import RulesError
 from bridge.rules import RuleSet, load_rules
-from bridge.store import RELOAD_FAILED, RELOAD_OK
+from bridge.vocab import Flag
 from bridge.web.context import context_of
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,11 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
             try:
                 rules = load_rules(path)
             except RulesError as exc:
-                store.set_flag(RELOAD_FAILED, now)  # first: whoever reads the log finds it
+                store.set_flag(Flag.RELOAD_FAILED, now)  # first: whoever reads the log finds it
                 log.error("rules reload refused, still running version %s: %s",
                           self.rules.version, "; ".join(str(p) for p in exc.problems))
                 return False
-            store.set_flag(RELOAD_OK, now)
+            store.set_flag(Flag.RELOAD_OK, now)
         finally:
             store.close()
         if rules.version == self.rules.version:

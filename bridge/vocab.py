@@ -56,6 +56,8 @@ class OpState(StrEnum):
 
 #: Operations that may still be sent.
 OPEN_STATES = frozenset({OpState.PENDING_APPROVAL, OpState.QUEUED, OpState.SENDING})
+#: How an operation can end, in the order status lines list them.
+FINAL_STATES = tuple(state for state in OpState if state not in OPEN_STATES)
 #: Operations that never reached the device API: they count for nothing.
 NEVER_SENT = frozenset({OpState.EXPIRED, OpState.REJECTED, OpState.CANCELLED})
 
@@ -124,6 +126,8 @@ class Flag(StrEnum):
     RELOAD_OK = "rules_reload_ok_at"
     RELOAD_FAILED = "rules_reload_failed_at"
     API_UNAUTHORIZED = "api_unauthorized_since"
+    #: Which version of the token file the device API refused (a replaced file may be good).
+    API_UNAUTHORIZED_VERSION = "api_unauthorized_token_version"
     #: The earliest time the next call may start (the global rate limit).
     NEXT_CALL_SLOT = "next_call_slot"
     #: When a readiness probe or a scrape last wrote to the store, to see that it can.

@@ -1,7 +1,8 @@
 """A real Prometheus Alertmanager on loopback, for end-to-end tests (tests/test_alertmanager.py).
 
-Alertmanager runs as `prometheus-alertmanager` (Debian's name for the binary) with no cluster
-gossip, its own storage directory and a free port. Alerts go in through `POST /api/v2/alerts`;
+Alertmanager runs as `prometheus-alertmanager` (Debian's name for the binary) with its own
+storage directory and a free port; with no cluster gossip, unless given a cluster port and
+peers (an HA pair, on loopback). Alerts go in through `POST /api/v2/alerts`;
 what Alertmanager did about its webhook shows in its `/metrics` and its log.
 """
 
@@ -68,16 +69,31 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class Alertmanager(LocalService):
-    """One `prometheus-alertmanager` process: no gossip, storage in `workdir`, a free port."""
+    """One `prometheus-alertmanager` process: storage in `workdir`, a free port; gossip only
+    with a `cluster_port` (127.0.0.1), to the `peers` (their cluster ports on 127.0.0.1)."""
 
     name = "alertmanager"
 
-    def __init__(self, workdir: Path, config_text: str) -> None:
+    def __init__(self, workdir: Path, config_text: str, cluster_port: int | None = None,
+                 peers: Sequence[int] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(workdir / "alertmanager.log")
         self.workdir = workdir
         self.config_path = workdir / "alertmanager.yml"
         self.config_path.write_text(config_text)
+        self.cluster_port = cluster_port
+        self.peers = peers
+
+    def _cluster_args(self) -> list[str]:
+        if self.cluster_port is None:
+            return ["--cluster.listen-address="]  # no gossip: nothing on 9094, no peer to wait for
+        address = f"127.0.0.1:{self.cluster_port}"
+        # Fast timings: the pair settles in seconds, and the second member sends what the
+        # first has not within 1 s rather than 15.
+        return [f"--cluster.listen-address={address}", f"--cluster.advertise-address={address}",
+                *(f"--cluster.peer=127.0.0.1:{p}" for p in self.peers),
+                "--cluster.peer-timeout=1s", "--cluster.pushpull-interval=1s",
+                "--cluster.gossip-interval=100ms", "--cluster.settle-timeout=3s"]
 
     def start(self) -> Alertmanager:
         self.port = free_port()
@@ -86,7 +102,7 @@ class Alertmanager(LocalService):
              f"--storage.path={self.workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}",
              f"--web.external-url={self.url}",
-             "--cluster.listen-address=",  # no gossip: nothing on 9094, no peer to wait for
+             *self._cluster_args(),
              "--log.level=debug"],
             timeout=20, stdin=subprocess.DEVNULL, cwd=self.workdir,
             preexec_fn=_die_with_parent if _LIBC is not None else None,

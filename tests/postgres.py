@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,3 +78,75 @@ def cut_connections(url: str) -> int:
         return len(conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall())
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of the database, that the test can cut (every
+    connection through it closed, new ones closed as soon as accepted: the database is
+    unreachable) and restore, as a network partition or a failover would."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._cut = False
+        threading.Thread(target=self._accept, name="pg-proxy", daemon=True).start()
+
+    def url(self, url: str) -> str:
+        """`url` (to the target) through the proxy."""
+        return url.replace(f"{self.target[0]}:{self.target[1]}/", f"127.0.0.1:{self.port}/")
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            for sock in self._open:
+                _close(sock)
+            self._open.clear()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if self._cut:
+                    _close(client)
+                    continue
+                try:
+                    upstream = socket.create_connection(self.target, timeout=3)
+                except OSError:
+                    _close(client)
+                    continue
+                upstream.settimeout(None)
+                self._open += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    _close(src)
+    _close(dst)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

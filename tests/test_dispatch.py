@@ -13,7 +13,8 @@ import requests
 
 from bridge.client import CallResult, TokenSource
 from bridge.dispatch import DispatchPolicy, next_step
-from bridge.store import PAUSED, Operation, SqliteStore
+from bridge.store import Operation, SqliteStore
+from bridge.vocab import Flag
 from tests.conftest import TOKEN, Bridge, Fake
 from tests.helpers import (
     BridgeProcess,
@@ -370,7 +371,7 @@ def test_no_sender_takes_an_operation_past_its_maximum_age_before_the_sweep(
     bridge = make_bridge(clock=clock, start_dispatcher=False, max_age=60.0)
     store = bridge.context.store
     bridge.post("/webhook", RESOLVED)
-    store.set_flag(PAUSED, clock.now)
+    store.set_flag(Flag.PAUSED, clock.now)
     clock.now += 59.9
     bridge.dispatcher.step()  # sweeps (nothing is too old yet); sends nothing while paused
     store.resume(clock.now)

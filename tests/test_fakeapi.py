@@ -359,7 +359,8 @@ def test_every_call_is_recorded_as_received(
     calls = http.get(f"{fake_api.control_url}/calls").json()["calls"]
 
     assert [
-        {k: v for k, v in call.items() if k not in ("time", "finished", "response")}
+        {k: v for k, v in call.items()
+         if k not in ("time", "finished", "response", "client_port")}
         for call in calls
     ] == [
         {
@@ -388,6 +389,7 @@ def test_every_call_is_recorded_as_received(
     assert calls[0]["response"]["device_name"] == "a/b"
     assert calls[1]["response"] == {"error": "missing, invalid or expired token"}
     assert all(call["time"] <= call["finished"] for call in calls)
+    assert all(isinstance(call["client_port"], int) for call in calls)
 
 
 def test_raw_path_keeps_the_encoding_the_client_chose(fake_api: FakeApiServer) -> None:

@@ -27,9 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.auth import InboundAuth
 from bridge.cli import main
 from bridge.client import Secret
-from bridge.dispatch import API_UNAUTHORIZED
 from bridge.metrics import MULTIPROC_ENV, Metrics
-from bridge.store import BREAKER_OPEN, RELOAD_FAILED, RELOAD_OK, SqliteStore, StoreError
+from bridge.store import SqliteStore, StoreError
+from bridge.vocab import Flag
 from tests.conftest import RULES, TOKEN, Bridge, Fake
 from tests.helpers import (
     ROOT,
@@ -206,21 +206,21 @@ def test_state_gauges_are_read_from_the_store_at_scrape_time(
     bridge.post("/webhook", RESOLVED)  # a reconf that waits for approval
     assert CliRunner().invoke(main, ["pause", "--state", state]).exit_code == 0
     other = SqliteStore(state)  # what another process (a worker, the CLI) would do
-    other.set_flag(BREAKER_OPEN, time.time())
-    other.set_flag(API_UNAUTHORIZED, time.time())
+    other.set_flag(Flag.BREAKER_OPEN, time.time())
+    other.set_flag(Flag.API_UNAUTHORIZED, time.time())
     assert gauges() == {**before, "paused": 1, "breaker_open": 1, "api_unauthorized": 1,
                         "queue_queued": 3, "queue_pending_approval": 1}
 
     assert CliRunner().invoke(main, ["resume", "--state", state]).exit_code == 0
-    other.set_flag(API_UNAUTHORIZED, None)
+    other.set_flag(Flag.API_UNAUTHORIZED, None)
     assert gauges() == {**before, "queue_queued": 3, "queue_pending_approval": 1}
 
     # The master records each reload in the store, as it refuses or accepts the file.
-    other.set_flag(RELOAD_FAILED, time.time() + 100)
+    other.set_flag(Flag.RELOAD_FAILED, time.time() + 100)
     samples = scrape(bridge.url)
     assert value(samples, "alert_bridge_reload_success") == 0
     assert value(samples, "alert_bridge_reload_timestamp_seconds") == reload_time
-    other.set_flag(RELOAD_OK, 2_000_000_000.0)
+    other.set_flag(Flag.RELOAD_OK, 2_000_000_000.0)
     other.close()
     samples = scrape(bridge.url)
     assert value(samples, "alert_bridge_reload_success") == 1

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.rules import parse_rules
-from bridge.store import RELOAD_FAILED, RELOAD_OK, SqliteStore
+from bridge.store import SqliteStore
+from bridge.vocab import Flag
 from tests.conftest import RULES, Fake
 from tests.helpers import (
     BridgeProcess,
@@ -54,7 +55,7 @@ def flag(bridge: BridgeProcess, key: str) -> float:
         store.close()
 
 
-def hang_up(bridge: BridgeProcess, recorded: str = RELOAD_OK) -> None:
+def hang_up(bridge: BridgeProcess, recorded: str = Flag.RELOAD_OK) -> None:
     """SIGHUP the master; return once it has recorded the reload (or its refusal)."""
     before = flag(bridge, recorded)
     assert bridge.proc is not None
@@ -65,7 +66,7 @@ def hang_up(bridge: BridgeProcess, recorded: str = RELOAD_OK) -> None:
 def refuse(bridge: BridgeProcess) -> None:
     """Reload a file that fails validation; return once the master has refused it."""
     bridge.rules.write_text(BAD)
-    hang_up(bridge, RELOAD_FAILED)
+    hang_up(bridge, Flag.RELOAD_FAILED)
 
 
 def reload_success(bridge: BridgeProcess) -> float | None:

@@ -20,7 +20,6 @@ from bridge.console.auth import COOKIE, csrf_ok
 from bridge.console.context import services
 from bridge.errors import BridgeError, ParameterError
 from bridge.rules import format_duration, parse_duration
-from bridge.store import BREAKER_OPEN, PAUSED, RELOAD_FAILED, RELOAD_OK
 from bridge.text import printable
 from bridge.vocab import Flag, Outcome, Verdict
 
@@ -135,7 +134,7 @@ def _bridge_error(exc: BridgeError) -> tuple[str, int]:
 def overview() -> tuple[str, int]:
     s = services()
     store, now = s.store, s.now()
-    paused, breaker = store.get_flag(PAUSED), store.get_flag(BREAKER_OPEN)
+    paused, breaker = store.get_flag(Flag.PAUSED), store.get_flag(Flag.BREAKER_OPEN)
     return page(
         "overview.html", settings=s.settings, rules=s.rules, started=s.console.started,
         paused=paused, breaker=breaker,
@@ -144,7 +143,7 @@ def overview() -> tuple[str, int]:
         unauthorized=store.get_flag(Flag.API_UNAUTHORIZED),
         last_hour=store.outcome_counts(now - 3600), last_day=store.outcome_counts(now - 86400),
         depth=store.queue_depth(now), pending=store.pending(now)[:5],
-        reload_ok=store.get_flag(RELOAD_OK), reload_failed=store.get_flag(RELOAD_FAILED),
+        reload_ok=store.get_flag(Flag.RELOAD_OK), reload_failed=store.get_flag(Flag.RELOAD_FAILED),
         latest=store.audit(AuditQuery(limit=10))[::-1],
     )
 

@@ -12,7 +12,7 @@ import datetime
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bridge.errors import RuleProblem
@@ -28,9 +28,6 @@ from bridge.rules.matchers import (
 )
 from bridge.rules.templates import compile_template
 from bridge.rules.yaml_lines import LineDict, LineList
-
-if TYPE_CHECKING:
-    from bridge.rules.sections import Section
 
 
 class _Invalid:
@@ -83,13 +80,14 @@ class At:
     def problem(self, line: int | None, message: str) -> None:
         self.problems.append(RuleProblem(self.path, line, self.rule, self.prefix + message))
 
-    def define(self, section: Section, name: str, line: int) -> None:
-        """Note that ``name`` is defined on ``line``; a second definition is a problem."""
-        defined = self.names.setdefault(section.name, {})
+    def define(self, section: str, name: str, line: int) -> None:
+        """Note that ``name`` (of a ``section``: "rule", "budget") is defined on ``line``; a
+        second definition is a problem."""
+        defined = self.names.setdefault(section, {})
         if name in defined:
             first = defined[name]
             self.problem(
-                line, f"duplicate {section.name} name '{name}' (first defined on line {first})"
+                line, f"duplicate {section} name '{name}' (first defined on line {first})"
             )
         else:
             defined[name] = line

@@ -129,7 +129,7 @@ class Section:
                 key_line = mapping.key_lines[f.key]
                 value = f.kind.read(mapping[f.key], key_line, self.path + f.key, at)
                 if f.unique and value is not INVALID:
-                    at.define(self, value, key_line)
+                    at.define(self.name, value, key_line)
                 values[f.key] = value
         for check in self.checks:
             found = check({**self._defaults, **values})

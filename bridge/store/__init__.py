@@ -24,14 +24,6 @@ from bridge.store.base import (
 from bridge.store.postgres import POOL_SIZE, PostgresStore, is_url
 from bridge.store.schema import LATEST as SCHEMA_VERSION
 from bridge.store.sqlite import WAL_LIMIT, SqliteStore
-from bridge.vocab import Flag
-
-# The meta flags under their old names, for the modules that import them from here.
-PAUSED = Flag.PAUSED
-BREAKER_OPEN = Flag.BREAKER_OPEN
-RELOAD_OK = Flag.RELOAD_OK
-RELOAD_FAILED = Flag.RELOAD_FAILED
-
 
 
 def open_store(location: str, *, timeout: float = 30.0,
@@ -45,9 +37,7 @@ def open_store(location: str, *, timeout: float = 30.0,
 
 
 __all__ = [
-    "BREAKER_OPEN", "HEARTBEAT", "PAUSED", "POOL_SIZE", "PROBE_WAIT", "RELOAD_FAILED",
-    "RELOAD_OK", "REPLICA_GONE",
-    "SCHEMA_VERSION", "WAL_LIMIT", "WEEK", "AskingAlert", "Claim", "Cooldown", "DeviceSeen",
-    "Operation", "PostgresStore",
-    "Recorded", "SqliteStore", "Store", "StoreError", "is_url", "open_store",
+    "HEARTBEAT", "POOL_SIZE", "PROBE_WAIT", "REPLICA_GONE", "SCHEMA_VERSION", "WAL_LIMIT", "WEEK",
+    "AskingAlert", "Claim", "Cooldown", "DeviceSeen", "Operation", "PostgresStore", "Recorded",
+    "SqliteStore", "Store", "StoreError", "is_url", "open_store",
 ]

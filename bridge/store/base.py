@@ -202,6 +202,8 @@ class Store(Protocol):
                operation_id: int | None = None,
                release_until: float | None = None) -> list[Operation]: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
+    def listen(self, wake: Callable[[], None]) -> None: ...
+    def unlisten(self) -> None: ...
     def finish(self, op: Operation, result: CallResult, now: float, *,
                retry_at: float | None = None, release_until: float | None = None) -> None: ...
     def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
@@ -252,6 +254,11 @@ class Tx:
     def translate(self, sql: str) -> str:
         """`sql` with its `?` marks as the engine's driver wants them."""
         return sql
+
+    def notify_queue(self) -> None:
+        """Tell every process's idle senders, once this commits, that there may be work
+        (an operation queued, approved, or a sending slot freed). SQLite has no other
+        process to tell: its senders are woken in process and poll."""
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Any:
         return self.conn.execute(self.translate(sql), tuple(params))
@@ -341,6 +348,14 @@ class SqlStore:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake` whenever another process may have queued work (Tx.notify_queue), from
+        a thread of this process, until unlisten() or close(); nothing to do where no other
+        process sends."""
+
+    def unlisten(self) -> None:
+        """Stop calling the `wake` given to listen()."""
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -569,8 +584,10 @@ class SqlStore:
                 # The lease ran out and the operation was already ended as unknown: that
                 # record stands, and this late result is recorded beside it, not over it.
                 event, reason = Event.ATTEMPT, f"{result.kind}; arrived after the lease ran out"
-            elif retry_at is None and release_until is not None:
-                _release(tx, op, release_until)
+            else:
+                tx.notify_queue()  # a sending slot (and the device) is free again
+                if retry_at is None and release_until is not None:
+                    _release(tx, op, release_until)
             _append(tx, [_operation_entry(
                 now, event, op, result.outcome, reason, status_code=result.status_code,
                 execution_id=result.execution_id, error=result.error,
@@ -705,6 +722,7 @@ class SqlStore:
                    if _meta(tx, flag)]
             tx.execute("DELETE FROM meta WHERE key IN (?, ?)", (Flag.PAUSED, Flag.BREAKER_OPEN))
             _set_meta(tx, Flag.RESUMED, now)
+            tx.notify_queue()
             if who is not None:
                 reason = f"resumed by {who} (was: {', '.join(was) or 'running'})"
                 _append(tx, [_entry(now, Event.OPERATOR, outcome=Outcome.SENDING_RESUMED,
@@ -903,6 +921,8 @@ def _queue(tx: Tx, delivery: Delivery, d: Decision, now: float, max_age: float,
         " operation_id = excluded.operation_id",
         (d.device, d.operation, d.until, d.rule.name, op_id),
     )
+    if state == OpState.QUEUED:
+        tx.notify_queue()
     return op_id
 
 
@@ -987,6 +1007,7 @@ def _answer(tx: Tx, op: Operation, approve: bool, who: str, now: float,
             "UPDATE operations SET state = ?, updated = ?, hold = ?, expires_at = ?"
             " WHERE id = ?", (OpState.QUEUED, now, Hold.NONE, expires_at, op.id),
         )
+        tx.notify_queue()
         event, outcome, reason = Event.APPROVAL, Outcome.APPROVED, f"approved by {who}"
     else:
         # A rejected operation keeps its cooldown: the same alert asking again at

@@ -12,7 +12,9 @@ interleave say so (base.Lock), with transaction-level advisory locks:
   transaction holds (FOR UPDATE SKIP LOCKED) instead of waiting for it.
 
 Each process makes its own pool on first use (a pool made before gunicorn forks would be
-shared by every worker's sockets), of at most POOL_SIZE connections.
+shared by every worker's sockets), of at most POOL_SIZE connections, and, when it sends,
+one more outside the pool that LISTENs: a transaction that queues work NOTIFYs (delivered
+at its commit), so an idle sender of any replica looks at once instead of at its next poll.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -31,10 +33,11 @@ from bridge.store.schema import upgrade
 
 log = logging.getLogger(__name__)
 
-#: Connections one process holds at most. A worker's store users are its 4 request threads,
-#: its senders (BRIDGE_CONCURRENCY, 4 by default) and housekeeping, each for one short
-#: transaction at a time (never across a device API call); one waiting for a connection
-#: waits within BRIDGE_STATE_TIMEOUT.
+#: Connections one process holds at most in its pool (a sending process has one more, the
+#: listener). A worker's store users are its 4 request threads, its senders
+#: (BRIDGE_CONCURRENCY, 4 by default) and housekeeping, each for one short transaction at a
+#: time (never across a device API call); one waiting for a connection waits within
+#: BRIDGE_STATE_TIMEOUT.
 POOL_SIZE = 8
 #: The advisory locks' first key: this bridge's namespace ("albr"); the second is the lock.
 _NAMESPACE = 0x616C6272
@@ -42,6 +45,10 @@ _LOCK_KEYS = {Lock.CHAIN: 1, Lock.CLAIM: 2}
 _MIGRATION_KEY = 3
 #: Server error classes that say the connection is gone or the server is going away.
 _CONNECTION_LOST = ("08", "57P")
+#: The channel a commit that queued work notifies (Tx.notify_queue).
+CHANNEL = "alert_bridge_queue"
+#: The listener's longest wait between two attempts to connect again.
+LISTEN_RETRY_CAP = 5.0
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -72,6 +79,10 @@ class PostgresTx(Tx):
             names = [d.name for d in cursor.description]
             for values in cursor:
                 yield dict(zip(names, values, strict=True))
+
+    def notify_queue(self) -> None:
+        # Several in one transaction are delivered as one.
+        self.execute(f"NOTIFY {CHANNEL}")
 
     def contains(self, column: str) -> str:
         return f"strpos(lower({column}), lower(?)) > 0"
@@ -123,6 +134,7 @@ class PostgresStore(SqlStore):
         self._pid = 0
         self._upgrade_lock = threading.Lock()
         self._ready = False
+        self._listener: _Listener | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
@@ -137,9 +149,7 @@ class PostgresStore(SqlStore):
                 self._pid = os.getpid()
             return self._pool
 
-    def _new_pool(self) -> Any:
-        from psycopg_pool import ConnectionPool
-
+    def _connect_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             # Transactions are begun and ended here, as with SQLite.
             "autocommit": True,
@@ -148,6 +158,12 @@ class PostgresStore(SqlStore):
         }
         if self._password_file:
             kwargs["password"] = self._read_password(self._password_file)
+        return kwargs
+
+    def _new_pool(self) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        kwargs = self._connect_kwargs()
         pool = ConnectionPool(self._url, kwargs=kwargs, min_size=1, max_size=POOL_SIZE,
                               open=False, timeout=self._timeout, name="alert-bridge-state")
         pool.open(wait=False)
@@ -262,11 +278,79 @@ class PostgresStore(SqlStore):
         with self._transaction(begin, self._timeout, Lock.NONE) as tx:
             yield tx
 
+    def listen(self, wake: Callable[[], None]) -> None:
+        import psycopg
+
+        def connect() -> Any:
+            # Keepalives: a connection the network dropped silently is found dead, not
+            # waited on forever.
+            return psycopg.connect(self._url, keepalives=1, keepalives_idle=10,
+                                   keepalives_interval=5, keepalives_count=3,
+                                   **self._connect_kwargs())
+
+        with self._lock:
+            if self._listener is None:
+                self._listener = _Listener(connect, wake, self.where, self._secrets)
+                self._listener.start()
+
+    def unlisten(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
     def close(self) -> None:
+        self.unlisten()
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.close()
+
+
+class _Listener:
+    """One connection, outside the pool, that LISTENs on CHANNEL and wakes the senders at
+    each notification. Cut, it connects again by itself (backing off up to
+    LISTEN_RETRY_CAP) and wakes them once more: a notification missed meanwhile costs at
+    most one poll, as the senders poll anyway."""
+
+    def __init__(self, connect: Callable[[], Any], wake: Callable[[], None], where: str,
+                 secrets: list[str]) -> None:
+        self._connect = connect
+        self._wake = wake
+        self._where = where
+        self._secrets = secrets
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="state-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(2.0)
+
+    def _run(self) -> None:
+        import psycopg
+
+        retry = 0.1
+        while not self._stopping.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    if retry > 0.1:
+                        log.info("state store %s: listening for queued work again", self._where)
+                    retry = 0.1
+                    self._wake()  # what was queued while not listening
+                    while not self._stopping.is_set():
+                        # The timeout only lets stop() be seen.
+                        for _ in conn.notifies(timeout=1.0):
+                            self._wake()
+            except psycopg.Error as exc:
+                if retry == 0.1:
+                    log.warning("state store %s: not listening for queued work (%s); senders"
+                                " poll meanwhile", self._where, _scrub(exc, *self._secrets))
+                self._stopping.wait(retry)
+                retry = min(LISTEN_RETRY_CAP, retry * 2)
 
 
 def _lost(exc: Exception) -> bool:

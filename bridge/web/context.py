@@ -41,11 +41,14 @@ class BridgeContext:
         """Start sending queued operations and pruning the audit past its retention."""
         if self.dispatcher is not None:
             self.dispatcher.start()
+            # Work queued by another replica wakes these senders too, not only their poll.
+            self.store.listen(self.dispatcher.wake)
         self.housekeeper.start()
 
     def stop(self, timeout: float) -> None:
         """Stop the background work; the calls in flight get `timeout` seconds to end."""
         self.housekeeper.stop()
+        self.store.unlisten()
         if self.dispatcher is not None:
             self.dispatcher.stop(timeout)
 
