@@ -17,7 +17,9 @@ from bridge.console import init_app as init_console
 from bridge.dispatch import Dispatcher
 from bridge.housekeeping import Housekeeper
 from bridge.intake import Intake
+from bridge.loop import ClosingLoop, Judgement
 from bridge.metrics import Metrics
+from bridge.notify import Alertmanagers, Notifier
 from bridge.rules import RuleSet, load_rules
 from bridge.store import Store
 from bridge.web import answers, lifecycle, operator, webhooks
@@ -79,5 +81,17 @@ def _context(settings: Settings, rules: RuleSet | None, store: Store | None,
         intake=Intake(settings, rules, store, metrics=metrics, dispatcher=dispatcher,
                       clock=clock),
         housekeeper=Housekeeper(store, settings.audit_retention, clock),
-        dispatcher=dispatcher, clock=clock,
+        dispatcher=dispatcher, loop=_loop(settings, rules, store, metrics, dispatcher, clock),
+        clock=clock,
     )
+
+
+def _loop(settings: Settings, rules: RuleSet, store: Store, metrics: Metrics,
+          dispatcher: Dispatcher | None, clock: Callable[[], float]) -> ClosingLoop:
+    managers = Alertmanagers(settings.alertmanager_urls) if settings.alertmanager_urls else None
+    notifier = Notifier(managers, settings.notify_webhooks, clock=clock,
+                        interval=settings.loop_interval)
+    judgement = Judgement(rules, settings.dry_run, settings.max_age, settings.device_regex)
+    return ClosingLoop(store, judgement, notifier, interval=settings.loop_interval,
+                       external_url=settings.external_url, metrics=metrics,
+                       wake=dispatcher.wake if dispatcher is not None else None, clock=clock)

@@ -59,6 +59,11 @@ class AuditRecord:
     operation_id: int | None
     attempt: int | None
     rules_version: str  # the rules file (content hash) that made the decision
+    #: The step of its rule's ladder, for decisions on a later step (2, 3, ...) and for
+    #: verifications (1 for the rule's own operation); None otherwise.
+    step: int | None
+    #: Seconds from the call to the alert's resolution, for a `remediated` verification.
+    elapsed: float | None
     prev_hash: str  # the hash of the record before; GENESIS for the first record ever written
     hash: str  # SHA-256 (hex) of chain_encoding(): id, every column above, prev_hash
 
@@ -80,8 +85,11 @@ GENESIS = "0" * 64
 #: PostgreSQL's bigint); a larger number sent as an id or a bound is refused, not overflowed.
 MAX_ID = 2**63 - 1
 
-_INTEGER = frozenset({"id", "status_code", "operation_id", "attempt"})
-_REAL = frozenset({"ts"})
+_INTEGER = frozenset({"id", "status_code", "operation_id", "attempt", "step"})
+_REAL = frozenset({"ts", "elapsed"})
+#: Columns added after records were first chained: a record hashes them only when it holds
+#: a value, so every record written before they existed keeps its hash.
+LATER = frozenset({"step", "elapsed"})
 
 
 def new_record(record_id: int, content: Mapping[str, object],
@@ -118,9 +126,11 @@ def chain_encoding(values: Mapping[str, object]) -> bytes:
     A JSON object of the HASHED columns (id, ts ... attempt, prev_hash) with sorted keys, no
     whitespace, non-ASCII characters as themselves, UTF-8; ts is a JSON number written as
     Python's repr of the float (1700000000.0), SQL NULL is null. Keys make it independent of
-    column order and unambiguous whatever the strings contain.
+    column order and unambiguous whatever the strings contain. A column of LATER is left out
+    when it is NULL (or missing), as it was from every record written before it existed.
     """
-    doc = {column: values[column] for column in HASHED}
+    doc = {column: values.get(column) for column in HASHED
+           if column not in LATER or values.get(column) is not None}
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -146,7 +146,7 @@ def viewer_from_env(env: Mapping[str, str]) -> InboundAuth:
 
 
 def _bearer_from_env(env: Mapping[str, str], name: str) -> InboundAuth:
-    return InboundAuth(bearer_tokens=tuple(Secret(t) for t in _secret_list(env, name)))
+    return InboundAuth(bearer_tokens=tuple(secrets_from_env(env, name)))
 
 
 def secret_from_env(env: Mapping[str, str], name: str) -> Secret | None:
@@ -163,6 +163,11 @@ def secret_from_env(env: Mapping[str, str], name: str) -> Secret | None:
     if not text:
         raise ConfigError(f"{name}_FILE {path}: the file is empty")
     return Secret(text)
+
+
+def secrets_from_env(env: Mapping[str, str], name: str) -> list[Secret]:
+    """Secrets from NAME (comma-separated) and NAME_FILE (one per line, # comments)."""
+    return [Secret(value) for value in _secret_list(env, name)]
 
 
 def _any_equal(given: bytes, candidates: object) -> bool:

@@ -358,12 +358,14 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
                               device_pattern=settings.device_regex)
 
     have_state = settings.state_is_url or os.path.exists(settings.state_path)
-    results = settings.open_store().read_state(judge) if have_state \
-        else judge(EmptyState())
+    store = settings.open_store() if have_state else None
+    results = store.read_state(judge) if store is not None else judge(EmptyState())
+    rungs = store.in_progress(sorted({a.fingerprint for a in notification.alerts})) \
+        if store is not None else []
     if as_json:
         click.echo(json.dumps({"source": notification.source, "dry_run": dry_run,
-                               "state": have_state, "alerts": explanation_json(results)},
-                              indent=2))
+                               "state": have_state,
+                               "alerts": explanation_json(results, rungs)}, indent=2))
         return
     say(f"{payload_path}: {notification.source} payload, {len(results)} alert(s);"
                f" rules {settings.rules_path} (version {rules.version})")
@@ -389,6 +391,9 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
             for g in r.guards:
                 say(f"      {g.guard:<9}  {'ok' if g.passed else g.verdict:<16}"
                            f"  {g.reason}")
+            for rung in rungs:
+                if rung.rule == r.rule.name and rung.fingerprint == alert.fingerprint:
+                    say(f"      ladder     {rung.describe(r.rule)}")
 
 
 @main.command()
@@ -503,6 +508,59 @@ def cancel(operation_id: int, state_path: str | None, who: str | None) -> None:
                                           operation_id=operation_id)
     say(f"Cancelled operation {op.id}: {op.operation} on {op.device} (rule {op.rule});"
         " it will not be sent.")
+
+
+@main.command()
+@click.argument("operation_id", type=OPERATION_ID, metavar="ID")
+@STATE_OPTION
+@AS_OPTION
+@user_errors
+def ack(operation_id: int, state_path: str | None, who: str | None) -> None:
+    """Acknowledge what the bridge tells people about an operation: that it ended failed or
+    unknown, or that it was the last step of a ladder and did not remediate its alert.
+
+    The bridge stops sending AlertBridgeOperationFailed / AlertBridgeNotRemediated about it
+    (Alertmanager resolves it). Audited (outcome acknowledged) under the name given by --as.
+
+    \b
+    Example:
+        alert-bridge audit --outcome unknown && alert-bridge ack 42 --as alice
+    """
+    what = open_store(state_path).acknowledge(operation_id, _person(who), time.time())
+    say(f"Acknowledged operation {operation_id}: {what}; people are no longer told about it.")
+
+
+@main.command()
+@STATE_OPTION
+@click.option("--since", default="7d", show_default=True, metavar="DURATION",
+              help="Count the records of this long ago until now.")
+@click.option("--rule", default=None, help="Only this rule.")
+@click.option("--device", "devices", is_flag=True,
+              help="Also the devices that needed the most operations.")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON document.")
+@user_errors
+def report(state_path: str | None, since: str, rule: str | None, devices: bool,
+           as_json: bool) -> None:
+    """How well the rules work: per rule and operation, operations sent, succeeded and
+    failed, verified and remediated (count and share), the median and 90th percentile time
+    from the call to the alert's resolution, escalations taken and notifications raised.
+
+    \b
+    Examples:
+        alert-bridge report --since 30d
+        alert-bridge report --rule unreachable-router --device --json | jq .devices
+    """
+    from bridge.report import format_report, of_store
+
+    try:
+        span = parse_duration(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--since'") from None
+    built = of_store(open_store(state_path), time.time(), span, rule)
+    if as_json:
+        click.echo(json_line(built.to_json(devices)))
+    else:
+        click.echo(format_report(built, devices))
 
 
 @main.command()
@@ -663,10 +721,31 @@ def status(state_path: str | None, url: str | None, last: int) -> None:
     depth = store.queue_depth(time.time())
     say(f"Queue:    {depth['queued']} queued, {depth['sending']} sending, "
                f"{depth['pending_approval']} pending approval")
+    _remediation(store, settings)
     latest = store.audit(AuditQuery(limit=last)) if last else []
     if latest:
         say("Latest:")
         click.echo("\n".join("  " + line for line in format_table(latest).splitlines()))
+
+
+def _remediation(store: Any, settings: Settings) -> None:
+    """The last day's remediation rate, and the rules that may never see their alert resolve."""
+    from bridge.report import of_store, remediation_line
+
+    now = time.time()
+    say(f"Verified: last day: {remediation_line(of_store(store, now, 86400.0))}")
+    week = of_store(store, now, 7 * 86400.0)
+    try:
+        verifying = [r.name for r in load_rules(settings.rules_path).rules if r.verify]
+    except RulesError:
+        return  # the server's log and `check` say what is wrong with them
+    for name in verifying:
+        lines = [line for (rule, _), line in week.rules.items() if rule == name]
+        if sum(x.not_remediated for x in lines) and not sum(
+                x.remediated + x.resolved_before for x in lines):
+            say(f"Warning:  rule {name} verifies, but none of its alerts was seen to resolve in"
+                " 7 days: is send_resolved on (Alertmanager; in Grafana: 'Disable resolved"
+                " message' off), or BRIDGE_ALERTMANAGER_URLS set?")
 
 
 @main.command("copy-state")

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from urllib.parse import quote, urlsplit
 
@@ -30,6 +30,7 @@ from urllib3.exceptions import ConnectTimeoutError as Urllib3ConnectTimeoutError
 from urllib3.exceptions import NameResolutionError as Urllib3NameResolutionError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
+from bridge.payloads import rfc3339
 from bridge.vocab import CallKind, CallOutcome
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,9 @@ class CallResult:
     error: str
     sent: bool
     elapsed: float
+    #: How long the API said the operation would take to complete (its answer's
+    #: estimated_completion minus its timestamp), at most MAX_COMPLETION; None: it did not say.
+    completes_in: float | None = None
 
     @property
     def retryable(self) -> bool:
@@ -450,10 +454,10 @@ class DeviceClient:
         status = response.status_code
         body = _read_body(response)
         if status == 200:
-            return self._result(
+            return replace(self._result(
                 start, CallOutcome.SUCCEEDED, CallKind.OK, True, status=status,
                 execution_id=_execution_id(body),
-            )
+            ), completes_in=_completes_in(body))
         if status in _STATUS_KINDS:
             kind, meaning = _STATUS_KINDS[status]
         elif 500 <= status <= 599:
@@ -569,6 +573,29 @@ def _execution_id(body: str | None) -> str | None:
         return None
     value = data.get("execution_id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and value else None
+
+
+#: The longest an operation is believed to take, whatever the API estimates: a verification
+#: window counts from the estimated completion, and an absurd estimate must not defer it for
+#: ever (the slowest operation, a factory reset, takes minutes).
+MAX_COMPLETION = 3600.0
+
+
+def _completes_in(body: str | None) -> float | None:
+    """How long the operation of a 200 answer takes by the API's estimate, in seconds.
+
+    A difference of the API's two times, so that its clock being off does not matter;
+    bounded to [0, MAX_COMPLETION]. None when the answer does not say."""
+    try:
+        data = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    started, done = rfc3339(data.get("timestamp")), rfc3339(data.get("estimated_completion"))
+    if started is None or done is None:
+        return None
+    return min(max((done - started).total_seconds(), 0.0), MAX_COMPLETION)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

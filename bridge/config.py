@@ -8,7 +8,14 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from bridge.auth import InboundAuth, admin_from_env, is_loopback, secret_from_env, viewer_from_env
+from bridge.auth import (
+    InboundAuth,
+    admin_from_env,
+    is_loopback,
+    secret_from_env,
+    secrets_from_env,
+    viewer_from_env,
+)
 from bridge.client import Secret, TokenSource
 from bridge.dispatch import DispatchPolicy
 from bridge.errors import ConfigError
@@ -66,6 +73,13 @@ class Settings:
     session_idle: float = 1800.0
     #: The URL people reach the bridge at (through a proxy, maybe under a path); "": unknown.
     external_url: str = ""
+    #: The team's Alertmanager (the members of one cluster): where the bridge's own alerts go,
+    #: and whom it asks whether an alert still fires.
+    alertmanager_urls: tuple[str, ...] = ()
+    #: Chat incoming webhooks (Slack, Mattermost) told the same news; their URLs are secrets.
+    notify_webhooks: tuple[Secret, ...] = ()
+    #: How often the closing loop verifies, escalates and tells people.
+    loop_interval: float = 10.0
 
     @property
     def dry_run(self) -> bool:
@@ -122,6 +136,9 @@ class Settings:
             session_secret=secret_from_env(env, "BRIDGE_SESSION_SECRET"),
             session_idle=_seconds(env, "BRIDGE_SESSION_IDLE", cls.session_idle),
             external_url=external_url_from_env(env),
+            alertmanager_urls=_urls(env, "BRIDGE_ALERTMANAGER_URLS"),
+            notify_webhooks=tuple(secrets_from_env(env, "BRIDGE_NOTIFY_WEBHOOK_URLS")),
+            loop_interval=_seconds(env, "BRIDGE_LOOP_INTERVAL", cls.loop_interval),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
@@ -163,9 +180,14 @@ class Settings:
                             ("BRIDGE_API_TIMEOUT", self.read_timeout),
                             ("BRIDGE_API_CONNECT_TIMEOUT", self.connect_timeout),
                             ("BRIDGE_STATE_TIMEOUT", self.state_timeout),
-                            ("BRIDGE_SESSION_IDLE", self.session_idle)):
+                            ("BRIDGE_SESSION_IDLE", self.session_idle),
+                            ("BRIDGE_LOOP_INTERVAL", self.loop_interval)):
             if value <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value:g}")
+        for hook in self.notify_webhooks:
+            if not _is_http_url(hook.reveal()):
+                # Not shown: the URL of an incoming webhook is its secret.
+                raise ConfigError("BRIDGE_NOTIFY_WEBHOOK_URLS: each must be an http(s) URL")
         if self.session_secret and len(self.session_secret.reveal()) < MIN_SESSION_SECRET:
             raise ConfigError(
                 f"BRIDGE_SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters (for"
@@ -235,6 +257,21 @@ OPERATION_PAGE = "/ui/operations/{}"
 def operation_url(external_url: str, operation_id: int) -> str:
     """Where a person sees, approves or rejects an operation in the console."""
     return external_url + OPERATION_PAGE.format(operation_id)
+
+
+def _is_http_url(text: str) -> bool:
+    url = urllib.parse.urlsplit(text)
+    return url.scheme in ("http", "https") and bool(url.hostname)
+
+
+def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated http(s) base URLs, without trailing slashes."""
+    urls = tuple(u.strip().rstrip("/") for u in env.get(name, "").split(",") if u.strip())
+    for url in urls:
+        if not _is_http_url(url) or urllib.parse.urlsplit(url).query:
+            raise ConfigError(f"{name}: each must be an http(s) base URL such as"
+                              f" http://alertmanager:9093, got {url!r}")
+    return urls
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

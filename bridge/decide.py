@@ -11,14 +11,16 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 from bridge.audit import iso
+from bridge.ladder import Rung
 from bridge.payloads import Alert
 from bridge.rules import Budget, Rule, RuleSet, TemplateRenderError, format_duration
+from bridge.vocab import OWN_LABEL, Verdict
 
 # Verdicts that queue an operation (all claim the cooldown and spend budget).
 EXECUTE = "execute"
@@ -38,12 +40,16 @@ TEMPLATE_ERROR = "template_error"
 EMPTY_DEVICE = "empty_device"
 INVALID_DEVICE = "invalid_device"
 NO_MATCH = "no_match"
+OWN_ALERT = Verdict.OWN_ALERT
 
 QUEUING = (EXECUTE, PENDING_APPROVAL, HELD_FOR_WINDOW, HELD_MIN_AGE)
 VERDICTS = (
     *QUEUING, COOLDOWN, DRY_RUN, DUPLICATE, PAUSED, BREAKER_OPEN, GAVE_UP, OUTSIDE_WINDOW,
-    HELD_BY_BUDGET, TEMPLATE_ERROR, EMPTY_DEVICE, INVALID_DEVICE, NO_MATCH,
+    HELD_BY_BUDGET, TEMPLATE_ERROR, EMPTY_DEVICE, INVALID_DEVICE, NO_MATCH, OWN_ALERT,
 )
+#: The reason of an OWN_ALERT decision.
+OWN_ALERT_REASON = (f"the bridge's own alert (label {OWN_LABEL}): it is for people, the"
+                    " bridge never acts on it")
 #: The reason of the decision that trips the storm breaker starts with this.
 TRIPPED = "storm breaker tripped"
 #: Decisions that count as "operations asked for" towards the storm breaker.
@@ -85,6 +91,8 @@ class Decision:
     until: float | None = None
     #: For held verdicts: the operation is not sent before this time.
     not_before: float | None = None
+    #: Which step of the rule's ladder this is: 1 for the rule's own operation.
+    step: int = 1
 
     @property
     def key(self) -> Key:
@@ -109,6 +117,9 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
     decisions: list[Decision] = []
     tally = _Tally(set(), Counter())
     for alert in alerts:
+        if OWN_LABEL in alert.labels:
+            decisions.append(Decision(alert, None, "", "", OWN_ALERT, OWN_ALERT_REASON))
+            continue
         matched = [
             r for r in rules.may_match(alert.labels)
             if r.wants(alert.status) and r.matches(alert.labels)
@@ -121,6 +132,20 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
             ask = _ask(alert, rule, rules, state, now, dry_run, device_pattern, tally)
             decisions.append(ask if isinstance(ask, Decision) else _judge(ask))
     return decisions
+
+
+def decide_step(alert: Alert, rule: Rule, step: int, rules: RuleSet, state: State,
+                now: float, *, why: str, dry_run: bool,
+                device_pattern: re.Pattern[str] = ANY_NAME) -> Decision:
+    """Judge step `step` of `rule`'s ladder for `alert`, through every guard, as a webhook's
+    decision is judged; its reason says which step and `why` it is taken.
+
+    Raises IndexError when the rule has no such step."""
+    rung = rule.step(step)
+    ask = _ask(alert, rung, rules, state, now, dry_run, device_pattern, _Tally(set(), Counter()))
+    decision = ask if isinstance(ask, Decision) else _judge(ask)
+    return replace(decision, step=step,
+                   reason=f"step {step} of {rule.steps}: {why}: {decision.reason}")
 
 
 @dataclass
@@ -413,6 +438,9 @@ def explain(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *
     for alert in alerts:
         explained = []
         for rule in rules.rules:
+            if OWN_LABEL in alert.labels:
+                explained.append(RuleExplanation(rule, False, OWN_ALERT_REASON, None, ()))
+                continue
             if not rule.wants(alert.status):
                 why = f"acts on {rule.status} alerts; this one is {alert.status}"
                 explained.append(RuleExplanation(rule, False, why, None, ()))
@@ -438,10 +466,19 @@ def explain(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *
     return out
 
 
-def explanation_json(results: list[tuple[Alert, list[RuleExplanation]]]) -> list[object]:
+def explanation_json(results: list[tuple[Alert, list[RuleExplanation]]],
+                     rungs: Sequence[Rung] = ()) -> list[object]:
+    """The explanation as JSON; `rungs` (the store's ladders in progress) add, to each rule
+    that has one on the alert, the step on its way or being verified and the one to follow."""
+    def rule_json(alert: Alert, r: RuleExplanation) -> dict[str, object]:
+        doc = r.to_json()
+        ladder = [g.to_json(r.rule) for g in rungs
+                  if g.rule == r.rule.name and g.fingerprint == alert.fingerprint]
+        return {**doc, "ladder": ladder} if ladder else doc
+
     return [
         {"fingerprint": alert.fingerprint, "alertname": alert.alertname, "status": alert.status,
-         "labels": dict(alert.labels), "rules": [r.to_json() for r in explained]}
+         "labels": dict(alert.labels), "rules": [rule_json(alert, r) for r in explained]}
         for alert, explained in results
     ]
 

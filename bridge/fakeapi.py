@@ -132,6 +132,7 @@ class FakeApiState:
         self._devices = set(self._initial_devices)
         self._next_operation_id = 1
         self.token = self._initial_token
+        self._durations = dict(OPERATION_DURATIONS)
 
     def reset(self) -> None:
         """Back to the state at creation; delayed calls in flight stop waiting."""
@@ -192,6 +193,7 @@ class FakeApiState:
                 return None
             operation_id = self._next_operation_id
             self._next_operation_id += 1
+            takes = self._durations[operation]
         now = datetime.now(UTC).replace(microsecond=0)
         return {
             "id": operation_id,
@@ -200,7 +202,7 @@ class FakeApiState:
             "status": "initiated",
             "timestamp": _iso(now),
             "execution_id": f"op_{secrets.token_hex(6)}",
-            "estimated_completion": _iso(now + OPERATION_DURATIONS[operation]),
+            "estimated_completion": _iso(now + takes),
         }
 
     def calls(self) -> list[dict[str, Any]]:
@@ -238,6 +240,12 @@ class FakeApiState:
         with self._lock:
             return sorted(self._devices)
 
+    def set_durations(self, seconds: Mapping[str, float]) -> dict[str, float]:
+        """Claim that these operations take this long (in estimated_completion), until reset."""
+        with self._lock:
+            self._durations.update({op: timedelta(seconds=s) for op, s in seconds.items()})
+            return {op: d.total_seconds() for op, d in self._durations.items()}
+
     def set_devices(self, devices: Iterable[str]) -> list[str]:
         with self._lock:
             self._devices = set(devices)
@@ -261,7 +269,9 @@ def create_fake_api(
     GET|DELETE /_fake/calls; GET|POST|DELETE /_fake/behaviour (POST {"status", "delay",
     "device", "times", "body", "hold"}); POST /_fake/gate (held calls go on); PUT /_fake/token
     ({"token": "..."}: the token accepted from now on); GET|PUT /_fake/devices
-    ({"devices": [...]}); POST /_fake/reset (also restores the starting token).
+    ({"devices": [...]}); PUT /_fake/durations ({"sync": 2, ...}: the seconds each operation
+    claims to take in estimated_completion); POST /_fake/reset (also restores the starting
+    token and durations).
     """
     state = FakeApiState(token, devices or (), accept_any_device)
     app = Flask(__name__)
@@ -351,7 +361,21 @@ def _control(state: FakeApiState) -> Blueprint:
             return jsonify(error='the body must be {"devices": [names...]}'), 400
         return jsonify(devices=state.set_devices(names))
 
+    @control.put("/durations")
+    def put_durations() -> Response | tuple[Response, int]:
+        spec = request.get_json(silent=True)
+        if not isinstance(spec, dict) or not all(
+            op in OPERATION_DURATIONS and _is_seconds(s) for op, s in spec.items()
+        ):
+            return jsonify(error='the body must be {"<operation>": <seconds >= 0>, ...} for'
+                                 f' operations of {", ".join(OPERATION_DURATIONS)}'), 400
+        return jsonify(durations=state.set_durations(spec))
+
     return control
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e6
 
 
 def _raw_path(environ: Mapping[str, Any]) -> str:

@@ -119,8 +119,9 @@ class Intake:
             lambda state: explain(notification.alerts, self.rules, state, now, dry_run=dry_run,
                                   device_pattern=self.settings.device_regex)
         )
+        rungs = self.store.in_progress(sorted({a.fingerprint for a in notification.alerts}))
         return {"source": notification.source, "dry_run": dry_run, "state": True,
-                "alerts": explanation_json(results)}
+                "alerts": explanation_json(results, rungs)}
 
 
 def _answer(request_id: str, notification: payloads.Notification, dry_run: bool,

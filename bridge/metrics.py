@@ -56,6 +56,9 @@ ENDPOINT_SOURCES = {
 # Device API calls: up to connect (3.05 s) + read (10 s) timeouts by default, and more when
 # an operator raises them.
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0)
+# From the call to the alert's resolution: a sync fixes in seconds, a reboot in minutes, and
+# verify windows run to hours.
+RESOLVE_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0)
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -125,6 +128,14 @@ class Metrics:
             p + "operation_outcomes", "Operations ended, by operation and outcome"
             " (succeeded, failed, unknown, expired; cancelled when their rule went).",
             ["operation", "outcome"], registry=registry)
+        self._verifications = Counter(
+            p + "verifications", "Operations verified, by rule, operation and result"
+            " (remediated, not_remediated, resolved_before).",
+            ["rule", "operation", "result"], registry=registry)
+        self._time_to_resolve = Histogram(
+            p + "time_to_resolve_seconds", "From the call of an operation that remediated to"
+            " the resolution of its alert, by rule and operation.",
+            ["rule", "operation"], buckets=RESOLVE_BUCKETS, registry=registry)
         self._api_duration = Histogram(
             p + "api_call_duration_seconds", "Device API calls (each attempt), by operation.",
             ["operation"], buckets=API_BUCKETS, registry=registry)
@@ -193,6 +204,14 @@ class Metrics:
     @_never_raises
     def outcome(self, operation: str, outcome: str) -> None:
         self._outcomes.labels(operation, outcome).inc()
+
+    @_never_raises
+    def verification(self, rule: str, operation: str, result: str,
+                     seconds: float | None) -> None:
+        """One verification ended; `seconds` from the call to the resolution, if remediated."""
+        self._verifications.labels(rule, operation, result).inc()
+        if seconds is not None:
+            self._time_to_resolve.labels(rule, operation).observe(seconds)
 
     @_never_raises
     def note_reload(self, ok: bool, when: float) -> None:

@@ -380,6 +380,15 @@ def _timestamp(value: object, where: str) -> datetime | None:
     return None if utc == _ZERO_TIME else utc
 
 
+def rfc3339(value: object) -> datetime | None:
+    """An RFC 3339 time as Alertmanager, Grafana and the device API write it (UTC), or None
+    when it is not one (or Go's zero time)."""
+    try:
+        return _timestamp(value, "time")
+    except PayloadError:
+        return None
+
+
 def _id_text(value: object, where: str, expected: str) -> str:
     """An identifier sent as a string or, by older senders, as an integer (Alertmanager v3's
     uint64 groupKey; legacy Grafana's ruleId)."""

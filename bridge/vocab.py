@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+#: The label every alert the bridge sends carries (with the value "true"): routes send them to
+#: people with it, and the bridge never acts on an alert that has it.
+OWN_LABEL = "alert_bridge"
+
 
 class Verdict(StrEnum):
     """What decide() concluded for one alert and rule (the audit's `outcome` of a decision)."""
@@ -31,6 +35,9 @@ class Verdict(StrEnum):
     EMPTY_DEVICE = "empty_device"
     INVALID_DEVICE = "invalid_device"
     NO_MATCH = "no_match"
+    #: The alert is one the bridge sent itself (it carries the `alert_bridge` label): a
+    #: route that loops it back must not make the bridge act on its own news.
+    OWN_ALERT = "own_alert"
 
 
 #: Verdicts that queue an operation.
@@ -79,6 +86,7 @@ class Event(StrEnum):
     ATTEMPT = "attempt"  # one call to the device API that will be tried again
     OUTCOME = "outcome"  # how an operation ended
     OPERATOR = "operator"  # a person changed state by hand (a cooldown cleared)
+    VERIFICATION = "verification"  # whether an operation that succeeded fixed its alert
 
 
 class Outcome(StrEnum):
@@ -89,6 +97,22 @@ class Outcome(StrEnum):
     #: A person paused sending, or resumed it (from the console or the CLI).
     SENDING_PAUSED = "sending_paused"
     SENDING_RESUMED = "sending_resumed"
+    #: A person acknowledged a failed operation or a ladder that did not remediate: the
+    #: bridge stops telling people about it.
+    ACKNOWLEDGED = "acknowledged"
+    #: A queued step of a ladder that was not sent, because its alert resolved first.
+    ALERT_RESOLVED = "alert_resolved"
+
+
+class Verification(StrEnum):
+    """How the watch on an operation that succeeded ended (the outcome of a verification)."""
+
+    #: The alert resolved after the call and within the rule's `verify` window.
+    REMEDIATED = "remediated"
+    #: The window passed and the alert still fired.
+    NOT_REMEDIATED = "not_remediated"
+    #: The alert had resolved before the call ended: not credited to the operation.
+    RESOLVED_BEFORE = "resolved_before"
 
 
 class CallOutcome(StrEnum):
@@ -132,6 +156,10 @@ class Flag(StrEnum):
     NEXT_CALL_SLOT = "next_call_slot"
     #: When a readiness probe or a scrape last wrote to the store, to see that it can.
     WRITE_CHECKED = "write_checked_at"
+    #: Until when one process of all that share the store runs the closing loop (verifying,
+    #: escalating, telling people), and which one: a number it drew at random.
+    LOOP_LEASE = "loop_lease_until"
+    LOOP_OWNER = "loop_lease_owner"
 
 
 class Role(StrEnum):

@@ -95,8 +95,10 @@ class Alertmanager(LocalService):
                 "--cluster.peer-timeout=1s", "--cluster.pushpull-interval=1s",
                 "--cluster.gossip-interval=100ms", "--cluster.settle-timeout=3s"]
 
-    def start(self) -> Alertmanager:
-        self.port = free_port()
+    def start(self, port: int | None = None) -> Alertmanager:
+        """Start on `port` (default: a free one; give one chosen before to tell the bridge
+        where its Alertmanager will be)."""
+        self.port = port or free_port()
         self.spawn(
             [BINARY, f"--config.file={self.config_path}",
              f"--storage.path={self.workdir / 'data'}",

@@ -17,7 +17,9 @@ from bridge.fakeapi import DEFAULT_DEVICES, FakeApiServer, start_fake_api_in_thr
 from bridge.rules import parse_rules
 from bridge.store import open_store
 from bridge.web.context import BridgeContext, context_of
+from tests import alertmanager as am
 from tests import postgres
+from tests.alertmanager import Alertmanager
 from tests.helpers import BridgeProcess, ThreadServer, wait_for_outcomes, wait_until
 
 # Distinctive, so that finding it anywhere it should not be is unambiguous.
@@ -82,6 +84,11 @@ class Fake:
     def set_token(self, token: str) -> None:
         """The API rotates its token: only `token` is accepted from now on."""
         requests.put(f"{self.control}/token", json={"token": token}, timeout=5).raise_for_status()
+
+    def set_durations(self, **seconds: float) -> None:
+        """Have the fake claim that these operations take this long (estimated_completion)."""
+        r = requests.put(f"{self.control}/durations", json=seconds, timeout=5)
+        assert r.status_code == 200, r.text
 
     def open_gate(self) -> None:
         """Let the calls held by a `hold` behaviour go on."""
@@ -216,3 +223,25 @@ def gunicorn_bridge(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Bridge
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture
+def alertmanagers(tmp_path: Path, gunicorn_bridge: Callable[..., BridgeProcess]
+                  ) -> Iterator[Callable[..., Alertmanager]]:
+    """Factory: `start(webhook_url, name=..., port=..., **config)` runs a real Alertmanager
+    whose webhook goes to `webhook_url`; all are stopped at teardown (before the bridge,
+    which this fixture depends on)."""
+    am.require_alertmanager()
+    started: list[Alertmanager] = []
+
+    def start(webhook_url: str, name: str = "am", port: int | None = None,
+              **config: Any) -> Alertmanager:
+        instance = Alertmanager(tmp_path / name, am.config(webhook_url, **config))
+        started.append(instance)
+        return instance.start(port)
+
+    yield start
+    for instance in started:
+        instance.stop()
+    for instance in started:
+        assert instance.proc is not None and instance.proc.poll() is not None

@@ -75,6 +75,20 @@ def alert(name: str | None, device: str | None = None, *, status: str = "firing"
     return made
 
 
+#: A rule with a ladder: sync, verified for 10 minutes; if the alert still fires, reboot.
+LADDER = """\
+rules:
+  - name: unreachable-router
+    match: ['alertname = "DeviceUnreachable"']
+    device: "{{ labels.device }}"
+    operation: sync
+    cooldown: 1h
+    verify: 10m
+    escalate:
+      - {operation: reboot, verify: 15m}
+"""
+
+
 def webhook(*alerts: dict[str, Any], receiver: str = "bridge") -> bytes:
     """An Alertmanager webhook body (version 4) carrying `alerts`; the group fires while one
     of them does, as in Alertmanager."""
@@ -211,6 +225,46 @@ class ThreadServer:
         self._thread.join(5)
 
 
+class Receiver:
+    """A chat webhook on loopback (what Slack's incoming webhooks are to the bridge): records
+    every JSON body posted to it; `refuse(n, status)` answers the next n posts with `status`."""
+
+    def __init__(self) -> None:
+        from flask import Flask, jsonify, request
+
+        self.bodies: list[Any] = []
+        self.refused: list[Any] = []
+        self._refuse: list[int] = []
+        self._lock = threading.Lock()
+        app = Flask(__name__)
+
+        @app.post("/<path:path>")
+        def receive(path: str) -> Any:
+            if path == "redirect":  # where a sender must not follow
+                return "", 307, {"Location": "/elsewhere"}
+            body = request.get_json(force=True)
+            with self._lock:
+                if self._refuse:
+                    self.refused.append(body)
+                    return jsonify(error="refused"), self._refuse.pop(0)
+                self.bodies.append(body)
+            return jsonify(ok=True)
+
+        self.server = ThreadServer(app)
+        self.url = self.server.url
+
+    def refuse(self, times: int, status: int = 500) -> None:
+        with self._lock:
+            self._refuse += [status] * times
+
+    def texts(self) -> list[str]:
+        with self._lock:
+            return [b["text"] for b in self.bodies]
+
+    def close(self) -> None:
+        self.server.close()
+
+
 def live_children(pid: int) -> set[int]:
     """The processes whose parent is `pid` and that have not exited, read from /proc (each
     /proc/N/stat gives the state and the parent after the command's closing parenthesis)."""
@@ -273,8 +327,9 @@ class BridgeProcess(LocalService):
         self.workers = workers
         self.extra_args = extra_args
 
-    def start(self) -> BridgeProcess:
-        self.port = free_port()
+    def start(self, port: int | None = None) -> BridgeProcess:
+        """Start (or start again, after a crash: on its old `port` if given)."""
+        self.port = port or free_port()
         self.spawn(
             [sys.executable, "-m", "bridge", "serve", "--rules", str(self.rules),
              "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),

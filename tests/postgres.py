@@ -17,7 +17,8 @@ from tests.helpers import need
 #: Where the test databases are made: BRIDGE_TEST_POSTGRES, else the local server's `test`.
 ADMIN_URL = os.environ.get("BRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 #: Every table the store keeps state in, emptied between tests.
-TABLES = ("cooldowns", "operations", "meta", "audit", "replicas")
+TABLES = ("cooldowns", "operations", "meta", "audit", "replicas", "verifications",
+          "resolutions", "notices")
 
 
 @contextmanager

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -80,26 +79,6 @@ def attempts_reach(manager: Alertmanager, n: int) -> tuple[int, int]:
     (It counts a request once the answer is in, after the bridge has written its audit.)"""
     return wait_until(lambda: (lambda a: a if a[0] >= n else None)(manager.attempts()),
                       what=f"{n} webhook requests counted by Alertmanager")
-
-
-@pytest.fixture
-def alertmanagers(tmp_path: Path, gunicorn_bridge: Callable[..., BridgeProcess]
-                  ) -> Iterator[Callable[..., Alertmanager]]:
-    """Factory: `start(webhook_url, name=..., **config)` runs an Alertmanager; all are stopped
-    at teardown (before the bridge, which this fixture depends on)."""
-    am.require_alertmanager()
-    started: list[Alertmanager] = []
-
-    def start(webhook_url: str, name: str = "am", **config: Any) -> Alertmanager:
-        instance = Alertmanager(tmp_path / name, am.config(webhook_url, **config))
-        started.append(instance)
-        return instance.start()
-
-    yield start
-    for instance in started:
-        instance.stop()
-    for instance in started:
-        assert instance.proc is not None and instance.proc.poll() is not None
 
 
 def test_the_alertmanager_config_passes_amtool(tmp_path: Path) -> None:

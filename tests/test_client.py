@@ -18,9 +18,9 @@ import pytest
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError
 
-from bridge.client import CallResult, DeviceClient, Secret, TokenSource
+from bridge.client import MAX_COMPLETION, CallResult, DeviceClient, Secret, TokenSource
 from bridge.fakeapi import FakeApiServer
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, Fake
 from tests.helpers import replace_file, wait_until
 
 OP_PATH = "/api/v1/inventory_device_name_operation/"
@@ -119,6 +119,23 @@ def test_200_succeeds_with_the_execution_id(fake_api: FakeApiServer, client: Dev
     assert fields(answer) == result("succeeded", "ok", 200, "", execution_id=execution_id)
     assert execution_id.startswith("op_")
     assert answer.retryable is False
+
+
+def test_a_200_says_how_long_the_operation_takes_by_the_apis_estimate(
+    fake: Fake, client: DeviceClient
+) -> None:
+    assert client.operate("office-router-01", "reboot").completes_in == 120.0
+    fake.set_durations(sync=3)
+    assert client.operate("office-router-01", "sync").completes_in == 3.0
+    # An estimate the answer lacks is unknown; an absurd one is bounded.
+    fake.behave(status=200, body='{"execution_id": "op_1"}', times=1)
+    assert client.operate("office-router-01", "sync").completes_in is None
+    fake.behave(status=200, times=1, body='{"timestamp": "2027-01-01T00:00:00Z",'
+                ' "estimated_completion": "9999-12-31T23:59:59Z"}')
+    assert client.operate("office-router-01", "sync").completes_in == MAX_COMPLETION
+    fake.behave(status=200, times=1, body='{"timestamp": "2027-01-01T00:00:00Z",'
+                ' "estimated_completion": "2026-01-01T00:00:00Z"}')
+    assert client.operate("office-router-01", "sync").completes_in == 0.0
 
 
 def test_the_request_is_exactly_the_contract(fake_api: FakeApiServer, client: DeviceClient) -> None:

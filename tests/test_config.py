@@ -113,3 +113,32 @@ def test_console_settings(tmp_path: Path) -> None:
 def test_console_settings_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
         Settings.from_env(env)
+
+
+def test_notification_settings(tmp_path: Path) -> None:
+    hooks = tmp_path / "webhooks"
+    hooks.write_text("# Slack, #noc\nhttps://hooks.slack.com/services/T0/B0/xyzsecret\n")
+    s = Settings.from_env({"BRIDGE_ALERTMANAGER_URLS": "http://am-1:9093/, http://am-2:9093",
+                           "BRIDGE_NOTIFY_WEBHOOK_URLS_FILE": str(hooks),
+                           "BRIDGE_LOOP_INTERVAL": "2s"})
+    assert s.alertmanager_urls == ("http://am-1:9093", "http://am-2:9093")
+    assert [h.reveal() for h in s.notify_webhooks] == [
+        "https://hooks.slack.com/services/T0/B0/xyzsecret"]
+    assert "xyzsecret" not in repr(s)
+    assert s.loop_interval == 2.0
+    default = Settings.from_env({})
+    assert (default.alertmanager_urls, default.notify_webhooks, default.loop_interval) == (
+        (), (), 10.0)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"BRIDGE_ALERTMANAGER_URLS": "am-1:9093"},
+     "BRIDGE_ALERTMANAGER_URLS: each must be an http(s) base URL such as"
+     " http://alertmanager:9093, got 'am-1:9093'"),
+    ({"BRIDGE_NOTIFY_WEBHOOK_URLS": "hooks.slack.com/services/secret"},
+     "BRIDGE_NOTIFY_WEBHOOK_URLS: each must be an http(s) URL$"),
+    ({"BRIDGE_LOOP_INTERVAL": "0"}, "BRIDGE_LOOP_INTERVAL must be greater than 0"),
+])
+def test_notification_settings_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env(env)

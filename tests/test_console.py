@@ -5,6 +5,7 @@ fake device API."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import requests
 from playwright.sync_api import Browser, Page, expect
 from werkzeug.wrappers import Request, Response
 
+from bridge.audit import iso
 from bridge.auth import InboundAuth
 from bridge.client import Secret
 from bridge.console.auth import COOKIE
@@ -33,7 +35,15 @@ from tests.browser import (
     visible_text,
 )
 from tests.conftest import Bridge, Fake
-from tests.helpers import BridgeProcess, ThreadServer, audit, need, outcomes, wait_until
+from tests.helpers import (
+    LADDER,
+    BridgeProcess,
+    ThreadServer,
+    audit,
+    need,
+    outcomes,
+    wait_until,
+)
 from tests.test_guards import WIPE, Clock
 
 RULES = "defaults: {cooldown: 1h}\n" + WIPE + """\
@@ -368,3 +378,32 @@ def test_explain_shows_what_the_bridge_would_do_and_a_device_page_its_history(
     expect(page.locator(".card").first).to_contain_text("sync until")
     expect(page.locator(".weeks b").last).to_have_text("1")
     expect(page.locator(".record")).to_have_count(1)
+
+
+def test_the_overview_and_a_rules_page_show_how_well_it_remediates(
+    make_bridge: Callable[..., Bridge], fake: Fake, page: Page
+) -> None:
+    fake.set_durations(sync=0, reboot=0)
+    clock = Clock(float(int(time.time())))
+    bridge = make_bridge(LADDER, clock=clock, start_dispatcher=False, **console())
+    down = alert("DeviceUnreachable", "r1")
+    send(bridge.url, down)
+    bridge.dispatcher.step()
+    clock.now += 601  # the sync's window passes: the reboot follows
+    bridge.context.loop.run_once()
+    bridge.dispatcher.step()
+    clock.now += 45
+    resolved = json.loads(down)
+    resolved["alerts"][0].update(status="resolved", endsAt=iso(clock.now))
+    send(bridge.url, json.dumps(resolved).encode())
+    bridge.context.loop.run_once()
+    log_in(page, bridge.url + "/ui/", "victor", VIEWER_TOKEN)
+    expect(page.locator(".remediation")).to_contain_text(
+        "Last day: 1 of 2 verified operations remediated (50%), median 45s to resolve.")
+    page.goto(bridge.url + "/ui/rules/unreachable-router")
+    rows = page.locator(".remediation tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("reboot")
+    expect(rows.nth(0)).to_contain_text("1 (100%)")
+    expect(rows.nth(0)).to_contain_text("45 s")
+    expect(rows.nth(1)).to_contain_text("0 (0%)")

@@ -432,3 +432,56 @@ def test_every_time_derived_from_startsat_is_bounded(starts: datetime | None) ->
                 assert t is None or NOON - 1 <= t <= NOON + 2 * YEAR_292 + WEEK, x
         explained = d.explain([flappy(starts)], rules, FakeState(), NOON, dry_run=False)
         json.dumps(d.explanation_json(explained))  # every time in it renders
+
+
+# -- the bridge's own alerts and the steps of a ladder -----------------------------------------
+
+LADDERS = parse_rules("""\
+budgets: [{name: reboots, operation: reboot, max: 1, per: 1h}]
+rules:
+  - name: unreachable-router
+    match: ['alertname = "Down"']
+    device: "{{ labels.device }}"
+    operation: sync
+    verify: 10m
+    escalate:
+      - {operation: reboot, verify: 15m, cooldown: 2h}
+      - {operation: device_factory, allow_destructive: true}
+""")
+
+
+def test_the_bridge_never_acts_on_its_own_alerts_whatever_rule_matches() -> None:
+    own = alert(alertname="Down", device="r1", alert_bridge="true")
+    (decision,) = d.decide([own], LADDERS, FakeState(), NOON, dry_run=False)
+    assert (decision.rule, decision.verdict, decision.reason) == (
+        None, "own_alert", "the bridge's own alert (label alert_bridge): it is for people, the"
+        " bridge never acts on it")
+    assert d.summarize([decision]) == {"own_alert": 1}
+    ((_, (explained,)),) = d.explain([own], LADDERS, FakeState(), NOON, dry_run=False)
+    assert (explained.matched, explained.why_not) == (False, decision.reason)
+
+
+def test_a_step_is_a_full_decision_with_its_own_operation_cooldown_and_guards() -> None:
+    down_r1 = alert(alertname="Down", device="r1")
+    why = "sync did not remediate within 10m"
+    step = d.decide_step(down_r1, LADDERS.rules[0], 2, LADDERS, FakeState(), NOON, why=why,
+                         dry_run=False)
+    assert (step.operation, step.verdict, step.step, step.until) == (
+        "reboot", "execute", 2, NOON + 7200)
+    assert step.reason == "step 2 of 3: sync did not remediate within 10m: rule matched"
+    assert step.rule is not None and step.rule.verify == 900.0
+    # Every guard: the step's own cooldown, budgets, pause ...
+    cooling = FakeState({("r1", "reboot"): NOON + 60})
+    assert d.decide_step(down_r1, LADDERS.rules[0], 2, LADDERS, cooling, NOON, why=why,
+                         dry_run=False).verdict == "cooldown"
+    spent = FakeState(used={("reboots", ""): 1})
+    assert d.decide_step(down_r1, LADDERS.rules[0], 2, LADDERS, spent, NOON, why=why,
+                         dry_run=False).verdict == "held_by_budget"
+    assert d.decide_step(down_r1, LADDERS.rules[0], 2, LADDERS, FakeState(paused=True), NOON,
+                         why=why, dry_run=False).verdict == "paused"
+    # ... and a destructive last step waits for a person.
+    wipe = d.decide_step(down_r1, LADDERS.rules[0], 3, LADDERS, FakeState(), NOON,
+                         why="reboot did not remediate within 15m", dry_run=False)
+    assert (wipe.operation, wipe.verdict) == ("device_factory", "pending_approval")
+    assert wipe.reason.startswith("step 3 of 3: reboot did not remediate within 15m: "
+                                  "destructive operation: waits for alert-bridge approve")

@@ -573,3 +573,21 @@ def test_a_token_must_be_a_non_empty_string(
     assert (answer.status_code, answer.json()) == (
         400, {"error": 'the body must be {"token": "<a non-empty string>"}'})
     assert put_op(http, fake_api, "r1", {"operation": "sync"}).status_code == 200
+
+
+def test_durations_set_the_estimated_completion_until_reset(
+    fake_api: FakeApiServer, fake: Fake, http: requests.Session
+) -> None:
+    def takes(operation: str) -> timedelta:
+        body = put_op(http, fake_api, "office-router-01", {"operation": operation}).json()
+        return (datetime.fromisoformat(body["estimated_completion"])
+                - datetime.fromisoformat(body["timestamp"]))
+
+    assert takes("reboot") == timedelta(seconds=120)
+    fake.set_durations(reboot=2, sync=0)
+    assert (takes("reboot"), takes("sync")) == (timedelta(seconds=2), timedelta(0))
+    refused = http.put(f"{fake_api.control_url}/durations", json={"rebot": 1})
+    assert refused.status_code == 400 and "operations of sync" in refused.json()["error"]
+    assert http.put(f"{fake_api.control_url}/durations", json={"sync": -1}).status_code == 400
+    http.post(f"{fake_api.control_url}/reset")
+    assert takes("reboot") == timedelta(seconds=120)

@@ -478,6 +478,14 @@ tests:
       - {series: 'alert_bridge_webhooks_total{$L,source="alertmanager",code="503"}',
          values: '0+5x40'}
       - {series: 'alert_bridge_webhook_auth_failures_total{$L}', values: '0+1x60'}
+      - {series: 'alert_bridge_verifications_total{$L,$V,rule="sync-r",result="remediated"}',
+         values: '0+1x150'}
+      - {series: 'alert_bridge_verifications_total{$L,$V,rule="sync-r",result="not_remediated"}',
+         values: '0+3x150'}
+      - {series: 'alert_bridge_verifications_total{$L,$V,rule="good-r",result="remediated"}',
+         values: '0+3x150'}
+      - {series: 'alert_bridge_verifications_total{$L,$V,rule="good-r",result="not_remediated"}',
+         values: '0+1x150'}
     alert_rule_test:
       - {eval_time: 1m, alertname: AlertBridgeApiUnauthorized, exp_alerts: []}
       - {eval_time: 3m, alertname: AlertBridgeApiUnauthorized, exp_alerts: [{exp_labels: &b
@@ -495,6 +503,9 @@ tests:
       - {eval_time: 25m, alertname: AlertBridgeWebhookErrors, exp_alerts: [{exp_labels: *b}]}
       - {eval_time: 45m, alertname: AlertBridgeWebhookAuthFailures,
          exp_alerts: [{exp_labels: *b}]}
+      - {eval_time: 30m, alertname: AlertBridgeRemediationRateLow, exp_alerts: []}
+      - {eval_time: 90m, alertname: AlertBridgeRemediationRateLow, exp_alerts: [{exp_labels:
+          {severity: page, job: alert-bridge, rule: sync-r}}]}
 """
 
 
@@ -512,7 +523,8 @@ def test_promtool_accepts_the_alert_rules_and_they_fire(tmp_path: Path) -> None:
             rule.pop("annotations", None)
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(doc))
     (tmp_path / "tests.yml").write_text(
-        PROMTOOL_TESTS.replace("$L", 'job="alert-bridge",instance="b:9095"'))
+        PROMTOOL_TESTS.replace("$L", 'job="alert-bridge",instance="b:9095"')
+        .replace("$V", 'operation="sync"'))
     run = subprocess.run([promtool, "test", "rules", "tests.yml"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -551,11 +551,11 @@ def test_many_errors_reported_at_once_in_line_order() -> None:
     ops = "sync, reconf, reboot, device_factory, factory"
     keys = (
         "name, match, device, operation, cooldown, status, allow_destructive, require_approval,"
-        " dry_run, min_age, give_up, window"
+        " dry_run, min_age, give_up, window, verify, escalate"
     )
     assert problems(MANY_ERRORS) == [
         "rules.yaml:2: invalid duration '1 hour' (expected a Prometheus duration such as 90s, 30m, 1h, 1d)",
-        "rules.yaml:3: unknown key 'jitter' in 'defaults' (expected one of: cooldown, give_up, min_age, window, approval_timeout)",
+        "rules.yaml:3: unknown key 'jitter' in 'defaults' (expected one of: cooldown, give_up, min_age, window, verify, approval_timeout)",
         "rules.yaml:8: rule 'reboot-routers': invalid regex in matcher 'severity =~ \"(critical\"': missing ), unterminated subpattern at position 0",
         "rules.yaml:9: rule 'reboot-routers': each matcher must be a string such as alertname = \"DeviceUnreachable\", got a mapping (write it as: site = \"lab\")",
         "rules.yaml:10: rule 'reboot-routers': invalid matcher 'nonsense': expected =, !=, =~ or !~ after the label name 'nonsense'",
@@ -1610,3 +1610,86 @@ def test_contains_follows_the_wall_clock_away_from_dst_changes(
             (day - 1) % 7 in window.days and clock < window.end
         )
     assert window.contains(when) is expected
+
+
+# --- verification and escalation -----------------------------------------------------------
+
+LADDER = """\
+defaults:
+  cooldown: 1h
+  verify: 10m
+rules:
+  - name: unreachable-router
+    match: [alertname = "DeviceUnreachable", device =~ ".+"]
+    device: "{{ labels.device }}"
+    operation: sync
+    escalate:
+      - operation: reboot
+        verify: 15m
+        cooldown: 2h
+      - {operation: device_factory, allow_destructive: true}
+  - name: unverified
+    match: [alertname = "ConfigDrift"]
+    device: "{{ labels.device }}"
+    operation: reconf
+    verify: 0
+"""
+
+
+def test_a_ladder_is_the_rule_then_each_step_with_what_it_leaves_out_from_the_rule() -> None:
+    ladder, unverified = parse_rules(LADDER).rules
+    assert ladder.steps == 3 and ladder.step(1) is ladder
+    sync, reboot, wipe = (ladder.step(n) for n in (1, 2, 3))
+    assert [(r.name, r.operation, r.verify, r.cooldown) for r in (sync, reboot, wipe)] == [
+        ("unreachable-router", "sync", 600.0, 3600.0),
+        ("unreachable-router", "reboot", 900.0, 7200.0),
+        ("unreachable-router", "device_factory", 600.0, 3600.0),  # the rule's verify, cooldown
+    ]
+    # A destructive step waits for a person unless it says otherwise, as a rule does.
+    assert [r.require_approval for r in (sync, reboot, wipe)] == [False, False, True]
+    assert reboot.matchers == ladder.matchers and reboot.give_up == ladder.give_up
+    assert (unverified.verify, unverified.steps) == (0.0, 1)
+    with pytest.raises(IndexError, match="has 3 step"):
+        ladder.step(4)
+
+
+def test_verification_is_off_unless_a_rule_or_the_defaults_say_so() -> None:
+    (r,) = parse_rules(one_rule()).rules
+    assert (r.verify, r.escalate, r.steps) == (0.0, (), 1)
+    (r,) = parse_rules(one_rule(top="defaults: {verify: 5m}\n")).rules
+    assert r.verify == 300.0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (LADDER.replace("  verify: 10m\n", "", 1),
+     "rules.yaml:4: rule 'unreachable-router': 'verify' is needed: step 2 of 3 follows only"
+     " when step 1 did not remediate within it"),
+    (LADDER.replace("verify: 15m", "verify: 0"),
+     "rules.yaml:5: rule 'unreachable-router': 'verify' of step 2 (escalate) is needed: step 3"
+     " of 3 follows only when step 2 did not remediate within it"),
+    (LADDER.replace(", allow_destructive: true", ""),
+     "rules.yaml:13: rule 'unreachable-router': operation 'device_factory' is destructive: set"
+     " allow_destructive: true to allow it"),
+    (LADDER.replace("operation: reboot", "operation: rebot"),
+     "rules.yaml:10: rule 'unreachable-router': unknown operation 'rebot' (expected one of:"
+     " sync, reconf, reboot, device_factory, factory)"),
+    (LADDER.replace("cooldown: 2h", "wait: 2h"),
+     "rules.yaml:12: rule 'unreachable-router': unknown key 'wait' in 'escalate' (expected one"
+     " of: operation, verify, cooldown, allow_destructive, require_approval)"),
+])
+def test_ladder_mistakes_name_the_rule_and_the_line(text: str, message: str) -> None:
+    with pytest.raises(RulesError) as info:
+        parse_rules(text)
+    assert [str(p) for p in info.value.problems] == [message]
+
+
+def test_a_ladder_built_in_code_keeps_the_file_invariants() -> None:
+    from bridge.rules import Step
+
+    with pytest.raises(ValueError, match="'verify' is needed"):
+        rule(escalate=(Step("reboot"),))
+    with pytest.raises(ValueError, match="destructive"):
+        Step("factory")
+    built = rule(verify=60.0, escalate=(Step("reboot", verify=120.0),))
+    assert built.step(2).operation == "reboot" and built.step(2).verify == 120.0
+    assert built == rule(verify=60.0, escalate=(Step("reboot", verify=120.0),))

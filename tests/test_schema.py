@@ -100,6 +100,7 @@ WRONG = {
     "window": doc(window=flow(WINDOW, tz="UTC")),
     "budget": doc(budgets(flow(BUDGET, scope="all"))),
     "breaker": doc("breaker: {max: 5, every: 1m}\n"),
+    "step": doc(verify="5m", escalate="[{operation: reboot, after: 5m}]"),
     # wrong types
     "rules": "rules: {}\n",
     "defaults type": doc("defaults: 30m\n"),
@@ -129,11 +130,22 @@ WRONG = {
     "budget.group_by": doc(budgets(flow(BUDGET, group_by="5"))),
     "breaker type": doc("breaker: 50\n"),
     "breaker.max": doc("breaker: {max: many}\n"),
+    "verify": doc(verify="10"),
+    "escalate": doc(verify="5m", escalate="{operation: reboot}"),
+    "step item": doc(verify="5m", escalate="[reboot]"),
+    "step.operation": doc(verify="5m", escalate="[{operation: rebot}]"),
+    "step.verify": doc(verify="5m", escalate="[{operation: reboot, verify: 15}]"),
+    "step.cooldown": doc(verify="5m", escalate="[{operation: reboot, cooldown: true}]"),
+    "step.allow_destructive": doc(verify="5m",
+                                  escalate="[{operation: reboot, allow_destructive: 1}]"),
+    "step.require_approval": doc(verify="5m",
+                                 escalate="[{operation: reboot, require_approval: 'no'}]"),
     # missing required keys
     "no rules": "defaults: {cooldown: 1h}\n",
     **{f"no {key}": doc(drop=(key,)) for key in RULE},
     **{f"no window.{key}": doc(window=flow(WINDOW, drop=key)) for key in WINDOW},
     **{f"no budget.{key}": doc(budgets(flow(BUDGET, drop=key))) for key in BUDGET},
+    "no step.operation": doc(verify="5m", escalate="[{verify: 5m}]"),
 }
 
 
@@ -166,8 +178,9 @@ def test_the_wrong_files_cover_every_section_and_field() -> None:
     from bridge.rules import schema
 
     named = {name.removeprefix("no ").split()[0] for name in WRONG}
-    sections = {"top", "defaults", "rule", "give_up", "window", "budget", "breaker"}
+    sections = {"top", "defaults", "rule", "give_up", "window", "budget", "breaker", "step"}
     assert sections <= named
+    assert {f"step.{f.key}" for f in schema.STEP.fields} <= named
     assert {f.key for f in schema.RULE.fields} <= named
     assert {f"window.{f.key}" for f in schema.WINDOW.fields if f.required} <= named
     assert {f"budget.{f.key}" for f in schema.BUDGET.fields} <= named

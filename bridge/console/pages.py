@@ -19,6 +19,7 @@ from bridge.audit import MAX_ID, AuditQuery, AuditRecord, iso, table_row, to_jso
 from bridge.console.auth import COOKIE, csrf_ok
 from bridge.console.context import services
 from bridge.errors import BridgeError, ParameterError
+from bridge.report import of_store, remediation_line
 from bridge.rules import format_duration, parse_duration
 from bridge.text import printable
 from bridge.vocab import Flag, Outcome, Verdict
@@ -145,6 +146,7 @@ def overview() -> tuple[str, int]:
         depth=store.queue_depth(now), pending=store.pending(now)[:5],
         reload_ok=store.get_flag(Flag.RELOAD_OK), reload_failed=store.get_flag(Flag.RELOAD_FAILED),
         latest=store.audit(AuditQuery(limit=10))[::-1],
+        remediation=remediation_line(of_store(store, now, 86400.0)),
     )
 
 
@@ -284,5 +286,7 @@ def rule(name: str) -> tuple[str, int]:
     if found is None:
         return refused(404, f"No rule named {name!r} is in force (rules version"
                             f" {s.rules.version}).")
+    report = of_store(s.store, s.now(), 7 * 86400.0, name)
     return page("rule.html", rule=found, rules=s.rules,
-                latest=s.store.audit(AuditQuery(rule=name, limit=20))[::-1])
+                latest=s.store.audit(AuditQuery(rule=name, limit=20))[::-1],
+                report=sorted(report.rules.items()))

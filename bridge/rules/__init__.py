@@ -22,6 +22,7 @@ from bridge.rules.schema import (
     RISKS,
     RULE,
     STATUSES,
+    STEP,
     TOP,
     WINDOW,
     json_schema,
@@ -37,6 +38,7 @@ from bridge.rules.values import (
     GiveUp,
     Rule,
     RuleSet,
+    Step,
 )
 from bridge.rules.windows import Window
 
@@ -48,11 +50,13 @@ _BUDGET_KEYS = BUDGET.keys
 _BREAKER_KEYS = BREAKER.keys
 _GIVE_UP_KEYS = GIVE_UP.keys
 _WINDOW_KEYS = WINDOW.keys
+_STEP_KEYS = STEP.keys
 
 __all__ = [
     "DAYS", "DEFAULT_BREAKER", "DEFAULT_BUDGETS", "DEFAULT_GIVE_UP", "DESTRUCTIVE",
     "MATCH_OPS", "MAX_DEVICE_LENGTH", "OPERATIONS", "OUTSIDE", "RISK", "RISKS", "STATUSES",
-    "Breaker", "Budget", "GiveUp", "Matcher", "Rule", "RuleSet", "TemplateRenderError", "Window",
+    "Breaker", "Budget", "GiveUp", "Matcher", "Rule", "RuleSet", "Step", "TemplateRenderError",
+    "Window",
     "format_duration", "json_schema", "json_schema_text", "load_rules", "parse_duration",
     "parse_matcher", "parse_rules",
 ]  # fmt: skip

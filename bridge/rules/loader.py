@@ -37,17 +37,26 @@ def _read(data: Any, path: str) -> tuple[Values, list[RuleProblem]]:
 
 
 def _build(document: Values, path: str, version: str) -> RuleSet:
-    """Step 3: values from a document without problems; what it leaves out takes defaults."""
+    """Step 3: values from a document without problems; what it leaves out takes defaults.
+
+    A rule is judged whole here too, with the defaults it takes: a ladder needs `verify`,
+    which may come from `defaults`.
+    """
     defaults = document.get("defaults", {})
     # What a rule leaves out is the same for every rule: resolve it once, not per rule.
     common = {f.attribute: resolve(f, {}, defaults) for f in RULE.fields if not f.required}
-    rules = tuple(
-        Rule(**{**common, **{RULE[key].attribute: resolve(RULE[key], spec, defaults)
-                             for key in spec}}, line=spec.line, _checked=True)
-        for spec in document["rules"]
-    )
+    rules, problems = [], []
+    for spec in document["rules"]:
+        try:
+            rules.append(Rule(**{**common, **{RULE[key].attribute: resolve(RULE[key], spec,
+                                                                           defaults)
+                                              for key in spec}}, line=spec.line, _checked=True))
+        except ValueError as exc:
+            problems.append(RuleProblem(path, spec.line, spec["name"], str(exc)))
+    if problems:
+        raise RulesError(problems)
     return RuleSet(
-        rules=rules,
+        rules=tuple(rules),
         default_cooldown=resolve(DEFAULTS["cooldown"], defaults),
         path=path,
         version=version,

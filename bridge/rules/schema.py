@@ -118,6 +118,27 @@ BUDGET = Section(
     owner="prefix",
 )  # fmt: skip
 
+STEP = Section(
+    "step",
+    (
+        Field("operation", Choice(OPERATIONS, "operation"), "The operation of this step.",
+              required=True),
+        Field("verify", Duration(), "How long the alert may keep firing after this step "
+              "before the next one; default: the rule's verify.", default=None),
+        Field("cooldown", Duration(), "The cooldown this step claims; default: the rule's.",
+              default=None),
+        Field("allow_destructive", Flag(), "Must be true for factory and device_factory.",
+              default=False),
+        Field("require_approval", Flag(), "Wait for `alert-bridge approve`; default: true for "
+              "destructive operations, false otherwise.", default=None),
+    ),
+    doc="The next step of a ladder: taken when the step before did not remediate the alert.",
+    path="escalate.",
+    where=" in 'escalate'",
+    shape="such as {operation: reboot, verify: 15m}",
+    checks=(_destructive_needs_opt_in,),
+)  # fmt: skip
+
 RULE = Section(
     "rule",
     (
@@ -145,6 +166,11 @@ RULE = Section(
               "`within`.", default={"after": 3, "within": seconds("1d")}),
         Field("window", Nested(WINDOW, partial=False), "Maintenance window; empty: none.",
               default=None),
+        Field("verify", Duration(), "After the operation succeeded, watch its alert for this "
+              "long (from the operation's estimated completion): remediated if it resolves, "
+              "not_remediated if not; 0: no verification.", default=0.0),
+        Field("escalate", ListOf(STEP), "Steps taken in turn, for the same alert and device, "
+              "while the step before did not remediate.", default=[]),
     ),
     owner="rule",
     checks=(_destructive_needs_opt_in,),
@@ -158,6 +184,7 @@ DEFAULTS = Section(
         RULE["give_up"],
         RULE["min_age"],
         RULE["window"],
+        RULE["verify"],
         Field("approval_timeout", Duration(positive=True), "How long an operation waits for "
               "approval before it expires.", default=seconds("1h")),
     ),
@@ -178,7 +205,7 @@ TOP = Section(
     ),
 )  # fmt: skip
 
-SECTIONS = (TOP, DEFAULTS, RULE, GIVE_UP, WINDOW, BUDGET, BREAKER)
+SECTIONS = (TOP, DEFAULTS, RULE, GIVE_UP, WINDOW, BUDGET, BREAKER, STEP)
 
 
 def json_schema() -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any, ClassVar
 
 import jinja2
@@ -16,7 +16,17 @@ import jinja2
 from bridge.rules.index import RuleIndex, index_rules
 from bridge.rules.kinds import NO_DEFAULT
 from bridge.rules.matchers import Matcher
-from bridge.rules.schema import BREAKER, BUDGET, DEFAULTS, DESTRUCTIVE, GIVE_UP, RISK, RULE, TOP
+from bridge.rules.schema import (
+    BREAKER,
+    BUDGET,
+    DEFAULTS,
+    DESTRUCTIVE,
+    GIVE_UP,
+    RISK,
+    RULE,
+    STEP,
+    TOP,
+)
 from bridge.rules.sections import Field, ListOf, Nested, Section
 from bridge.rules.templates import compile_template, render_device
 from bridge.rules.windows import Window
@@ -64,8 +74,29 @@ class Breaker:
         BREAKER.check(self)
 
 
-_CLASSES: Mapping[str, type] = {cls.SECTION.name: cls for cls in (GiveUp, Window, Budget, Breaker)}
-_SECTIONS: Mapping[str, Section] = {s.name: s for s in (GIVE_UP, Window.SECTION, BUDGET, BREAKER)}
+@dataclass(frozen=True)
+class Step:
+    """A step of a rule's ladder after the first: what to try when the one before did not
+    remediate. What it leaves out (None) is the rule's."""
+
+    operation: str
+    verify: float | None = None  # seconds
+    cooldown: float | None = None  # seconds
+    allow_destructive: bool = False
+    require_approval: bool | None = None
+
+    SECTION: ClassVar[Section] = STEP
+
+    def __post_init__(self) -> None:
+        STEP.check(self)
+
+
+_CLASSES: Mapping[str, type] = {
+    cls.SECTION.name: cls for cls in (GiveUp, Window, Budget, Breaker, Step)
+}
+_SECTIONS: Mapping[str, Section] = {
+    s.name: s for s in (GIVE_UP, Window.SECTION, BUDGET, BREAKER, STEP)
+}
 
 
 def resolve(entry: Field, *layers: Mapping[str, Any]) -> Any:
@@ -147,7 +178,12 @@ class Rule:
     #: Whether a person must approve each operation. Left out (None) it becomes True for
     #: destructive operations and False otherwise; after construction it is always a bool.
     require_approval: bool = field(default=RULE["require_approval"].default, kw_only=True)
+    #: Seconds to watch the alert after the operation succeeded; 0: not verified.
+    verify: float = field(default=RULE["verify"].default, kw_only=True)
+    #: The steps after this rule's own operation, taken while the one before did not remediate.
+    escalate: tuple[Step, ...] = field(default=(), kw_only=True)
     _template: jinja2.Template | None = field(default=None, repr=False, compare=False, kw_only=True)
+    _ladder: tuple[Rule, ...] = field(default=(), init=False, repr=False, compare=False)
     #: Set by the loader only, for values it has read against RULE already: checking them
     #: again was a third of the time ten thousand rules took to load.
     _checked: InitVar[bool] = field(default=False, kw_only=True)
@@ -157,10 +193,39 @@ class Rule:
     def __post_init__(self, _checked: bool) -> None:
         if not _checked:
             RULE.check(self)
-        if self.require_approval is None:
-            object.__setattr__(self, "require_approval", self.operation in DESTRUCTIVE)
+        object.__setattr__(self, "require_approval",
+                           _approval(self.operation, self.require_approval))
         if self._template is None:
             object.__setattr__(self, "_template", compile_template(self.device))
+        rungs = [self, *(self._rung(step) for step in self.escalate)]
+        for number, rung in enumerate(rungs[:-1], 1):
+            if not rung.verify:
+                raise ValueError(_ladder_needs_verify(number, len(rungs)))
+        object.__setattr__(self, "_ladder", tuple(rungs))
+
+    def _rung(self, step: Step) -> Rule:
+        """This rule as the given step runs it: the step's operation and what it sets, the
+        rule's matchers, device, window and other guards."""
+        return replace(
+            self, operation=step.operation, allow_destructive=step.allow_destructive,
+            require_approval=_approval(step.operation, step.require_approval), escalate=(),
+            _template=self._template,
+            cooldown=self.cooldown if step.cooldown is None else step.cooldown,
+            verify=self.verify if step.verify is None else step.verify,
+        )
+
+    @property
+    def steps(self) -> int:
+        """How many steps the ladder has: the rule's operation and each of `escalate`."""
+        return len(self._ladder)
+
+    def step(self, number: int) -> Rule:
+        """The rule as step `number` (1: the rule itself, 2: the first of `escalate`) runs it.
+
+        Raises IndexError for a step the ladder does not have."""
+        if not 1 <= number <= len(self._ladder):
+            raise IndexError(f"rule '{self.name}' has {len(self._ladder)} step(s), not {number}")
+        return self._ladder[number - 1]
 
     @property
     def risk(self) -> str:
@@ -192,6 +257,17 @@ class Rule:
         return render_device(self._template, labels, annotations, self.name)
 
 
+def _approval(operation: str, required: bool | None) -> bool:
+    """Whether an operation waits for a person: as said, else when it is destructive."""
+    return operation in DESTRUCTIVE if required is None else required
+
+
+def _ladder_needs_verify(number: int, steps: int) -> str:
+    what = "'verify'" if number == 1 else f"'verify' of step {number} (escalate)"
+    return (f"{what} is needed: step {number + 1} of {steps} follows only when step {number}"
+            " did not remediate within it")
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """All rules of one file, in file order."""
@@ -218,6 +294,10 @@ class RuleSet:
         object.__setattr__(self, "default_cooldown", cooldown)
         object.__setattr__(self, "_index", index_rules([r.matchers for r in self.rules]))
         object.__setattr__(self, "_by_name", {rule.name: rule for rule in self.rules})
+
+    def named(self, name: str) -> Rule | None:
+        """The rule of that name, or None."""
+        return self._by_name.get(name)
 
     def why_not_sent(self, rule_name: str) -> str | None:
         """Why these rules no longer send what the rule of that name queued (it is gone, or in

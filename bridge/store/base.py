@@ -30,6 +30,18 @@ from bridge.audit import (
 from bridge.client import CallResult
 from bridge.decide import Decision, Key, State
 from bridge.errors import BridgeError
+from bridge.ladder import Concluded, Resolution, Rung, Watch, expired, resolved
+from bridge.notices import (
+    Delivered,
+    Failure,
+    LadderEnd,
+    Notice,
+    NoticeState,
+    Pending,
+    Subject,
+    Told,
+)
+from bridge.payloads import Alert
 from bridge.rules import Budget
 from bridge.vocab import (
     DEMAND,
@@ -43,6 +55,7 @@ from bridge.vocab import (
     OpState,
     Outcome,
     Verdict,
+    Verification,
 )
 
 T = TypeVar("T")
@@ -58,7 +71,8 @@ REPLICA_GONE = 3 * HEARTBEAT
 _REPLICA_FORGOTTEN = 86400.0
 #: The tables a state is made of, in the order copy-state writes them, each with its key.
 STATE_TABLES = (("meta", "key"), ("cooldowns", "device, operation"), ("operations", "id"),
-                ("audit", "id"))
+                ("audit", "id"), ("verifications", "operation_id"),
+                ("resolutions", "fingerprint, resolved_at"), ("notices", "key"))
 #: The last "table" export_rows gives: the highest audit id ever written, in one row.
 AUDIT_WRITTEN = "audit_written"
 #: Rows per INSERT batch of copy-state.
@@ -104,6 +118,8 @@ class Operation:
     rules_version: str = ""
     #: Not sent after this time: the approval timeout while pending, then the maximum age.
     expires_at: float = 0.0
+    #: The step of its rule's ladder: 1 for the rule's own operation.
+    step: int = 1
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Operation:
@@ -115,7 +131,7 @@ class Operation:
             "id": self.id, "state": self.state, "device": self.device,
             "operation": self.operation, "rule": self.rule, "created": iso(self.created),
             "expires_at": iso(self.expires_at), "alertname": self.alertname,
-            "fingerprint": self.fingerprint, "request_id": self.request_id,
+            "fingerprint": self.fingerprint, "request_id": self.request_id, "step": self.step,
         }
 
 
@@ -217,6 +233,17 @@ class Store(Protocol):
     def set_flag(self, key: str, value: float | None) -> None: ...
     def audit(self, query: AuditQuery) -> list[AuditRecord]: ...
     def verify_audit(self) -> ChainReport: ...
+    # The closing loop (bridge.loop):
+    def take_lease(self, owner: int, now: float, ttl: float) -> bool: ...
+    def watched_from(self, source: str) -> bool: ...
+    def conclude(self, now: float, *, firing: set[str] | None, judge: NextStep,
+                 max_age: float, approval_timeout: float,
+                 rules_version: str) -> list[Concluded]: ...
+    def in_progress(self, fingerprints: Sequence[str]) -> list[Rung]: ...
+    def notice_state(self, now: float) -> NoticeState: ...
+    def sync_notices(self, current: Sequence[Notice], now: float) -> list[Told]: ...
+    def mark_told(self, delivered: Delivered) -> None: ...
+    def acknowledge(self, operation_id: int, who: str, now: float) -> str: ...
     def heartbeat(self, replica: str, version: str, now: float) -> None: ...
     def replicas_alive(self, now: float) -> int: ...
     def export_rows(self) -> Iterator[tuple[str, list[Row]]]: ...
@@ -508,9 +535,11 @@ class SqlStore:
                     op_id = _queue(tx, delivery, d, now, max_age, approval_timeout)
                 entries.append(_decision_entry(now, delivery, d, op_id))
                 recorded.append(Recorded(d, op_id))
-            resolved = {d.alert.fingerprint for d in decisions if d.alert.status == "resolved"}
-            for fingerprint in resolved:
+            resolved = {d.alert.fingerprint: _resolved_at(d.alert, now) for d in decisions
+                        if d.alert.status == "resolved"}
+            for fingerprint, resolved_at in resolved.items():
                 entries.extend(_cancel_immature(tx, fingerprint, now))
+                entries.extend(_alert_resolved(tx, fingerprint, resolved_at, now))
             _append(tx, entries)
             return answer(recorded)
 
@@ -588,6 +617,8 @@ class SqlStore:
                 tx.notify_queue()  # a sending slot (and the device) is free again
                 if retry_at is None and release_until is not None:
                     _release(tx, op, release_until)
+                elif retry_at is None and result.outcome == CallOutcome.SUCCEEDED:
+                    _watch(tx, op, result, now)
             _append(tx, [_operation_entry(
                 now, event, op, result.outcome, reason, status_code=result.status_code,
                 execution_id=result.execution_id, error=result.error,
@@ -756,8 +787,122 @@ class SqlStore:
                 " AND state NOT IN (?, ?, ?) ORDER BY id LIMIT ?)",
                 (before, *sorted(OPEN_STATES), batch),
             )
+            tx.execute(
+                "DELETE FROM verifications WHERE operation_id IN (SELECT operation_id FROM"
+                " verifications WHERE concluded < ? ORDER BY operation_id LIMIT ?)",
+                (before, batch))
+            tx.execute("DELETE FROM resolutions WHERE resolved_at < ?", (before,))
         return int(gone)
 
+    # -- the closing loop: watches, ladders, what people were told ------------------------
+
+    def take_lease(self, owner: int, now: float, ttl: float) -> bool:
+        """Hold the closing loop's lease until now + ttl unless another owner holds it: True
+        when `owner` may run this round. A dead owner's lease runs out by itself."""
+        with self._write() as tx:
+            holder = _meta(tx, Flag.LOOP_OWNER)
+            if holder not in (0.0, float(owner)) and _meta(tx, Flag.LOOP_LEASE) > now:
+                return False
+            _set_meta(tx, Flag.LOOP_OWNER, float(owner))
+            _set_meta(tx, Flag.LOOP_LEASE, now + ttl)
+            return True
+
+    def watched_from(self, source: str) -> bool:
+        """Whether something open waits on an alert from `source` (a watch, a ladder that ran
+        out, a later step not sent yet): the loop then asks Alertmanager about them."""
+        with self._reading() as tx:
+            return bool(_open_fingerprints(tx, source, limit=1))
+
+    def conclude(self, now: float, *, firing: set[str] | None, judge: NextStep,
+                 max_age: float, approval_timeout: float,
+                 rules_version: str) -> list[Concluded]:
+        """End the watches that are over, and judge the next step of each that missed.
+
+        `firing`: the fingerprints Alertmanager says fire now (None: it was not asked); an
+        open alert from Alertmanager not among them resolved, as far as the bridge can tell,
+        now. A watch ends remediated (or resolved_before) when its alert resolved within its
+        window, not_remediated once the window passed; then `judge` decides the ladder's next
+        step on the state of this very transaction, and it is queued as a webhook's would be.
+        """
+        with self._write() as tx:
+            entries: list[Row] = []
+            if firing is not None:
+                for fingerprint in sorted(_open_fingerprints(tx, "alertmanager") - firing):
+                    entries += _alert_resolved(tx, fingerprint, now, now)
+            concluded = [
+                _conclude(tx, w, now, entries, judge, max_age, approval_timeout, rules_version)
+                for w in _watches(tx, _DUE, (_WATCHING, now))]
+            _append(tx, entries)
+            return concluded
+
+    def in_progress(self, fingerprints: Sequence[str]) -> list[Rung]:
+        """The ladders these alerts are on: their operations on the way, and their watches."""
+        if not fingerprints:
+            return []
+        marks = ", ".join("?" * len(fingerprints))
+        rows = self._read(
+            f"SELECT o.rule, o.step, o.operation, o.id, o.state, o.fingerprint,"
+            f" v.state AS watch, v.deadline FROM operations o LEFT JOIN verifications v"
+            f" ON v.operation_id = o.id WHERE o.fingerprint IN ({marks})"
+            f" AND (o.state IN (?, ?, ?) OR v.state = ?) ORDER BY o.id",
+            (*fingerprints, *sorted(OPEN_STATES), _WATCHING))
+        return [Rung(r["rule"], r["step"], r["operation"], r["id"], r["watch"] or r["state"],
+                     r["fingerprint"], r["deadline"] if r["watch"] else None) for r in rows]
+
+    def notice_state(self, now: float) -> NoticeState:
+        """What a person should know about now."""
+        with self._reading() as tx:
+            since = tx.value("SELECT value FROM meta WHERE key = ?", (Flag.BREAKER_OPEN,))
+            return NoticeState(
+                pending=tuple(Pending(_subject(r), r["created"], r["expires_at"]) for r in tx.rows(
+                    f"SELECT {_SUBJECT}, o.created, o.expires_at FROM operations o"
+                    " WHERE o.state = ? AND o.expires_at >= ? ORDER BY o.id",
+                    (OpState.PENDING_APPROVAL, now))),
+                failures=tuple(_failures(tx, now)),
+                ladders=tuple(_ladder_ends(tx)),
+                breaker_since=since,
+                breaker_reason=_tripped_by(tx, since) if since is not None else "")
+
+    def sync_notices(self, current: Sequence[Notice], now: float) -> list[Told]:
+        """Remember the notices in force (a new one starts, a missing one ends now): each with
+        something left to tell."""
+        with self._write(lock=Lock.NONE) as tx:
+            known = {r["key"]: r for r in tx.rows("SELECT key, ended FROM notices")}
+            for notice in current:
+                _keep_notice(tx, notice, known.get(notice.key))
+            keys = {n.key for n in current}
+            for key in sorted(k for k, r in known.items() if k not in keys and r["ended"] is None):
+                tx.execute("UPDATE notices SET ended = ? WHERE key = ?", (now, key))
+            told = (_told(r) for r in tx.rows("SELECT * FROM notices ORDER BY since, key"))
+            return [t for t in told if not t.done]
+
+    def mark_told(self, delivered: Delivered) -> None:
+        """Note what was told; forget the notices with nothing left to tell."""
+        with self._write(lock=Lock.NONE) as tx:
+            for key, flags in sorted(delivered.items()):
+                for flag in sorted(flags & _TOLD):
+                    tx.execute(f"UPDATE notices SET {flag} = 1 WHERE key = ?", (key,))
+            tx.execute("DELETE FROM notices WHERE ended IS NOT NULL AND told_end = 1"
+                       " AND told_resolved = 1")
+
+    def acknowledge(self, operation_id: int, who: str, now: float) -> str:
+        """A person has in hand what the bridge tells about this operation: that it ended
+        failed or unknown, or did not remediate with no step to follow. Audited; what it was.
+
+        StoreError 404 for no such operation, 409 when there is nothing to acknowledge."""
+        with self._write() as tx:
+            row = tx.row(f"SELECT {_OP_COLUMNS}, acked FROM operations WHERE id = ?",
+                         (operation_id,))
+            if row is None:
+                raise StoreError(f"no operation {operation_id}", status=404)
+            op = Operation.of(row)
+            what = _acknowledgeable(tx, op, row["acked"])
+            table, key = ("operations", "id") if op.state in _FAILURES else \
+                ("verifications", "operation_id")
+            tx.execute(f"UPDATE {table} SET acked = ? WHERE {key} = ?", (now, op.id))
+            _append(tx, [_operation_entry(now, Event.OPERATOR, op, Outcome.ACKNOWLEDGED,
+                                          f"acknowledged by {who}: {what}")])
+            return what
     # -- replicas and copies -----------------------------------------------------------------
 
     def heartbeat(self, replica: str, version: str, now: float) -> None:
@@ -903,15 +1048,17 @@ def _queue(tx: Tx, delivery: Delivery, d: Decision, now: float, max_age: float,
         "INSERT INTO operations (device, operation, rule, state, created, updated,"
         " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
         " rules_version, labels, annotations, starts_at, hold, claim_until, next_attempt,"
-        " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " RETURNING id",
+        " expires_at, step, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
             delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
             d.alert.alertname, d.alert.status, delivery.rules_version,
             json.dumps(dict(d.alert.labels)), json.dumps(dict(d.alert.annotations)),
             d.alert.starts_at.timestamp() if d.alert.starts_at else None, hold, d.until,
-            not_before, expires,
+            not_before, expires, d.step,
+            # Only a firing alert can be watched until it resolves.
+            d.rule.verify if d.alert.status == "firing" else 0.0,
         ),
     ))
     tx.execute(
@@ -1079,12 +1226,236 @@ def _set_meta(tx: Tx, key: str, value: float) -> None:
     )
 
 
+# -- the closing loop, step by step ---------------------------------------------------------
+
+#: A judge of a ladder's next step: the decision on it, or why the ladder ends without one.
+NextStep = Callable[[Watch, State, float], "Decision | str"]
+_WATCHING = "watching"
+_FAILURES = (OpState.FAILED, OpState.UNKNOWN)
+_TOLD = frozenset({"told_start", "told_end", "told_resolved"})
+#: The operation a notice is about, as _subject reads it.
+_SUBJECT = "o.id, o.device, o.operation, o.rule, o.alertname"
+#: The watches to end now: their window passed, or their alert resolved since it began.
+_DUE = ("v.state = ? AND (v.deadline < ? OR EXISTS (SELECT 1 FROM resolutions r"
+        " WHERE r.fingerprint = o.fingerprint AND r.resolved_at >= v.starts))")
+
+
+def _resolved_at(alert: Alert, now: float) -> float:
+    """When a resolved alert resolved: its endsAt, never later than now (a sender's clock
+    may run ahead), else now."""
+    return min(alert.ends_at.timestamp(), now) if alert.ends_at is not None else now
+
+
+def _watch(tx: Tx, op: Operation, result: CallResult, now: float) -> None:
+    """Start watching the alert of an operation that just succeeded, if its rule verifies:
+    the window closes `verify` after the operation should be done."""
+    row = tx.row("SELECT verify, starts_at, created FROM operations WHERE id = ?", (op.id,))
+    if row is None or not row["verify"]:
+        return
+    done_at = now + (result.completes_in or 0.0)
+    tx.execute(
+        "INSERT INTO verifications (operation_id, rule, device, operation, step, verify,"
+        " called, done_at, deadline, starts, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (op.id, op.rule, op.device, op.operation, op.step, row["verify"], now, done_at,
+         done_at + row["verify"], row["starts_at"] or row["created"], _WATCHING))
+
+
+def _watches(tx: Tx, where: str, params: Sequence[object]) -> list[Watch]:
+    rows = tx.rows(
+        "SELECT v.operation_id, v.rule, v.device, v.operation, v.step, v.verify, v.called,"
+        " v.done_at, v.starts, o.fingerprint, o.alertname, o.labels, o.annotations,"
+        " o.starts_at, o.request_id, o.source, o.receiver, o.group_key FROM verifications v"
+        f" JOIN operations o ON o.id = v.operation_id WHERE {where} ORDER BY v.operation_id",
+        params)
+    return [Watch(r["operation_id"], r["rule"], r["device"], r["operation"], r["step"],
+                  r["verify"], r["called"], r["done_at"], r["fingerprint"], r["alertname"],
+                  _json(r["labels"]), _json(r["annotations"]), r["starts_at"], r["starts"],
+                  r["request_id"], r["source"], r["receiver"], r["group_key"]) for r in rows]
+
+
+def _alert_resolved(tx: Tx, fingerprint: str, resolved_at: float, now: float) -> list[Row]:
+    """Remember that an alert resolved: its watches end on the loop's next round, people stop
+    being told that its ladder ran out, and its ladder's later steps not sent yet are
+    cancelled (a ladder stops as soon as its alert resolves). Their audit entries."""
+    tx.execute("INSERT INTO resolutions (fingerprint, resolved_at) VALUES (?, ?)"
+               " ON CONFLICT DO NOTHING", (fingerprint, resolved_at))
+    tx.execute(
+        "UPDATE verifications SET resolved_at = ? WHERE resolved_at IS NULL AND state = ?"
+        " AND operation_id IN (SELECT id FROM operations WHERE fingerprint = ?)",
+        (resolved_at, Verification.NOT_REMEDIATED, fingerprint))
+    entries = []
+    for row in tx.rows(
+        f"UPDATE operations SET state = ?, updated = ? WHERE fingerprint = ? AND step > 1"
+        f" AND state IN (?, ?) AND attempts = 0 RETURNING {_OP_COLUMNS}",
+        (OpState.CANCELLED, now, fingerprint, OpState.QUEUED, OpState.PENDING_APPROVAL),
+    ):
+        op = Operation.of(row)
+        _release(tx, op, now)
+        entries.append(_operation_entry(
+            now, Event.OUTCOME, op, OpState.CANCELLED, Outcome.ALERT_RESOLVED,
+            error="the alert resolved before this step of its ladder was sent"))
+    return entries
+
+
+def _verification_entry(now: float, w: Watch, r: Resolution) -> Row:
+    return _entry(
+        now, Event.VERIFICATION, request_id=w.request_id, source=w.source,
+        receiver=w.receiver, group_key=w.group_key, fingerprint=w.fingerprint,
+        alertname=w.alertname, alert_status="firing", rule=w.rule, device=w.device,
+        operation=w.operation, outcome=r.outcome, reason=r.reason, operation_id=w.operation_id,
+        step=w.step, elapsed=r.elapsed)
+
+
+def _conclude(tx: Tx, w: Watch, now: float, entries: list[Row], judge: NextStep,
+              max_age: float, approval_timeout: float, rules_version: str) -> Concluded:
+    """End a watch that is over; after a miss, judge and queue the ladder's next step."""
+    first = tx.value("SELECT min(resolved_at) FROM resolutions WHERE fingerprint = ?"
+                     " AND resolved_at >= ?", (w.fingerprint, w.starts))
+    r = resolved(w, first) if first is not None and first <= w.deadline else expired(w)
+    tx.execute("UPDATE verifications SET state = ?, concluded = ?, resolved_at = ?"
+               " WHERE operation_id = ?", (r.outcome, now, first, w.operation_id))
+    entries.append(_verification_entry(now, w, r))
+    if r.outcome != Verification.NOT_REMEDIATED:
+        return Concluded(w, r)
+    if first is not None:  # it resolved, only after the window: nothing more to do for it
+        return _run_out(tx, w, r, f"the alert resolved at {iso(first)}, after the window")
+    decided = judge(w, _TxnState(tx), now)
+    if isinstance(decided, str):
+        return _run_out(tx, w, r, decided)
+    delivery = Delivery(w.request_id, w.source, w.receiver, w.group_key, rules_version)
+    op_id = None
+    if decided.verdict in QUEUING:
+        op_id = _queue(tx, delivery, decided, now, max_age, approval_timeout)
+    elif decided.verdict == Verdict.BREAKER_OPEN and not _meta(tx, Flag.BREAKER_OPEN):
+        _set_meta(tx, Flag.BREAKER_OPEN, now)
+    entries.append(_decision_entry(now, delivery, decided, op_id))
+    if op_id is None:
+        return _run_out(tx, w, r, f"{decided.reason} ({decided.verdict})")
+    tx.execute("UPDATE verifications SET next_operation_id = ? WHERE operation_id = ?",
+               (op_id, w.operation_id))
+    return Concluded(w, r, op_id)
+
+
+def _run_out(tx: Tx, w: Watch, r: Resolution, why: str) -> Concluded:
+    """The ladder ends at this missed watch: a person is told why no step follows."""
+    tx.execute("UPDATE verifications SET ended = 1, ended_why = ? WHERE operation_id = ?",
+               (why, w.operation_id))
+    return Concluded(w, r, None, why)
+
+
+def _open_fingerprints(tx: Tx, source: str, limit: int | None = None) -> set[str]:
+    """The alerts from `source` that something open waits on: a watch, a ladder that ran out
+    unacknowledged, a later step not sent yet."""
+    bound = f" LIMIT {int(limit)}" if limit else ""
+    found = {r["fingerprint"] for r in tx.rows(
+        "SELECT DISTINCT o.fingerprint FROM verifications v JOIN operations o"
+        " ON o.id = v.operation_id WHERE o.source = ? AND v.resolved_at IS NULL"
+        " AND (v.state = ? OR (v.state = ? AND v.acked IS NULL))" + bound,
+        (source, _WATCHING, Verification.NOT_REMEDIATED))}
+    if limit and found:
+        return found
+    return found | {r["fingerprint"] for r in tx.rows(
+        "SELECT DISTINCT fingerprint FROM operations WHERE source = ? AND step > 1"
+        " AND state IN (?, ?)" + bound, (source, OpState.QUEUED, OpState.PENDING_APPROVAL))}
+
+
+def _subject(row: Row) -> Subject:
+    return Subject(row["id"], row["device"], row["operation"], row["rule"], row["alertname"])
+
+
+def _failures(tx: Tx, now: float) -> Iterable[Failure]:
+    """Operations that ended failed or unknown while their cooldown runs, unacknowledged."""
+    for r in tx.rows(
+        f"SELECT {_SUBJECT}, o.state, o.updated FROM operations o JOIN cooldowns c"
+        " ON c.operation_id = o.id WHERE o.state IN (?, ?) AND o.acked IS NULL AND c.until > ?"
+        " ORDER BY o.id", (*_FAILURES, now),
+    ):
+        reason = tx.value(  # the audit is indexed by device
+            "SELECT reason FROM audit WHERE device = ? AND operation_id = ? AND event = ?"
+            " ORDER BY id DESC LIMIT 1", (r["device"], r["id"], Event.OUTCOME))
+        yield Failure(_subject(r), r["state"], reason or "", r["updated"])
+
+
+def _ladder_ends(tx: Tx) -> Iterable[LadderEnd]:
+    """The ladders that ran out on an alert that still fires, unacknowledged: the last step
+    missed, no step could follow, or the next one ended without being sent."""
+    never_sent = sorted(NEVER_SENT)
+    for r in tx.rows(
+        f"SELECT {_SUBJECT}, v.verify, v.ended, v.ended_why, v.concluded, n.state AS next,"
+        " n.updated AS next_ended FROM verifications v JOIN operations o"
+        " ON o.id = v.operation_id LEFT JOIN operations n ON n.id = v.next_operation_id"
+        " WHERE v.state = ? AND v.resolved_at IS NULL AND v.acked IS NULL"
+        f" AND (v.ended = 1 OR n.state IN ({', '.join('?' * len(never_sent))})) ORDER BY o.id",
+        (Verification.NOT_REMEDIATED, *never_sent),
+    ):
+        if r["ended"]:
+            yield LadderEnd(_subject(r), r["verify"], r["ended_why"], r["concluded"])
+        else:
+            yield LadderEnd(_subject(r), r["verify"], f"its next step ended {r['next']}",
+                            r["next_ended"])
+
+
+def _tripped_by(tx: Tx, since: float) -> str:
+    """The reason of the decision that tripped the storm breaker open `since`."""
+    reason = tx.value(
+        "SELECT reason FROM audit WHERE event = ? AND ts >= ? AND outcome = ?"
+        " ORDER BY id LIMIT 1", (Event.DECISION, since, Verdict.BREAKER_OPEN))
+    return reason or "see alert-bridge status"
+
+
+def _acknowledgeable(tx: Tx, op: Operation, acked: float | None) -> str:
+    """What there is to acknowledge about `op`, or StoreError 409 saying why nothing."""
+    if op.state in _FAILURES:
+        if acked is not None:
+            raise StoreError(f"operation {op.id} ({op.state}) is already acknowledged",
+                             status=409)
+        return f"it ended {op.state}"
+    watch = tx.row(
+        "SELECT v.state, v.acked, v.ended, n.state AS next FROM verifications v LEFT JOIN"
+        " operations n ON n.id = v.next_operation_id WHERE v.operation_id = ?", (op.id,))
+    if watch is None or watch["state"] != Verification.NOT_REMEDIATED or not (
+            watch["ended"] or watch["next"] in NEVER_SENT):
+        raise StoreError(f"operation {op.id} is {op.state}: nothing to acknowledge (only an"
+                         " operation that ended failed or unknown, or the last of a ladder"
+                         " that did not remediate)", status=409)
+    if watch["acked"] is not None:
+        raise StoreError(f"operation {op.id} (not remediated) is already acknowledged",
+                         status=409)
+    return "it did not remediate its alert"
+
+
+def _keep_notice(tx: Tx, n: Notice, known: Row | None) -> None:
+    shown = (n.alertname, n.severity, json.dumps(dict(n.labels)), n.summary, n.action, n.url)
+    if known is None:
+        tx.execute(
+            "INSERT INTO notices (key, alertname, severity, labels, summary, action, url, since,"
+            " told_start, told_end, told_resolved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0)",
+            (n.key, *shown, n.since))
+    elif known["ended"] is not None:
+        # It ended and came back before it was forgotten: a new start, to tell anew.
+        tx.execute(
+            "UPDATE notices SET alertname = ?, severity = ?, labels = ?, summary = ?,"
+            " action = ?, url = ?, since = ?, ended = NULL, told_start = 0, told_end = 0,"
+            " told_resolved = 0 WHERE key = ?", (*shown, n.since, n.key))
+    else:
+        tx.execute("UPDATE notices SET summary = ?, action = ?, url = ? WHERE key = ?",
+                   (n.summary, n.action, n.url, n.key))
+
+
+def _told(r: Row) -> Told:
+    notice = Notice(r["alertname"], r["severity"], _json(r["labels"]), r["summary"],
+                    r["action"], r["since"], r["url"])
+    return Told(notice, r["ended"], bool(r["told_start"]), bool(r["told_end"]),
+                bool(r["told_resolved"]))
+
+
 # -- the audit: entries keyed by column, appended to the chain ----------------------------
 
 #: A new record's columns when nothing is said of them: empty text, or NULL where the column
 #: takes numbers.
 _BLANK: dict[str, object] = {
-    column: None if column in ("status_code", "execution_id", "operation_id", "attempt")
+    column: None if column in ("status_code", "execution_id", "operation_id", "attempt", "step",
+                               "elapsed")
     else "" for column in CONTENT
 }
 
@@ -1104,19 +1475,20 @@ def _decision_entry(now: float, delivery: Delivery, d: Decision, op_id: int | No
         fingerprint=d.alert.fingerprint, alertname=d.alert.alertname,
         alert_status=d.alert.status, rule=d.rule.name if d.rule else "", device=d.device,
         operation=d.operation, outcome=d.verdict, reason=d.reason, operation_id=op_id,
-        rules_version=delivery.rules_version,
+        rules_version=delivery.rules_version, step=d.step if d.step > 1 else None,
     )
 
 
 def _operation_entry(now: float, event: Event, op: Operation, outcome: str, reason: str,
                      **columns: object) -> Row:
-    return _entry(
-        now, event, request_id=op.request_id, source=op.source, receiver=op.receiver,
-        group_key=op.group_key, fingerprint=op.fingerprint, alertname=op.alertname,
-        alert_status=op.alert_status, rule=op.rule, device=op.device, operation=op.operation,
-        outcome=outcome, reason=reason, operation_id=op.id, attempt=op.attempts,
-        rules_version=op.rules_version, **columns,
-    )
+    return _entry(now, event, **{
+        "request_id": op.request_id, "source": op.source, "receiver": op.receiver,
+        "group_key": op.group_key, "fingerprint": op.fingerprint, "alertname": op.alertname,
+        "alert_status": op.alert_status, "rule": op.rule, "device": op.device,
+        "operation": op.operation, "outcome": outcome, "reason": reason,
+        "operation_id": op.id, "attempt": op.attempts, "rules_version": op.rules_version,
+        "step": op.step if op.step > 1 else None, **columns,
+    })
 
 
 _AUDIT_INSERT = (

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.audit import CONTENT, GENESIS, chain_hash
+from bridge.audit import CONTENT, GENESIS, LATER, chain_hash
 from bridge.store.base import StoreError, Tx
 
 Step = Callable[[Tx], None]
@@ -205,12 +205,19 @@ def _sqlite_columns(tx: Tx, table: str) -> set[str]:
     return {row["name"] for row in tx.rows(f"PRAGMA table_info({table})")}
 
 
-def _add_unversioned_columns(tx: Tx) -> None:
-    """A state file from before versions may lack columns added since: added, empty for
-    old rows. (The one place columns are probed: such a file says nothing of its shape.)"""
-    for table, column, declaration in _UNVERSIONED_COLUMNS:
-        if column not in _sqlite_columns(tx, table):
-            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+def _add_missing(columns: tuple[tuple[str, str, str], ...]) -> Step:
+    """A SQLite step that adds each of `columns` (table, column, declaration) a table lacks,
+    empty for old rows. (SQLite cannot say ADD COLUMN IF NOT EXISTS; and a file without a
+    version says nothing of its shape, so columns are probed.)"""
+    def step(tx: Tx) -> None:
+        for table, column, declaration in columns:
+            if column not in _sqlite_columns(tx, table):
+                tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    return step
+
+
+#: A state file from before versions may lack columns added since.
+_add_unversioned_columns = _add_missing(_UNVERSIONED_COLUMNS)
 
 
 def _chain_unchained_audit(tx: Tx) -> None:
@@ -223,7 +230,8 @@ def _chain_unchained_audit(tx: Tx) -> None:
     tx.execute("ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT ''")
     tx.execute("ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
     after, prev_hash = 0, GENESIS
-    columns = ", ".join(("id", *CONTENT))
+    # The columns of the time: those added later come after this step (version 2 on).
+    columns = ", ".join(("id", *(c for c in CONTENT if c not in LATER)))
     while True:
         batch = tx.rows(f"SELECT {columns} FROM audit WHERE id > ? ORDER BY id LIMIT 1000",
                         (after,))
@@ -248,6 +256,70 @@ CREATE TABLE IF NOT EXISTS replicas (
 )
 """
 
+
+#: Version 3, the closing loop: watches on operations that succeeded, when alerts resolved,
+#: and what people were told. Both engines; the types are each engine's words for the same.
+_LOOP_COLUMNS = (
+    ("operations", "step", "integer NOT NULL DEFAULT 1"),
+    ("operations", "verify", "{real} NOT NULL DEFAULT 0"),
+    ("operations", "acked", "{real}"),
+    ("audit", "step", "integer"),
+    ("audit", "elapsed", "{real}"),
+)
+
+
+_POSTGRES_LOOP_COLUMNS = ";".join(
+    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}"
+    for table, column, declaration in _LOOP_COLUMNS)
+
+
+_LOOP_TABLES = """
+CREATE TABLE IF NOT EXISTS verifications (
+    operation_id {id} PRIMARY KEY,   -- the operation watched (it succeeded)
+    rule text NOT NULL,
+    device text NOT NULL,
+    operation text NOT NULL,
+    step integer NOT NULL,           -- of the rule's ladder
+    verify {real} NOT NULL,          -- the window, seconds
+    called {real} NOT NULL,          -- when the call ended
+    done_at {real} NOT NULL,         -- when the operation should be done (the API's estimate)
+    deadline {real} NOT NULL,        -- done_at + verify
+    starts {real} NOT NULL,          -- when the alert's episode began (startsAt, else queued)
+    state text NOT NULL,             -- watching, remediated, not_remediated, resolved_before
+    concluded {real},                -- when the watch ended
+    resolved_at {real},              -- when the alert resolved, once known (also after a miss)
+    next_operation_id {id},          -- the ladder's next step, queued when this one missed
+    ended integer NOT NULL DEFAULT 0,  -- 1: the ladder ran out here, a person is told
+    ended_why text NOT NULL DEFAULT '',
+    acked {real}                     -- a person acknowledged the ladder's end
+);
+CREATE INDEX IF NOT EXISTS verifications_watching ON verifications (deadline)
+    WHERE state = 'watching';
+CREATE INDEX IF NOT EXISTS verifications_concluded ON verifications (concluded);
+CREATE INDEX IF NOT EXISTS verifications_open ON verifications (operation_id)
+    WHERE resolved_at IS NULL;
+CREATE INDEX IF NOT EXISTS operations_fingerprint ON operations (fingerprint);
+CREATE TABLE IF NOT EXISTS resolutions (
+    fingerprint text NOT NULL,       -- an alert
+    resolved_at {real} NOT NULL,     -- a time it resolved (its endsAt, or when seen gone)
+    PRIMARY KEY (fingerprint, resolved_at)
+);
+CREATE TABLE IF NOT EXISTS notices (
+    key text PRIMARY KEY,            -- the notice's label set, JSON
+    alertname text NOT NULL,
+    severity text NOT NULL,
+    labels text NOT NULL,
+    summary text NOT NULL,
+    action text NOT NULL,
+    url text NOT NULL,
+    since {real} NOT NULL,
+    ended {real},                    -- NULL while in force
+    told_start integer NOT NULL,     -- the chat webhooks had the message that it started
+    told_end integer NOT NULL,       -- ... that it ended
+    told_resolved integer NOT NULL   -- Alertmanager had its end
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "the tables; a state file from before versions gets the columns it lacks, and an"
@@ -260,6 +332,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         2, "the replicas table: a heartbeat row per running bridge",
         sqlite=(_run(REPLICAS.format(text="TEXT", real="REAL")),),
         postgres=(_run(REPLICAS.format(text="text", real="double precision")),),
+    ),
+    Migration(
+        3, "the closing loop: an operation's ladder step and verify window, audit records'"
+           " step and elapsed time, watches, resolutions and notices",
+        # A file of today's tables whose version was lost comes through here again.
+        sqlite=(_add_missing(tuple((t, c, d.format(real="REAL")) for t, c, d in _LOOP_COLUMNS)),
+                _run(_LOOP_TABLES.format(real="REAL", id="INTEGER"))),
+        postgres=(_run(_POSTGRES_LOOP_COLUMNS.format(real="double precision")),
+                  _run(_LOOP_TABLES.format(real="double precision", id="bigint"))),
     ),
 )
 #: The version this bridge writes, and the newest it can read.

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from bridge.dispatch import Dispatcher
     from bridge.housekeeping import Housekeeper
     from bridge.intake import Intake
+    from bridge.loop import ClosingLoop
     from bridge.metrics import Metrics
     from bridge.rules import RuleSet
     from bridge.store import Store
@@ -35,19 +36,24 @@ class BridgeContext:
     housekeeper: Housekeeper
     #: None in dry run: nothing is ever sent.
     dispatcher: Dispatcher | None
+    #: Verifies what was sent, escalates, tells people (bridge.loop).
+    loop: ClosingLoop
     clock: Callable[[], float]
 
     def start(self) -> None:
-        """Start sending queued operations and pruning the audit past its retention."""
+        """Start sending queued operations, closing the loop on them, and pruning the audit
+        past its retention."""
         if self.dispatcher is not None:
             self.dispatcher.start()
             # Work queued by another replica wakes these senders too, not only their poll.
             self.store.listen(self.dispatcher.wake)
+        self.loop.start()
         self.housekeeper.start()
 
     def stop(self, timeout: float) -> None:
         """Stop the background work; the calls in flight get `timeout` seconds to end."""
         self.housekeeper.stop()
+        self.loop.stop()
         self.store.unlisten()
         if self.dispatcher is not None:
             self.dispatcher.stop(timeout)

@@ -98,6 +98,29 @@ def cancel(operation_id: str) -> Response:
     return jsonify(op.to_json())
 
 
+@blueprint.post("/api/operations/<operation_id>/ack")
+def acknowledge(operation_id: str) -> Response:
+    """A person has a failed operation, or a ladder that ran out, in hand (alert-bridge ack)."""
+    ctx = context()
+    op_id = _integer("operation_id", operation_id, 1, MAX_ID)
+    what = ctx.store.acknowledge(op_id, _operator(), ctx.clock())
+    return jsonify(operation_id=op_id, acknowledged=what)
+
+
+@blueprint.get("/api/report")
+def report() -> Response:
+    """`alert-bridge report --json`: how well each rule's operations work."""
+    from bridge.report import of_store
+
+    ctx, args = context(), request.args
+    try:
+        span = parse_duration(args.get("since", "7d"))
+    except ValueError as exc:
+        raise ParameterError("since", str(exc)) from None
+    built = of_store(ctx.store, ctx.clock(), span, args.get("rule") or None)
+    return jsonify(built.to_json(args.get("devices", "") in ("1", "true", "yes")))
+
+
 @blueprint.post("/-/reload")
 def reload() -> tuple[Response, int]:
     """Validate the rules file; if it changed, have the master reload every worker."""
