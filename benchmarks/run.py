@@ -1,6 +1,6 @@
 """alert-bridge benchmarks: dispatch, webhooks under load, the decision core, memory, loading.
 
-    python benchmarks/run.py            # the full run, about 6-8 minutes
+    python benchmarks/run.py            # the full run, about 10-12 minutes
     python benchmarks/run.py --quick    # every part shortened: a smoke run of a minute or two
     python benchmarks/run.py --only load,match   # some parts; their sections replaced in --out
 

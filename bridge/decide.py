@@ -22,38 +22,13 @@ from bridge.payloads import Alert
 from bridge.rules import Budget, Rule, RuleSet, TemplateRenderError, format_duration
 from bridge.vocab import OWN_LABEL, Verdict
 
-# Verdicts that queue an operation (all claim the cooldown and spend budget).
-EXECUTE = "execute"
-PENDING_APPROVAL = "pending_approval"
-HELD_FOR_WINDOW = "held_for_window"
-HELD_MIN_AGE = "held_min_age"
-# Verdicts that do not, each with its reason.
-COOLDOWN = "cooldown"
-DRY_RUN = "dry_run"
-DUPLICATE = "duplicate"
-PAUSED = "paused"
-BREAKER_OPEN = "breaker_open"
-GAVE_UP = "gave_up"
-OUTSIDE_WINDOW = "outside_window"
-HELD_BY_BUDGET = "held_by_budget"
-TEMPLATE_ERROR = "template_error"
-EMPTY_DEVICE = "empty_device"
-INVALID_DEVICE = "invalid_device"
-NO_MATCH = "no_match"
-OWN_ALERT = Verdict.OWN_ALERT
-
-QUEUING = (EXECUTE, PENDING_APPROVAL, HELD_FOR_WINDOW, HELD_MIN_AGE)
-VERDICTS = (
-    *QUEUING, COOLDOWN, DRY_RUN, DUPLICATE, PAUSED, BREAKER_OPEN, GAVE_UP, OUTSIDE_WINDOW,
-    HELD_BY_BUDGET, TEMPLATE_ERROR, EMPTY_DEVICE, INVALID_DEVICE, NO_MATCH, OWN_ALERT,
-)
+#: Every verdict, in the order the README lists them.
+VERDICTS = tuple(Verdict)
 #: The reason of an OWN_ALERT decision.
 OWN_ALERT_REASON = (f"the bridge's own alert (label {OWN_LABEL}): it is for people, the"
                     " bridge never acts on it")
 #: The reason of the decision that trips the storm breaker starts with this.
 TRIPPED = "storm breaker tripped"
-#: Decisions that count as "operations asked for" towards the storm breaker.
-DEMAND = (*QUEUING, HELD_BY_BUDGET, BREAKER_OPEN)
 
 #: Without a configured pattern every name passes (only dot segments and control characters
 #: are refused); the bridge itself always passes the configured BRIDGE_DEVICE_PATTERN.
@@ -118,7 +93,7 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
     tally = _Tally(set(), Counter())
     for alert in alerts:
         if OWN_LABEL in alert.labels:
-            decisions.append(Decision(alert, None, "", "", OWN_ALERT, OWN_ALERT_REASON))
+            decisions.append(Decision(alert, None, "", "", Verdict.OWN_ALERT, OWN_ALERT_REASON))
             continue
         matched = [
             r for r in rules.may_match(alert.labels)
@@ -126,7 +101,7 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
         ]
         if not matched:
             reason = f"no rule matches this {alert.status} alert"
-            decisions.append(Decision(alert, None, "", "", NO_MATCH, reason))
+            decisions.append(Decision(alert, None, "", "", Verdict.NO_MATCH, reason))
             continue
         for rule in matched:
             ask = _ask(alert, rule, rules, state, now, dry_run, device_pattern, tally)
@@ -187,13 +162,14 @@ def _ask(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, dry
     try:
         device = rule.render_device(alert.labels, alert.annotations)
     except TemplateRenderError as exc:
-        return refused("", TEMPLATE_ERROR, exc.message)
+        return refused("", Verdict.TEMPLATE_ERROR, exc.message)
     if not device:
-        return refused("", EMPTY_DEVICE, f"device template {rule.device!r} rendered an empty name")
+        return refused("", Verdict.EMPTY_DEVICE,
+                       f"device template {rule.device!r} rendered an empty name")
     problem = device_name_problem(device, device_pattern)
     if problem:
         # The name may be hostile: the audit keeps a bounded, escaped form of it.
-        return refused(_shown(device), INVALID_DEVICE, problem)
+        return refused(_shown(device), Verdict.INVALID_DEVICE, problem)
     return _Ask(alert, rule, rules, state, now, dry_run, device, tally)
 
 
@@ -204,33 +180,33 @@ def _ask(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, dry
 
 def _duplicate(a: _Ask) -> Decision | None:
     if a.key in a.tally.keys:
-        return a.verdict(DUPLICATE, "this payload already asks for this operation")
+        return a.verdict(Verdict.DUPLICATE, "this payload already asks for this operation")
     return None
 
 
 def _cooldown(a: _Ask) -> Decision | None:
     until = a.state.cooldown_until(a.key)
     if until is not None and until > a.now:
-        return a.verdict(COOLDOWN, f"in cooldown until {iso(until)}", until)
+        return a.verdict(Verdict.COOLDOWN, f"in cooldown until {iso(until)}", until)
     return None
 
 
 def _dry_run(a: _Ask) -> Decision | None:
     if a.dry_run or a.rule.dry_run:
         why = "shadow mode (rule dry_run)" if a.rule.dry_run else "dry run"
-        return a.verdict(DRY_RUN, f"{why}: nothing is sent")
+        return a.verdict(Verdict.DRY_RUN, f"{why}: nothing is sent")
     return None
 
 
 def _paused(a: _Ask) -> Decision | None:
     if a.state.paused:
-        return a.verdict(PAUSED, "the bridge is paused (alert-bridge resume)")
+        return a.verdict(Verdict.PAUSED, "the bridge is paused (alert-bridge resume)")
     return None
 
 
 def _breaker_open(a: _Ask) -> Decision | None:
     if a.state.breaker_open:
-        return a.verdict(BREAKER_OPEN, "the storm breaker is open (alert-bridge resume)")
+        return a.verdict(Verdict.BREAKER_OPEN, "the storm breaker is open (alert-bridge resume)")
     return None
 
 
@@ -238,7 +214,7 @@ def _give_up(a: _Ask) -> Decision | None:
     give_up = a.rule.give_up
     done = a.state.operations_since(a.key, a.now - give_up.within)
     if done >= give_up.after:
-        return a.verdict(GAVE_UP, f"{a.rule.operation} already sent {done} times within "
+        return a.verdict(Verdict.GAVE_UP, f"{a.rule.operation} already sent {done} times within "
                                   f"{_duration(give_up.within)}; giving up on {a.device}")
     return None
 
@@ -246,7 +222,7 @@ def _give_up(a: _Ask) -> Decision | None:
 def _window_skip(a: _Ask) -> Decision | None:
     window = a.rule.window
     if window is not None and window.outside == "skip" and _opens(a) > a.now:
-        return a.verdict(OUTSIDE_WINDOW, "outside the rule's maintenance window")
+        return a.verdict(Verdict.OUTSIDE_WINDOW, "outside the rule's maintenance window")
     return None
 
 
@@ -255,7 +231,7 @@ def _storm(a: _Ask) -> Decision | None:
     breaker = a.rules.breaker
     asked = a.state.demand_since(a.now - breaker.per) + a.tally.demand + 1
     if asked > breaker.max:
-        return a.verdict(BREAKER_OPEN, f"{TRIPPED}: {asked} operations asked for within "
+        return a.verdict(Verdict.BREAKER_OPEN, f"{TRIPPED}: {asked} operations asked for within "
                                        f"{_duration(breaker.per)}")
     return None
 
@@ -266,7 +242,8 @@ def _budgets(a: _Ask) -> Decision | None:
             a.tally.budgets[(budget.name, group)]
         if used >= budget.max:
             scope = f" for {budget.group_by}={group!r}" if budget.group_by else ""
-            return a.verdict(HELD_BY_BUDGET, f"budget '{budget.name}'{scope} spent: {used} of "
+            return a.verdict(Verdict.HELD_BY_BUDGET,
+                             f"budget '{budget.name}'{scope} spent: {used} of "
                                              f"{budget.max} per {_duration(budget.per)}")
     return None
 
@@ -279,7 +256,7 @@ GUARDS: tuple[tuple[str, Callable[[_Ask], Decision | None]], ...] = (
 )
 # What each guard's verdict does to the payload's tally: whether the operation counts as
 # taken (later asks for it are duplicates) and as demand on the storm breaker.
-_TAKES_KEY = frozenset({COOLDOWN, DRY_RUN})
+_TAKES_KEY = frozenset({Verdict.COOLDOWN, Verdict.DRY_RUN})
 _COUNTS_AS_DEMAND = ("storm", "budgets")
 
 
@@ -315,15 +292,16 @@ def _queue(a: _Ask) -> Decision:
     mature, note = _matures(a)
     until = max(not_before, mature) + rule.cooldown
     if rule.require_approval:
-        return a.verdict(PENDING_APPROVAL, f"{rule.risk} operation: waits for alert-bridge "
+        return a.verdict(Verdict.PENDING_APPROVAL, f"{rule.risk} operation: waits for alert-bridge "
                                            f"approve{note}", until, max(not_before, mature))
     if mature > not_before and mature > now:
-        return a.verdict(HELD_MIN_AGE, f"alert must fire for {_duration(rule.min_age)} first: "
+        return a.verdict(Verdict.HELD_MIN_AGE,
+                         f"alert must fire for {_duration(rule.min_age)} first: "
                                        f"not before {iso(mature)}{note}", until, mature)
     if not_before > now:
-        return a.verdict(HELD_FOR_WINDOW, f"held until the maintenance window opens at "
+        return a.verdict(Verdict.HELD_FOR_WINDOW, f"held until the maintenance window opens at "
                                           f"{iso(not_before)}{note}", until, not_before)
-    return a.verdict(EXECUTE, "rule matched", until, now)
+    return a.verdict(Verdict.EXECUTE, "rule matched", until, now)
 
 
 def _matures(a: _Ask) -> tuple[float, str]:
@@ -367,7 +345,7 @@ def _shown(name: str, limit: int = 64) -> str:
 
 def summarize(decisions: Iterable[Decision]) -> dict[str, int]:
     """Count decisions per verdict, in VERDICTS order, leaving out zeros."""
-    counts = dict.fromkeys(VERDICTS, 0)
+    counts: dict[str, int] = dict.fromkeys(VERDICTS, 0)
     for d in decisions:
         counts[d.verdict] += 1
     return {k: v for k, v in counts.items() if v}
@@ -418,7 +396,7 @@ class RuleExplanation:
                        reason=d.reason)
             if d.until is not None:
                 doc["until"] = iso(d.until)
-            if d.not_before is not None and d.verdict != EXECUTE:
+            if d.not_before is not None and d.verdict != Verdict.EXECUTE:
                 doc["not_before"] = iso(d.not_before)
             doc["guards"] = [
                 {"guard": g.guard, "passed": g.passed, "verdict": g.verdict, "reason": g.reason}

@@ -351,8 +351,9 @@ def _named(cursor: Any) -> list[Row]:
     return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
 
-class SqlStore:
-    """Every Store method, over an engine's transactions (`_write`, `_reading`)."""
+class _Engine:
+    """What every part of the store stands on: an engine's transactions (`_write`,
+    `_reading`), which SQLite and PostgreSQL each supply."""
 
     #: Where the state is, as messages show it (never a password).
     where: str
@@ -389,6 +390,202 @@ class SqlStore:
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         with self._reading() as tx:
             return tx.rows(sql, params)
+
+
+class _ClosingLoop(_Engine):
+    """The closing loop's state: watches of sent operations, their ladders, and what people
+    were told."""
+
+    def take_lease(self, owner: int, now: float, ttl: float) -> bool:
+        """Hold the closing loop's lease until now + ttl unless another owner holds it: True
+        when `owner` may run this round. A dead owner's lease runs out by itself."""
+        with self._write() as tx:
+            holder = _meta(tx, Flag.LOOP_OWNER)
+            if holder not in (0.0, float(owner)) and _meta(tx, Flag.LOOP_LEASE) > now:
+                return False
+            _set_meta(tx, Flag.LOOP_OWNER, float(owner))
+            _set_meta(tx, Flag.LOOP_LEASE, now + ttl)
+            return True
+
+    def watched_from(self, source: str) -> bool:
+        """Whether something open waits on an alert from `source` (a watch, a ladder that ran
+        out, a later step not sent yet): the loop then asks Alertmanager about them."""
+        with self._reading() as tx:
+            return bool(_open_fingerprints(tx, source, limit=1))
+
+    def conclude(self, now: float, *, firing: set[str] | None, judge: NextStep,
+                 max_age: float, approval_timeout: float,
+                 rules_version: str) -> list[Concluded]:
+        """End the watches that are over, and judge the next step of each that missed.
+
+        `firing`: the fingerprints Alertmanager says fire now (None: it was not asked); an
+        open alert from Alertmanager not among them resolved, as far as the bridge can tell,
+        now. A watch ends remediated (or resolved_before) when its alert resolved within its
+        window, not_remediated once the window passed; then `judge` decides the ladder's next
+        step on the state of this very transaction, and it is queued as a webhook's would be.
+        """
+        with self._write() as tx:
+            entries: list[Row] = []
+            if firing is not None:
+                for fingerprint in sorted(_open_fingerprints(tx, "alertmanager") - firing):
+                    entries += _alert_resolved(tx, fingerprint, now, now)
+            concluded = [
+                _conclude(tx, w, now, entries, judge, max_age, approval_timeout, rules_version)
+                for w in _watches(tx, _DUE, (_WATCHING, now))]
+            _append(tx, entries)
+            return concluded
+
+    def in_progress(self, fingerprints: Sequence[str]) -> list[Rung]:
+        """The ladders these alerts are on: their operations on the way, and their watches."""
+        if not fingerprints:
+            return []
+        marks = ", ".join("?" * len(fingerprints))
+        rows = self._read(
+            f"SELECT o.rule, o.step, o.operation, o.id, o.state, o.fingerprint,"
+            f" v.state AS watch, v.deadline FROM operations o LEFT JOIN verifications v"
+            f" ON v.operation_id = o.id WHERE o.fingerprint IN ({marks})"
+            f" AND (o.state IN (?, ?, ?) OR v.state = ?) ORDER BY o.id",
+            (*fingerprints, *sorted(OPEN_STATES), _WATCHING))
+        return [Rung(r["rule"], r["step"], r["operation"], r["id"], r["watch"] or r["state"],
+                     r["fingerprint"], r["deadline"] if r["watch"] else None) for r in rows]
+
+    def notice_state(self, now: float) -> NoticeState:
+        """What a person should know about now."""
+        with self._reading() as tx:
+            since = tx.value("SELECT value FROM meta WHERE key = ?", (Flag.BREAKER_OPEN,))
+            return NoticeState(
+                pending=tuple(Pending(_subject(r), r["created"], r["expires_at"]) for r in tx.rows(
+                    f"SELECT {_SUBJECT}, o.created, o.expires_at FROM operations o"
+                    " WHERE o.state = ? AND o.expires_at >= ? ORDER BY o.id",
+                    (OpState.PENDING_APPROVAL, now))),
+                failures=tuple(_failures(tx, now)),
+                ladders=tuple(_ladder_ends(tx)),
+                breaker_since=since,
+                breaker_reason=_tripped_by(tx, since) if since is not None else "")
+
+    def sync_notices(self, current: Sequence[Notice], now: float) -> list[Told]:
+        """Remember the notices in force (a new one starts, a missing one ends now): each with
+        something left to tell."""
+        with self._write(lock=Lock.NONE) as tx:
+            known = {r["key"]: r for r in tx.rows("SELECT key, ended FROM notices")}
+            for notice in current:
+                _keep_notice(tx, notice, known.get(notice.key))
+            keys = {n.key for n in current}
+            for key in sorted(k for k, r in known.items() if k not in keys and r["ended"] is None):
+                tx.execute("UPDATE notices SET ended = ? WHERE key = ?", (now, key))
+            told = (_told(r) for r in tx.rows("SELECT * FROM notices ORDER BY since, key"))
+            return [t for t in told if not t.done]
+
+    def mark_told(self, delivered: Delivered) -> None:
+        """Note what was told; forget the notices with nothing left to tell."""
+        with self._write(lock=Lock.NONE) as tx:
+            for key, flags in sorted(delivered.items()):
+                for flag in sorted(flags & _TOLD):
+                    tx.execute(f"UPDATE notices SET {flag} = 1 WHERE key = ?", (key,))
+            tx.execute("DELETE FROM notices WHERE ended IS NOT NULL AND told_end = 1"
+                       " AND told_resolved = 1")
+
+    def acknowledge(self, operation_id: int, who: str, now: float) -> str:
+        """A person has in hand what the bridge tells about this operation: that it ended
+        failed or unknown, or did not remediate with no step to follow. Audited; what it was.
+
+        StoreError 404 for no such operation, 409 when there is nothing to acknowledge."""
+        with self._write() as tx:
+            row = tx.row(f"SELECT {_OP_COLUMNS}, acked FROM operations WHERE id = ?",
+                         (operation_id,))
+            if row is None:
+                raise StoreError(f"no operation {operation_id}", status=404)
+            op = Operation.of(row)
+            what = _acknowledgeable(tx, op, row["acked"])
+            table, key = ("operations", "id") if op.state in _FAILURES else \
+                ("verifications", "operation_id")
+            tx.execute(f"UPDATE {table} SET acked = ? WHERE {key} = ?", (now, op.id))
+            _append(tx, [_operation_entry(now, Event.OPERATOR, op, Outcome.ACKNOWLEDGED,
+                                          f"acknowledged by {who}: {what}")])
+            return what
+
+
+class _Replication(_Engine):
+    """Replicas' heartbeats, and a whole state read out of one store into another."""
+
+    def heartbeat(self, replica: str, version: str, now: float) -> None:
+        """Note `replica` alive now (its first beat notes its start); forget long-gone ones."""
+        with self._write(lock=Lock.NONE) as tx:
+            tx.execute(
+                "INSERT INTO replicas (id, started, last_seen, version) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,"
+                " version = excluded.version", (replica, now, now, version))
+            tx.execute("DELETE FROM replicas WHERE last_seen < ?", (now - _REPLICA_FORGOTTEN,))
+
+    def replicas_alive(self, now: float) -> int:
+        """How many replicas beat within REPLICA_GONE seconds of `now`."""
+        return int(self._read("SELECT count(*) AS n FROM replicas WHERE last_seen >= ?",
+                              (now - REPLICA_GONE,))[0]["n"])
+
+    def export_rows(self) -> Iterator[tuple[str, list[Row]]]:
+        """The whole state as (table, rows) batches, from one read snapshot: STATE_TABLES in
+        order, then AUDIT_WRITTEN. JSON columns come as text on both engines."""
+        with self._reading(snapshot=True) as tx:
+            for table, key in STATE_TABLES:
+                batch: list[Row] = []
+                with closing(tx.stream(f"SELECT * FROM {table} ORDER BY {key}")) as rows:
+                    for row in rows:
+                        batch.append({k: _json_text(v) for k, v in row.items()})
+                        if len(batch) == COPY_BATCH:
+                            yield table, batch
+                            batch = []
+                if batch:
+                    yield table, batch
+            yield AUDIT_WRITTEN, [{"id": tx.audit_written()}]
+
+    def import_rows(self, batches: Iterable[tuple[str, list[Row]]]) -> dict[str, int]:
+        """Fill this empty store with export_rows' batches, as they are (the same ids, the
+        same audit hashes), in one transaction: all of it or nothing. Rows per table."""
+        copied = {table: 0 for table, _ in STATE_TABLES}
+        with self._write() as tx:
+            held = _held(tx)
+            if any(held.values()):
+                raise StoreError(
+                    f"{self.where} already holds state ({_counted(held)}): copy-state only"
+                    " fills an empty store", status=409)
+            tx.execute("DELETE FROM meta")  # at most the readiness probe's own row
+            written = 0
+            for table, rows in batches:
+                if table == AUDIT_WRITTEN:
+                    written = int(rows[0]["id"])
+                    continue
+                columns = list(rows[0])
+                tx.execute_many(
+                    f"INSERT INTO {table} ({', '.join(columns)})"
+                    f" VALUES ({', '.join('?' * len(columns))})",
+                    [tuple(row[c] for c in columns) for row in rows])
+                copied[table] += len(rows)
+            tx.after_import(written)
+        return copied
+
+
+def _held(tx: Tx) -> dict[str, int]:
+    """What a store holds that copy-state would overwrite (a readiness probe's row aside)."""
+    count = "SELECT count(*) FROM "
+    return {
+        "audit records": int(tx.value(count + "audit")),
+        "operations": int(tx.value(count + "operations")),
+        "cooldowns": int(tx.value(count + "cooldowns")),
+        "flags": int(tx.value(count + "meta WHERE key <> ?", (Flag.WRITE_CHECKED,))),
+    }
+
+
+def _counted(held: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in held.items())
+
+
+def _json_text(value: Any) -> Any:
+    """A column's value as both engines take it: a JSON object (PostgreSQL jsonb) as text."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
+class SqlStore(_ClosingLoop, _Replication):
+    """Every Store method, over an engine's transactions (`_write`, `_reading`)."""
 
     def ping(self) -> None:
         self._read("SELECT count(*) AS n FROM cooldowns")
@@ -793,192 +990,6 @@ class SqlStore:
                 (before, batch))
             tx.execute("DELETE FROM resolutions WHERE resolved_at < ?", (before,))
         return int(gone)
-
-    # -- the closing loop: watches, ladders, what people were told ------------------------
-
-    def take_lease(self, owner: int, now: float, ttl: float) -> bool:
-        """Hold the closing loop's lease until now + ttl unless another owner holds it: True
-        when `owner` may run this round. A dead owner's lease runs out by itself."""
-        with self._write() as tx:
-            holder = _meta(tx, Flag.LOOP_OWNER)
-            if holder not in (0.0, float(owner)) and _meta(tx, Flag.LOOP_LEASE) > now:
-                return False
-            _set_meta(tx, Flag.LOOP_OWNER, float(owner))
-            _set_meta(tx, Flag.LOOP_LEASE, now + ttl)
-            return True
-
-    def watched_from(self, source: str) -> bool:
-        """Whether something open waits on an alert from `source` (a watch, a ladder that ran
-        out, a later step not sent yet): the loop then asks Alertmanager about them."""
-        with self._reading() as tx:
-            return bool(_open_fingerprints(tx, source, limit=1))
-
-    def conclude(self, now: float, *, firing: set[str] | None, judge: NextStep,
-                 max_age: float, approval_timeout: float,
-                 rules_version: str) -> list[Concluded]:
-        """End the watches that are over, and judge the next step of each that missed.
-
-        `firing`: the fingerprints Alertmanager says fire now (None: it was not asked); an
-        open alert from Alertmanager not among them resolved, as far as the bridge can tell,
-        now. A watch ends remediated (or resolved_before) when its alert resolved within its
-        window, not_remediated once the window passed; then `judge` decides the ladder's next
-        step on the state of this very transaction, and it is queued as a webhook's would be.
-        """
-        with self._write() as tx:
-            entries: list[Row] = []
-            if firing is not None:
-                for fingerprint in sorted(_open_fingerprints(tx, "alertmanager") - firing):
-                    entries += _alert_resolved(tx, fingerprint, now, now)
-            concluded = [
-                _conclude(tx, w, now, entries, judge, max_age, approval_timeout, rules_version)
-                for w in _watches(tx, _DUE, (_WATCHING, now))]
-            _append(tx, entries)
-            return concluded
-
-    def in_progress(self, fingerprints: Sequence[str]) -> list[Rung]:
-        """The ladders these alerts are on: their operations on the way, and their watches."""
-        if not fingerprints:
-            return []
-        marks = ", ".join("?" * len(fingerprints))
-        rows = self._read(
-            f"SELECT o.rule, o.step, o.operation, o.id, o.state, o.fingerprint,"
-            f" v.state AS watch, v.deadline FROM operations o LEFT JOIN verifications v"
-            f" ON v.operation_id = o.id WHERE o.fingerprint IN ({marks})"
-            f" AND (o.state IN (?, ?, ?) OR v.state = ?) ORDER BY o.id",
-            (*fingerprints, *sorted(OPEN_STATES), _WATCHING))
-        return [Rung(r["rule"], r["step"], r["operation"], r["id"], r["watch"] or r["state"],
-                     r["fingerprint"], r["deadline"] if r["watch"] else None) for r in rows]
-
-    def notice_state(self, now: float) -> NoticeState:
-        """What a person should know about now."""
-        with self._reading() as tx:
-            since = tx.value("SELECT value FROM meta WHERE key = ?", (Flag.BREAKER_OPEN,))
-            return NoticeState(
-                pending=tuple(Pending(_subject(r), r["created"], r["expires_at"]) for r in tx.rows(
-                    f"SELECT {_SUBJECT}, o.created, o.expires_at FROM operations o"
-                    " WHERE o.state = ? AND o.expires_at >= ? ORDER BY o.id",
-                    (OpState.PENDING_APPROVAL, now))),
-                failures=tuple(_failures(tx, now)),
-                ladders=tuple(_ladder_ends(tx)),
-                breaker_since=since,
-                breaker_reason=_tripped_by(tx, since) if since is not None else "")
-
-    def sync_notices(self, current: Sequence[Notice], now: float) -> list[Told]:
-        """Remember the notices in force (a new one starts, a missing one ends now): each with
-        something left to tell."""
-        with self._write(lock=Lock.NONE) as tx:
-            known = {r["key"]: r for r in tx.rows("SELECT key, ended FROM notices")}
-            for notice in current:
-                _keep_notice(tx, notice, known.get(notice.key))
-            keys = {n.key for n in current}
-            for key in sorted(k for k, r in known.items() if k not in keys and r["ended"] is None):
-                tx.execute("UPDATE notices SET ended = ? WHERE key = ?", (now, key))
-            told = (_told(r) for r in tx.rows("SELECT * FROM notices ORDER BY since, key"))
-            return [t for t in told if not t.done]
-
-    def mark_told(self, delivered: Delivered) -> None:
-        """Note what was told; forget the notices with nothing left to tell."""
-        with self._write(lock=Lock.NONE) as tx:
-            for key, flags in sorted(delivered.items()):
-                for flag in sorted(flags & _TOLD):
-                    tx.execute(f"UPDATE notices SET {flag} = 1 WHERE key = ?", (key,))
-            tx.execute("DELETE FROM notices WHERE ended IS NOT NULL AND told_end = 1"
-                       " AND told_resolved = 1")
-
-    def acknowledge(self, operation_id: int, who: str, now: float) -> str:
-        """A person has in hand what the bridge tells about this operation: that it ended
-        failed or unknown, or did not remediate with no step to follow. Audited; what it was.
-
-        StoreError 404 for no such operation, 409 when there is nothing to acknowledge."""
-        with self._write() as tx:
-            row = tx.row(f"SELECT {_OP_COLUMNS}, acked FROM operations WHERE id = ?",
-                         (operation_id,))
-            if row is None:
-                raise StoreError(f"no operation {operation_id}", status=404)
-            op = Operation.of(row)
-            what = _acknowledgeable(tx, op, row["acked"])
-            table, key = ("operations", "id") if op.state in _FAILURES else \
-                ("verifications", "operation_id")
-            tx.execute(f"UPDATE {table} SET acked = ? WHERE {key} = ?", (now, op.id))
-            _append(tx, [_operation_entry(now, Event.OPERATOR, op, Outcome.ACKNOWLEDGED,
-                                          f"acknowledged by {who}: {what}")])
-            return what
-    # -- replicas and copies -----------------------------------------------------------------
-
-    def heartbeat(self, replica: str, version: str, now: float) -> None:
-        """Note `replica` alive now (its first beat notes its start); forget long-gone ones."""
-        with self._write(lock=Lock.NONE) as tx:
-            tx.execute(
-                "INSERT INTO replicas (id, started, last_seen, version) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,"
-                " version = excluded.version", (replica, now, now, version))
-            tx.execute("DELETE FROM replicas WHERE last_seen < ?", (now - _REPLICA_FORGOTTEN,))
-
-    def replicas_alive(self, now: float) -> int:
-        """How many replicas beat within REPLICA_GONE seconds of `now`."""
-        return int(self._read("SELECT count(*) AS n FROM replicas WHERE last_seen >= ?",
-                              (now - REPLICA_GONE,))[0]["n"])
-
-    def export_rows(self) -> Iterator[tuple[str, list[Row]]]:
-        """The whole state as (table, rows) batches, from one read snapshot: STATE_TABLES in
-        order, then AUDIT_WRITTEN. JSON columns come as text on both engines."""
-        with self._reading(snapshot=True) as tx:
-            for table, key in STATE_TABLES:
-                batch: list[Row] = []
-                with closing(tx.stream(f"SELECT * FROM {table} ORDER BY {key}")) as rows:
-                    for row in rows:
-                        batch.append({k: _json_text(v) for k, v in row.items()})
-                        if len(batch) == COPY_BATCH:
-                            yield table, batch
-                            batch = []
-                if batch:
-                    yield table, batch
-            yield AUDIT_WRITTEN, [{"id": tx.audit_written()}]
-
-    def import_rows(self, batches: Iterable[tuple[str, list[Row]]]) -> dict[str, int]:
-        """Fill this empty store with export_rows' batches, as they are (the same ids, the
-        same audit hashes), in one transaction: all of it or nothing. Rows per table."""
-        copied = {table: 0 for table, _ in STATE_TABLES}
-        with self._write() as tx:
-            held = _held(tx)
-            if any(held.values()):
-                raise StoreError(
-                    f"{self.where} already holds state ({_counted(held)}): copy-state only"
-                    " fills an empty store", status=409)
-            tx.execute("DELETE FROM meta")  # at most the readiness probe's own row
-            written = 0
-            for table, rows in batches:
-                if table == AUDIT_WRITTEN:
-                    written = int(rows[0]["id"])
-                    continue
-                columns = list(rows[0])
-                tx.execute_many(
-                    f"INSERT INTO {table} ({', '.join(columns)})"
-                    f" VALUES ({', '.join('?' * len(columns))})",
-                    [tuple(row[c] for c in columns) for row in rows])
-                copied[table] += len(rows)
-            tx.after_import(written)
-        return copied
-
-
-def _held(tx: Tx) -> dict[str, int]:
-    """What a store holds that copy-state would overwrite (a readiness probe's row aside)."""
-    count = "SELECT count(*) FROM "
-    return {
-        "audit records": int(tx.value(count + "audit")),
-        "operations": int(tx.value(count + "operations")),
-        "cooldowns": int(tx.value(count + "cooldowns")),
-        "flags": int(tx.value(count + "meta WHERE key <> ?", (Flag.WRITE_CHECKED,))),
-    }
-
-
-def _counted(held: Mapping[str, int]) -> str:
-    return ", ".join(f"{n} {what}" for what, n in held.items())
-
-
-def _json_text(value: Any) -> Any:
-    """A column's value as both engines take it: a JSON object (PostgreSQL jsonb) as text."""
-    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 class _TxnState:
