@@ -84,7 +84,9 @@ def replicas(state_location: str) -> Iterator[Callable[[], Store]]:
     opened: list[Store] = []
 
     def open_one() -> Store:
-        opened.append(open_store(state_location, timeout=10))
+        # As long as a served bridge waits (BRIDGE_STATE_TIMEOUT): the concurrency tests run
+        # ten writers at once, and a loaded machine must not turn a wait into a failure.
+        opened.append(open_store(state_location, timeout=30))
         return opened[-1]
 
     yield open_one
