@@ -407,3 +407,17 @@ def test_the_overview_and_a_rules_page_show_how_well_it_remediates(
     expect(rows.nth(0)).to_contain_text("1 (100%)")
     expect(rows.nth(0)).to_contain_text("45 s")
     expect(rows.nth(1)).to_contain_text("0 (0%)")
+
+
+def test_the_overview_counts_the_replicas_that_beat(
+    make_bridge: Callable[..., Bridge], page: Page
+) -> None:
+    bridge = make_bridge(RULES, start_dispatcher=False, **console())
+    store = bridge.context.store
+    now = time.time()
+    store.heartbeat("host-a:1", "test", now)
+    store.heartbeat("host-b:2", "test", now)
+    store.heartbeat("host-c:3", "test", now - 3600)  # gone an hour ago
+    log_in(page, bridge.url + "/ui/", "victor", VIEWER_TOKEN)
+    expect(page.locator(".replicas")).to_contain_text("2 replicas beating")
+    expect(page.locator(".replicas")).to_contain_text(bridge.settings.state_path)

@@ -147,6 +147,7 @@ def overview() -> tuple[str, int]:
         reload_ok=store.get_flag(Flag.RELOAD_OK), reload_failed=store.get_flag(Flag.RELOAD_FAILED),
         latest=store.audit(AuditQuery(limit=10))[::-1],
         remediation=remediation_line(of_store(store, now, 86400.0)),
+        replicas=store.replicas_alive(now), state=store.where,
     )
 
 
