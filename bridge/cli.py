@@ -305,7 +305,17 @@ def open_store(state_path: str | None) -> Any:
     location = state_path_from_env(given=state_path)
     if not is_url(location) and not os.path.exists(location):
         fail(f"{location}: no such state file (has the bridge run here? see --state)")
-    return open_state(location, password_file=state_password_file_from_env())
+    return _closed_with_command(open_state(location, password_file=state_password_file_from_env()))
+
+
+def _closed_with_command(store: Any) -> Any:
+    """Close `store` when the running command ends, however it ends: a PostgreSQL store holds
+    a pool whose threads must not outlive the command (an in-process caller, such as a test,
+    would otherwise leave them behind)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(store.close)
+    return store
 
 
 def _last_id(store: Any) -> int:
@@ -358,7 +368,7 @@ def explain(payload_path: str, rules_path: str | None, state_path: str | None, l
                               device_pattern=settings.device_regex)
 
     have_state = settings.state_is_url or os.path.exists(settings.state_path)
-    store = settings.open_store() if have_state else None
+    store = _closed_with_command(settings.open_store()) if have_state else None
     results = store.read_state(judge) if store is not None else judge(EmptyState())
     rungs = store.in_progress(sorted({a.fingerprint for a in notification.alerts})) \
         if store is not None else []
@@ -770,7 +780,8 @@ def copy_state(source: str, destination: str) -> None:
     from bridge.store import open_store as open_state
 
     src = open_store(source)
-    dst = open_state(destination, password_file=state_password_file_from_env())
+    dst = _closed_with_command(
+        open_state(destination, password_file=state_password_file_from_env()))
     if src.where == dst.where:
         fail(f"--from and --to are the same state ({src.where})")
     try:
