@@ -60,7 +60,11 @@ class DispatchPolicy:
     busy_cap: float = 600.0
     failure_cooldown: float = 300.0  # cooldown left after an operation that did not happen
     lease: float = 60.0  # longer than any call can take (connect + read timeouts + margin)
-    poll_interval: float = 0.5  # idle senders look for work (and retries due) this often
+    # Idle senders sleep until woken (work queued in this process, or a store notification:
+    # LISTEN/NOTIFY on PostgreSQL, a watched signal row on SQLite) or until the next thing due
+    # (a retry, a hold's end, an expiry, a lease), and at most this long: a lost wake-up
+    # costs at most this much latency.
+    poll_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,22 @@ def next_step(op: Operation, result: CallResult, now: float, policy: DispatchPol
     return Step(result, now + delay / 2 + rng.uniform(0, delay / 2))
 
 
+#: The sweep (expiries, lost leases, operations their rule no longer allows) runs at most
+#: this often, at a sender's step.
+SWEEP_INTERVAL = 1.0
+#: Woken for something due, a sender looks this much after it, so that the time has passed.
+_AFTER_DUE = 0.005
+
+
 class Dispatcher:
-    """Sender threads of one process. Start after fork; stop() drains calls in flight."""
+    """Sender threads of one process. Start after fork; stop() drains calls in flight.
+
+    Idle senders cost nothing: they sleep on a condition. A wake() (work queued) rouses one;
+    one that claims an operation rouses the next before sending it, so a burst spreads over
+    every free sender while a single operation costs one claim, not one per sender. Of the
+    idle senders, one at a time (the timekeeper) also wakes by itself when the store says
+    something comes due, or after poll_interval; the others sleep until roused.
+    """
 
     def __init__(self, store: Store, client: DeviceClient, policy: DispatchPolicy, *,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
@@ -109,6 +127,13 @@ class Dispatcher:
         self.clock = clock
         self.rng = rng or random.Random()
         self._wakeup = threading.Condition()
+        #: Bumped by every wake(): a sender that saw it change since it last looked does not
+        #: go to sleep, so a wake-up that came while it was looking is never lost.
+        self._wakes = 0
+        self._timekeeper = False
+        self._sleeping = 0
+        #: The token file holds the token the API refused: look at it every sweep, idle or not.
+        self._token_refused = False
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_sweep = 0.0
@@ -120,14 +145,16 @@ class Dispatcher:
             self._threads.append(thread)
 
     def wake(self) -> None:
-        """New work was queued: idle senders look now rather than at their next poll."""
+        """New work may be there: an idle sender looks now rather than at its next poll."""
         with self._wakeup:
-            self._wakeup.notify_all()
+            self._wakes += 1
+            self._wakeup.notify()
 
     def stop(self, timeout: float) -> bool:
         """Take no new operation; wait up to `timeout` for calls in flight. True if drained."""
         self._stopping.set()
-        self.wake()
+        with self._wakeup:
+            self._wakeup.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -138,24 +165,52 @@ class Dispatcher:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            with self._wakeup:
+                seen = self._wakes
             try:
-                wait = self.step()
+                wait, idle = self._step()
             except BridgeError as exc:
                 log.error("dispatcher: %s", exc.message)
-                wait = self.policy.poll_interval
+                wait, idle = self.policy.poll_interval, True
             except Exception:  # a sender thread must outlive any single bad operation
                 log.exception("dispatcher: unexpected error")
-                wait = self.policy.poll_interval
+                wait, idle = self.policy.poll_interval, True
             if wait > 0:
-                with self._wakeup:
-                    if not self._stopping.is_set():
-                        self._wakeup.wait(wait)
+                self._sleep(seen, wait, idle)
+
+    def _sleep(self, seen: int, wait: float, idle: bool) -> None:
+        """Wait for a wake-up, or `wait` seconds: always when waiting for the rate limit's
+        next slot, and for the timekeeper when idle (the other idle senders need no clock)."""
+        with self._wakeup:
+            if self._wakes != seen or self._stopping.is_set():
+                return  # woken while looking: look again
+            keeper = idle and not self._timekeeper
+            if keeper:
+                self._timekeeper = True
+            self._sleeping += 1
+            try:
+                self._wakeup.wait(wait if keeper or not idle else None)
+            finally:
+                self._sleeping -= 1
+                if keeper:
+                    self._timekeeper = False
+
+    @property
+    def sleeping(self) -> int:
+        """How many senders are waiting now (for work, a due time or the rate limit)."""
+        with self._wakeup:
+            return self._sleeping
 
     def step(self) -> float:
         """Send at most one operation. Returns how long to wait before the next step."""
+        return self._step()[0]
+
+    def _step(self) -> tuple[float, bool]:
+        """step(), and whether the wait is an idle one (nothing to send until woken or due)
+        rather than the rate limit's spacing."""
         now = self.clock()
         if now >= self._next_sweep:
-            self._next_sweep = now + 1.0
+            self._next_sweep = now + SWEEP_INTERVAL
             self._sweep(now)
             self._forget_a_replaced_token()
         claim = self.store.claim(
@@ -163,10 +218,24 @@ class Dispatcher:
             lease=self.policy.lease,
         )
         if claim.operation is None:
-            return min(claim.wait, self.policy.poll_interval) if claim.wait else \
-                self.policy.poll_interval
+            if claim.wait:
+                return min(claim.wait, self.policy.poll_interval), False
+            return self._until_due(now), True
+        with self._wakeup:
+            self._wakeup.notify()  # there may be more: the next idle sender looks too
         self.send(claim.operation)
-        return 0.0
+        return 0.0, False
+
+    def _until_due(self, now: float) -> float:
+        """How long an idle sender may sleep: until the store's next due time (seen at the
+        first step the sweep runs at, when expiries and leases are ended), at most
+        poll_interval; at most a sweep's interval while a refused token file waits to be
+        replaced (readiness comes back within a second of it)."""
+        longest = SWEEP_INTERVAL if self._token_refused else self.policy.poll_interval
+        due = self.store.next_due(now)
+        if due is None:
+            return longest
+        return min(longest, max(due, self._next_sweep) - now + _AFTER_DUE)
 
     def _sweep(self, now: float) -> None:
         """End the operations that can no longer be sent as they should."""
@@ -236,11 +305,14 @@ class Dispatcher:
         restart with a new token does: a readiness probe that kept failing would keep away
         the webhooks whose calls show that the new token works."""
         tokens = self.client.tokens
+        self._token_refused = False
         if tokens.path is None or self.store.get_flag(Flag.API_UNAUTHORIZED) is None:
             return
         rejected = self.store.get_flag(Flag.API_UNAUTHORIZED_VERSION)
         tokens.get()  # reads the file again if it changed
+        self._token_refused = True
         if rejected is not None and tokens.version != rejected:
+            self._token_refused = False
             self.store.set_flag(Flag.API_UNAUTHORIZED, None)
             log.warning("the token file %s was replaced since the device API rejected its "
                         "token: ready again; the next call will tell whether the new one works",

@@ -117,11 +117,19 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
         return True
 
     def _watch(self) -> None:
-        """SIGHUP ourselves when the rules file's content changes (not its mere mtime)."""
-        last = _digest(self.settings.rules_path)
+        """SIGHUP ourselves when the rules file's content changes (not its mere mtime).
+
+        The file is read and hashed again only when its stat changed (a large generated
+        file takes milliseconds to hash: an idle bridge should not pay that every look)."""
+        path = self.settings.rules_path
+        seen, last = _stat(path), _digest(path)
         while True:
             time.sleep(WATCH_INTERVAL)
-            current = _digest(self.settings.rules_path)
+            now = _stat(path)
+            if now == seen:
+                continue
+            seen = now
+            current = _digest(path)
             if current != last:
                 last = current
                 os.kill(os.getpid(), signal.SIGHUP)
@@ -157,6 +165,15 @@ class _ReloadingArbiter(Arbiter):  # type: ignore[misc]
             return super().spawn_worker()  # type: ignore[no-any-return]
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _stat(path: str) -> tuple[int, ...]:
+    """What changes when a file is written or replaced: inode, size, times (ns)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _digest(path: str) -> str:

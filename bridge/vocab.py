@@ -160,6 +160,9 @@ class Flag(StrEnum):
     #: escalating, telling people), and which one: a number it drew at random.
     LOOP_LEASE = "loop_lease_until"
     LOOP_OWNER = "loop_lease_owner"
+    #: A count that every commit which may give senders work bumps, on SQLite: the other
+    #: processes' idle senders watch it (PostgreSQL tells them with NOTIFY instead).
+    QUEUE_SIGNAL = "queue_signal"
 
 
 class Role(StrEnum):

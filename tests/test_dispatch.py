@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,54 @@ def test_busy_devices_are_retried_with_their_own_longer_spacing(
     first, second = fake.calls()
     assert first["status"] == 409
     assert second["time"] - first["finished"] >= 0.2  # at least half the busy spacing
+
+
+# -- waking: idle senders sleep until there is work or something comes due ------------------
+
+#: Longer than any test waits: a sender that only polled would never be seen to send.
+NEVER = 3600.0
+
+
+def sleepy(bridge: Bridge) -> Bridge:
+    """Start the bridge's senders with no poll to fall back on, and wait until all sleep."""
+    dispatcher = bridge.dispatcher
+    dispatcher.policy = replace(dispatcher.policy, poll_interval=NEVER)
+    bridge.context.start()
+    wait_until(lambda: dispatcher.sleeping == dispatcher.policy.concurrency,
+               what="every sender asleep")
+    return bridge
+
+
+def test_a_retry_is_sent_when_due_without_a_poll(make_bridge: Callable[..., Bridge],
+                                                 fake: Fake) -> None:
+    # The retry comes due well after the rate limit's next slot (0.1 s): only its due time
+    # can wake a sender for it.
+    bridge = sleepy(make_bridge(start_dispatcher=False, retry_base=0.6))
+    fake.behave(status=503, times=1)
+    bridge.post("/webhook", RESOLVED)
+    (outcome,) = bridge.outcomes(1)
+    assert (outcome.outcome, outcome.attempt) == ("succeeded", 2)
+
+
+def test_work_queued_by_another_process_wakes_an_idle_sender_on_sqlite(
+    make_bridge: Callable[..., Bridge], fake: Fake
+) -> None:
+    intake = make_bridge(start_dispatcher=False)  # sends nothing itself
+    sleepy(make_bridge(start_dispatcher=False))  # the same state file, other connections
+    assert intake.post("/webhook", RESOLVED).status_code == 200
+    fake.arrived(1)  # within wait_until's deadline, far short of the poll interval
+    assert [(r.event, r.outcome) for r in intake.outcomes(1)] == [("outcome", "succeeded")]
+
+
+def test_a_wake_with_nothing_to_send_costs_one_claim_not_one_per_sender(
+    make_bridge: Callable[..., Bridge], mocker: Any
+) -> None:
+    bridge = sleepy(make_bridge(start_dispatcher=False, concurrency=4))
+    claims = mocker.spy(bridge.context.store, "claim")
+    bridge.dispatcher.wake()
+    wait_until(lambda: claims.call_count and bridge.dispatcher.sleeping == 4,
+               what="the woken sender asleep again")
+    assert claims.call_count == 1
 
 
 @pytest.mark.parametrize("status, kind", [(400, "rejected"), (401, "unauthorized"),

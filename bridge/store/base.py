@@ -218,6 +218,7 @@ class Store(Protocol):
                operation_id: int | None = None,
                release_until: float | None = None) -> list[Operation]: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
+    def next_due(self, now: float) -> float | None: ...
     def listen(self, wake: Callable[[], None]) -> None: ...
     def unlisten(self) -> None: ...
     def finish(self, op: Operation, result: CallResult, now: float, *,
@@ -284,8 +285,8 @@ class Tx:
 
     def notify_queue(self) -> None:
         """Tell every process's idle senders, once this commits, that there may be work
-        (an operation queued, approved, or a sending slot freed). SQLite has no other
-        process to tell: its senders are woken in process and poll."""
+        (an operation queued, approved, or a sending slot freed): each engine's listen()
+        hears it."""
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Any:
         return self.conn.execute(self.translate(sql), tuple(params))
@@ -530,6 +531,8 @@ class _Replication(_Engine):
                 batch: list[Row] = []
                 with closing(tx.stream(f"SELECT * FROM {table} ORDER BY {key}")) as rows:
                     for row in rows:
+                        if table == "meta" and row["key"] == Flag.QUEUE_SIGNAL:
+                            continue  # how this database's processes wake each other
                         batch.append({k: _json_text(v) for k, v in row.items()})
                         if len(batch) == COPY_BATCH:
                             yield table, batch
@@ -782,6 +785,23 @@ class SqlStore(_ClosingLoop, _Replication):
             )
             _set_meta(tx, Flag.NEXT_CALL_SLOT, max(slot, now) + spacing)
         return Claim(replace(op, state=OpState.SENDING, attempts=op.attempts + 1), 0.0)
+
+    def next_due(self, now: float) -> float | None:
+        """The next moment after `now` when time alone changes what a sender may do: a
+        queued operation's next attempt (a retry, the end of a hold), an open one's expiry,
+        a sending one's lease running out. None when no such moment is ahead: only new work,
+        a finished call or a resume can change anything then, and each of those wakes the
+        senders (Tx.notify_queue)."""
+        row = self._read(
+            "SELECT min(CASE WHEN state = ? AND next_attempt > ? THEN next_attempt END) AS due,"
+            " min(CASE WHEN state <> ? AND expires_at > ? THEN expires_at END) AS expires,"
+            " min(CASE WHEN state = ? AND lease_until > ? THEN lease_until END) AS lease"
+            " FROM operations WHERE state IN (?, ?, ?)",
+            (OpState.QUEUED, now, OpState.SENDING, now, OpState.SENDING, now,
+             OpState.QUEUED, OpState.PENDING_APPROVAL, OpState.SENDING),
+        )[0]
+        times = [t for t in row.values() if t is not None]
+        return min(times) if times else None
 
     def finish(self, op: Operation, result: CallResult, now: float, *,
                retry_at: float | None = None, release_until: float | None = None) -> None:

@@ -13,11 +13,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from bridge.store.base import Lock, SqlStore, StoreError, Tx
 from bridge.store.schema import LATEST, refuse_newer, upgrade
+from bridge.vocab import Flag
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,20 @@ log = logging.getLogger(__name__)
 #: cut back to this size after. SQLite's default (4 MB, never cut back) can fill a small
 #: volume with log alone, and then the checkpoint that would empty it has no room to run.
 WAL_LIMIT = 1024 * 1024
+#: How often each process looks whether another one gave its senders work (an operator's
+#: approve or resume from the command line, another worker's call ending). A look is one
+#: PRAGMA on a connection of its own, so an idle bridge pays next to nothing for it.
+WATCH_INTERVAL = 0.25
 
 
 class SqliteTx(Tx):
+    def notify_queue(self) -> None:
+        # SQLite has no NOTIFY: the other processes' watchers (SqliteStore.listen) see this
+        # count change when the transaction commits, and only then.
+        self.execute("INSERT INTO meta (key, value) VALUES (?, 1)"
+                     " ON CONFLICT (key) DO UPDATE SET value = meta.value + 1",
+                     (Flag.QUEUE_SIGNAL,))
+
     def json_text(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.{key}')"
 
@@ -69,6 +81,7 @@ class SqliteStore(SqlStore):
         self._file_turn: _FileTurn | None = None  # opened on first write, after fork
         self._connections: list[sqlite3.Connection] = []
         self._ready = False
+        self._watcher: _Watcher | None = None
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
@@ -189,7 +202,19 @@ class SqliteStore(SqlStore):
         finally:
             self._turn_lock.release()
 
+    def listen(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = _Watcher(self.path, wake)
+
+    def unlisten(self) -> None:
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+
     def close(self) -> None:
+        self.unlisten()
         if self._file_turn is not None:
             self._file_turn.close()
         self._file_turn = None
@@ -205,6 +230,55 @@ class SqliteStore(SqlStore):
         with self._writer() as conn:
             (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return not busy
+
+
+class _Watcher:
+    """A thread with a connection of its own that wakes the senders when another connection
+    (any process's, this one's other threads' too) committed a change to Flag.QUEUE_SIGNAL.
+
+    PRAGMA data_version tells, without reading a table, whether anyone committed at all
+    since the last look; only then is the signal read."""
+
+    def __init__(self, path: str, wake: Callable[[], None]) -> None:
+        self._path = path
+        self._wake = wake
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="state-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(2.0)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        version = signal = None
+        failing = False
+        while not self._stopping.wait(WATCH_INTERVAL):
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(self._path, timeout=1.0, isolation_level=None,
+                                           check_same_thread=False)
+                now = conn.execute("PRAGMA data_version").fetchone()[0]
+                if now == version:
+                    continue
+                version = now
+                row = conn.execute("SELECT value FROM meta WHERE key = ?",
+                                   (Flag.QUEUE_SIGNAL,)).fetchone()
+                if row != signal:
+                    signal = row
+                    self._wake()
+                failing = False
+            except sqlite3.Error as exc:
+                if not failing:  # once per outage, not ten times a second
+                    log.warning("state store %s: cannot watch for queued work (%s); senders "
+                                "poll meanwhile", self._path, exc)
+                failing = True
+                if conn is not None:
+                    conn.close()
+                conn, version = None, None
+        if conn is not None:
+            conn.close()
 
 
 class _FileTurn:
