@@ -48,7 +48,8 @@ def fresh_database() -> Iterator[str]:
 
 
 def reactions(servers: list[Server], tag: str, samples: int,
-              calls: Callable[[], list[dict[str, Any]]]) -> tuple[list[float], list[float]]:
+              calls: Callable[[], list[dict[str, Any]]],
+              path: str = WEBHOOK) -> tuple[list[float], list[float]]:
     """Seconds from each webhook sent to its answer, and to its PUT received; one webhook
     at a time, PACE apart, so that the rate limit's spacing (0.1 s by default) is not what
     is measured."""
@@ -59,7 +60,7 @@ def reactions(servers: list[Server], tag: str, samples: int,
         body = alertmanager_payload([{"alertname": "BenchDeviceDown", "severity": "critical",
                                       "device": device}])
         sent = time.time()
-        answer = requests.post(servers[i % len(servers)].url + WEBHOOK, data=body, timeout=30,
+        answer = requests.post(servers[i % len(servers)].url + path, data=body, timeout=30,
                                headers={"Content-Type": "application/json"})
         answer.raise_for_status()
         answered.append(time.time() - sent)

@@ -41,6 +41,7 @@ import requests  # noqa: E402
 from _core import run_core  # noqa: E402
 from _gen import alert_labels, alertmanager_payload, guardrails_off, rules_yaml  # noqa: E402
 from _load import CLIENTS, LoadResult, run_load  # noqa: E402
+from _peer import section_peer  # noqa: E402
 from _procs import (  # noqa: E402
     Server,
     rss_mib,
@@ -703,6 +704,8 @@ PARTS = {
     "match": "section 3 (the decision core: cost per alert by rule count)",
     "load": "section 5 (loading rules: check vs libyaml, memory holding rules)",
     "replicas": "section 6 (reaction time and webhooks/s, SQLite vs PostgreSQL replicas)",
+    "peer": "section 7 (beside Event-Driven Ansible's ansible-rulebook, installed in a cache "
+            "venv)",
 }
 
 
@@ -854,6 +857,10 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
         log("section 5: loading rules")
         report.section("## 5. Loading rules (issue 15)")
         guarded("5", section_load, cfg, report, wd)
+    if "peer" in parts:
+        log("section 7: beside Event-Driven Ansible")
+        report.section("## 7. Beside Event-Driven Ansible (issue 15)")
+        guarded("7", section_peer, cfg.quick, report, wd, rules, log)
 
 
 if __name__ == "__main__":
