@@ -40,6 +40,7 @@ sys.path[:0] = [str(BENCH_DIR), str(ROOT)]
 import requests  # noqa: E402
 from _core import run_core  # noqa: E402
 from _gen import alert_labels, alertmanager_payload, guardrails_off, rules_yaml  # noqa: E402
+from _idle import section_idle  # noqa: E402
 from _load import CLIENTS, LoadResult, run_load  # noqa: E402
 from _peer import section_peer  # noqa: E402
 from _procs import (  # noqa: E402
@@ -706,6 +707,7 @@ PARTS = {
     "replicas": "section 6 (reaction time and webhooks/s, SQLite vs PostgreSQL replicas)",
     "peer": "section 7 (beside Event-Driven Ansible's ansible-rulebook, installed in a cache "
             "venv)",
+    "idle": "section 8 (idle CPU: SQLite and PostgreSQL bridges beside a bare Flask app)",
 }
 
 
@@ -817,8 +819,8 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
             report.target(Target(section, "the targets of this section", "failed (see above)",
                                  float("nan"), None))
 
-    fake = start_fake_api(wd, FAKE_TOKEN) if {"dispatch", "webhooks", "replicas"} & set(parts) \
-        else None
+    fake = start_fake_api(wd, FAKE_TOKEN) \
+        if {"dispatch", "webhooks", "replicas", "idle"} & set(parts) else None
     rules = wd / "dispatch-rules.yaml"
     rules.write_text(guardrails_off() + DISPATCH_RULES)
     if "dispatch" in parts:
@@ -839,6 +841,12 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
         log("section 6: reaction time, one server and several replicas")
         report.section("## 6. Several replicas on PostgreSQL (issue 12)")
         guarded("6", section_replicas, cfg.quick, report, wd, rules, live_env(fake),
+                lambda: fake_calls(fake))
+    if "idle" in parts:
+        assert fake is not None
+        log("section 8: idle cost")
+        report.section("## 8. Idle cost (issue 15)")
+        guarded("8", section_idle, cfg.quick, report, wd, rules, live_env(fake),
                 lambda: fake_calls(fake))
     if fake is not None:
         fake.stop()

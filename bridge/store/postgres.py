@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -342,8 +343,12 @@ class _Listener:
                     retry = 0.1
                     self._wake()  # what was queued while not listening
                     while not self._stopping.is_set():
-                        # The timeout only lets stop() be seen.
-                        for _ in conn.notifies(timeout=1.0):
+                        # Wait on the socket ourselves: psycopg's notifies() wakes every
+                        # 0.1 s while it waits, a cost an idle bridge need not pay. The
+                        # timeout only lets stop() be seen; a socket readable for a dropped
+                        # connection makes notifies() raise, and the loop connects again.
+                        if select.select([conn.fileno()], [], [], 1.0)[0] and \
+                                list(conn.notifies(timeout=0)):
                             self._wake()
             except psycopg.Error as exc:
                 if retry == 0.1:
