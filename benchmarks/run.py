@@ -52,6 +52,7 @@ from _procs import (  # noqa: E402
     stop_all,
     wait_until,
 )
+from _replica_dispatch import section_replica_dispatch  # noqa: E402
 from _replicas import section_replicas  # noqa: E402
 from _report import Report, Target, machine, merge_reports, ms, ratio, table  # noqa: E402
 from _rules_loading import compare_check, hold_rules  # noqa: E402
@@ -704,7 +705,8 @@ PARTS = {
     "webhooks": "sections 2 and 4 (webhooks under load, memory per worker)",
     "match": "section 3 (the decision core: cost per alert by rule count)",
     "load": "section 5 (loading rules: check vs libyaml, memory holding rules)",
-    "replicas": "section 6 (reaction time and webhooks/s, SQLite vs PostgreSQL replicas)",
+    "replicas": "section 6 (reaction time, webhooks/s and dispatch throughput, SQLite vs "
+                "PostgreSQL replicas)",
     "peer": "section 7 (beside Event-Driven Ansible's ansible-rulebook, installed in a cache "
             "venv)",
     "idle": "section 8 (idle CPU: SQLite and PostgreSQL bridges beside a bare Flask app)",
@@ -841,6 +843,9 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
         log("section 6: reaction time, one server and several replicas")
         report.section("## 6. Several replicas on PostgreSQL (issue 12)")
         guarded("6", section_replicas, cfg.quick, report, wd, rules, live_env(fake),
+                lambda: fake_calls(fake))
+        guarded("6c", section_replica_dispatch, cfg.quick, report, wd, rules, live_env(fake),
+                lambda method, path, body: fake_control(fake, method, path, body),
                 lambda: fake_calls(fake))
     if "idle" in parts:
         assert fake is not None

@@ -9,6 +9,7 @@ time, and no operation ever held by two senders.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -113,7 +114,8 @@ class Dispatcher:
     one that claims an operation rouses the next before sending it, so a burst spreads over
     every free sender while a single operation costs one claim, not one per sender. Of the
     idle senders, one at a time (the timekeeper) also wakes by itself when the store says
-    something comes due, or after poll_interval; the others sleep until roused.
+    something comes due, or after poll_interval; the others sleep until roused, unless they
+    know of something due sooner than it wakes.
     """
 
     def __init__(self, store: Store, client: DeviceClient, policy: DispatchPolicy, *,
@@ -130,7 +132,8 @@ class Dispatcher:
         #: Bumped by every wake(): a sender that saw it change since it last looked does not
         #: go to sleep, so a wake-up that came while it was looking is never lost.
         self._wakes = 0
-        self._timekeeper = False
+        #: When the idle sender that wakes soonest by itself wakes (monotonic; inf: none).
+        self._timekeeper = math.inf
         self._sleeping = 0
         #: The token file holds the token the API refused: look at it every sweep, idle or not.
         self._token_refused = False
@@ -180,20 +183,22 @@ class Dispatcher:
 
     def _sleep(self, seen: int, wait: float, idle: bool) -> None:
         """Wait for a wake-up, or `wait` seconds: always when waiting for the rate limit's
-        next slot, and for the timekeeper when idle (the other idle senders need no clock)."""
+        next slot; when idle, only if no other idle sender wakes by itself sooner (the one
+        that does keeps time for all; the others sleep until roused)."""
         with self._wakeup:
             if self._wakes != seen or self._stopping.is_set():
                 return  # woken while looking: look again
-            keeper = idle and not self._timekeeper
-            if keeper:
-                self._timekeeper = True
+            at = time.monotonic() + wait
+            timed = not idle or at < self._timekeeper
+            if idle and timed:
+                self._timekeeper = at
             self._sleeping += 1
             try:
-                self._wakeup.wait(wait if keeper or not idle else None)
+                self._wakeup.wait(wait if timed else None)
             finally:
                 self._sleeping -= 1
-                if keeper:
-                    self._timekeeper = False
+                if self._timekeeper == at:
+                    self._timekeeper = math.inf
 
     @property
     def sleeping(self) -> int:
@@ -269,7 +274,11 @@ class Dispatcher:
         # alert can try again without every repeat of it hammering the API.
         release = None if final.outcome in (CallOutcome.SUCCEEDED, CallOutcome.UNKNOWN) else \
             now + self.policy.failure_cooldown
-        self.store.finish(op, final, now, retry_at=step.retry_at, release_until=release)
+        # This sender goes on to claim the next operation itself, so no other needs telling
+        # that a sending slot is free (with several replicas, every process's listener would
+        # wake a sender for a claim that finds nothing) unless this one is stopping.
+        self.store.finish(op, final, now, retry_at=step.retry_at, release_until=release,
+                          wake_others=self._stopping.is_set())
         if self.metrics is not None and step.retry_at is None:
             self.metrics.outcome(op.operation, final.outcome)
         self._note_auth(final)

@@ -222,7 +222,8 @@ class Store(Protocol):
     def listen(self, wake: Callable[[], None]) -> None: ...
     def unlisten(self) -> None: ...
     def finish(self, op: Operation, result: CallResult, now: float, *,
-               retry_at: float | None = None, release_until: float | None = None) -> None: ...
+               retry_at: float | None = None, release_until: float | None = None,
+               wake_others: bool = True) -> None: ...
     def end_stale(self, now: float, release_until: float) -> list[Operation]: ...
     def queue_depth(self, now: float) -> dict[str, int]: ...
     def outcome_counts(self, since: float) -> dict[str, int]: ...
@@ -757,34 +758,38 @@ class SqlStore(_ClosingLoop, _Replication):
         operations SENDING, one call started per `spacing` seconds, and never two operations
         on one device at once. A sender that holds an operation past `lease` is presumed dead.
         """
+        # Two statements under the claim lock, each one round trip: every claim of every
+        # sender of every replica takes turns here, so the turn is kept short.
         with self._write(lock=Lock.CLAIM) as tx:
-            if _meta(tx, Flag.PAUSED) or _meta(tx, Flag.BREAKER_OPEN):
+            gate = tx.rows(
+                "SELECT (SELECT value FROM meta WHERE key = ?) AS paused,"
+                " (SELECT value FROM meta WHERE key = ?) AS breaker,"
+                " (SELECT value FROM meta WHERE key = ?) AS slot,"
+                " (SELECT count(*) FROM operations WHERE state = ?) AS sending",
+                (Flag.PAUSED, Flag.BREAKER_OPEN, Flag.NEXT_CALL_SLOT, OpState.SENDING),
+            )[0]
+            if gate["paused"] or gate["breaker"]:
                 return Claim(None, 0.0)  # a person must resume the bridge first
-            sending = tx.value("SELECT count(*) FROM operations WHERE state = ?",
-                               (OpState.SENDING,))
-            if sending >= concurrency:
+            if gate["sending"] >= concurrency:
                 return Claim(None, 0.0)
-            slot = _meta(tx, Flag.NEXT_CALL_SLOT)
+            slot = gate["slot"] or 0.0
             if slot > now:
                 return Claim(None, slot - now)
             row = tx.row(
-                f"SELECT {_OP_COLUMNS} FROM operations o WHERE state = ? AND next_attempt <= ?"
+                "UPDATE operations SET state = ?, updated = ?, attempts = attempts + 1,"
+                " lease_until = ? WHERE id = ("
+                "SELECT id FROM operations o WHERE state = ? AND next_attempt <= ?"
                 " AND expires_at >= ?"  # too old, though the sweep has not ended it yet
                 " AND NOT EXISTS (SELECT 1 FROM operations s"
                 "                 WHERE s.state = ? AND s.device = o.device)"
-                " ORDER BY next_attempt, id LIMIT 1" + tx.SKIP_LOCKED,
-                (OpState.QUEUED, now, now, OpState.SENDING),
+                " ORDER BY next_attempt, id LIMIT 1" + tx.SKIP_LOCKED +
+                f") RETURNING {_OP_COLUMNS}",
+                (OpState.SENDING, now, now + lease, OpState.QUEUED, now, now, OpState.SENDING),
             )
             if row is None:
                 return Claim(None, 0.0)
-            op = Operation.of(row)
-            tx.execute(
-                "UPDATE operations SET state = ?, updated = ?, attempts = attempts + 1,"
-                " lease_until = ? WHERE id = ?",
-                (OpState.SENDING, now, now + lease, op.id),
-            )
             _set_meta(tx, Flag.NEXT_CALL_SLOT, max(slot, now) + spacing)
-        return Claim(replace(op, state=OpState.SENDING, attempts=op.attempts + 1), 0.0)
+        return Claim(Operation.of(row), 0.0)
 
     def next_due(self, now: float) -> float | None:
         """The next moment after `now` when time alone changes what a sender may do: a
@@ -804,11 +809,14 @@ class SqlStore(_ClosingLoop, _Replication):
         return min(times) if times else None
 
     def finish(self, op: Operation, result: CallResult, now: float, *,
-               retry_at: float | None = None, release_until: float | None = None) -> None:
+               retry_at: float | None = None, release_until: float | None = None,
+               wake_others: bool = True) -> None:
         """Record one attempt's result: queue the operation again, or end it with its outcome.
 
         `release_until` shortens the device's cooldown (to that time) when the operation ends
-        without having reached the device, so a later alert may try again.
+        without having reached the device, so a later alert may try again. `wake_others`
+        tells every process's idle senders that a sending slot is free (Tx.notify_queue); a
+        sender that goes on to claim the next operation itself need not.
         """
         with self._write() as tx:
             if retry_at is not None:
@@ -831,7 +839,8 @@ class SqlStore(_ClosingLoop, _Replication):
                 # record stands, and this late result is recorded beside it, not over it.
                 event, reason = Event.ATTEMPT, f"{result.kind}; arrived after the lease ran out"
             else:
-                tx.notify_queue()  # a sending slot (and the device) is free again
+                if wake_others:
+                    tx.notify_queue()  # a sending slot (and the device) is free again
                 if retry_at is None and release_until is not None:
                     _release(tx, op, release_until)
                 elif retry_at is None and result.outcome == CallOutcome.SUCCEEDED:

@@ -220,14 +220,16 @@ class PostgresStore(SqlStore):
                 conn = pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
             except psycopg.Error as exc:
                 raise self._failed(exc, wait) from exc
+            # Every wait for a lock (advisory or a row's) ends by the deadline. One round trip
+            # for all three statements (the simple query protocol takes several at once; the
+            # numbers are ours, not input), which every transaction pays before its work.
+            statements = [begin, "SET LOCAL lock_timeout = "
+                          f"{max(1, int((deadline - time.monotonic()) * 1000))}"]
+            if lock in _LOCK_KEYS:
+                statements.append(f"SELECT pg_advisory_xact_lock({_NAMESPACE:d}, "
+                                  f"{_LOCK_KEYS[lock]:d})")
             try:
-                conn.execute(begin)
-                # Every wait for a lock (advisory or a row's) ends by the deadline.
-                conn.execute(f"SET LOCAL lock_timeout = "
-                             f"{max(1, int((deadline - time.monotonic()) * 1000))}")
-                if lock in _LOCK_KEYS:
-                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
-                                 (_NAMESPACE, _LOCK_KEYS[lock]))
+                conn.execute("; ".join(statements))
                 return pool, conn
             except psycopg.Error as exc:
                 lost = conn.closed or conn.broken or _lost(exc)
