@@ -133,7 +133,7 @@ class Dispatcher:
         #: go to sleep, so a wake-up that came while it was looking is never lost.
         self._wakes = 0
         #: When the idle sender that wakes soonest by itself wakes (monotonic; inf: none).
-        self._timekeeper = math.inf
+        self._keeper_wakes_at = math.inf
         self._sleeping = 0
         #: The token file holds the token the API refused: look at it every sweep, idle or not.
         self._token_refused = False
@@ -189,16 +189,16 @@ class Dispatcher:
             if self._wakes != seen or self._stopping.is_set():
                 return  # woken while looking: look again
             at = time.monotonic() + wait
-            timed = not idle or at < self._timekeeper
+            timed = not idle or at < self._keeper_wakes_at
             if idle and timed:
-                self._timekeeper = at
+                self._keeper_wakes_at = at
             self._sleeping += 1
             try:
                 self._wakeup.wait(wait if timed else None)
             finally:
                 self._sleeping -= 1
-                if self._timekeeper == at:
-                    self._timekeeper = math.inf
+                if self._keeper_wakes_at == at:
+                    self._keeper_wakes_at = math.inf
 
     @property
     def sleeping(self) -> int:
@@ -232,8 +232,8 @@ class Dispatcher:
         return 0.0, False
 
     def _until_due(self, now: float) -> float:
-        """How long an idle sender may sleep: until the store's next due time (seen at the
-        first step the sweep runs at, when expiries and leases are ended), at most
+        """How long an idle sender may sleep: until the store's next due time, or the next
+        sweep if that comes later (a sweep ends what expired and lost leases), at most
         poll_interval; at most a sweep's interval while a refused token file waits to be
         replaced (readiness comes back within a second of it)."""
         longest = SWEEP_INTERVAL if self._token_refused else self.policy.poll_interval
