@@ -369,6 +369,36 @@ def test_matcher_str_round_trips(name: str, op: str, value: str) -> None:
     assert parse_matcher(str(matcher)) == matcher
 
 
+#: Pieces of regexes: literals the values share, and the constructs that end a literal prefix.
+_REGEX_PIECES = ["a", "b", "ab", "t1", "\\.", ".", ".*", "b+", "a?", "|", "(-.+)?", "[ab]",
+                 "(a|b)", "(?i:a)", "\\d", "-", "{2}"]
+
+
+@settings(max_examples=300, deadline=None, phases=PHASES)
+@given(pieces=st.lists(st.sampled_from(_REGEX_PIECES), max_size=5),
+       ignorecase=st.booleans(), op=st.sampled_from(["=~", "!~"]), data=st.data())
+def test_a_regex_matcher_agrees_with_fullmatch_whatever_its_literal_prefix(
+    pieces: list[str], ignorecase: bool, op: str, data: st.DataObject
+) -> None:
+    # Regex matchers compare the value's start with the pattern's leading literals before
+    # running the regex: that shortcut must never change an answer.
+    pattern = ("(?i)" if ignorecase else "") + "".join(pieces)
+    try:
+        regex = re.compile(pattern)
+        matcher = Matcher("team", op, pattern)
+    except (re.error, ValueError):
+        assume(False)
+        return
+    matching = st.from_regex(regex, fullmatch=True).map(
+        lambda v: v.swapcase() if ignorecase else v)
+    values = data.draw(st.lists(matching | st.text("abAB.t1-2", max_size=6), min_size=1,
+                                max_size=8))
+    for value in values:
+        expected = regex.fullmatch(value) is not None
+        assert matcher.matches({"team": value}) == (expected if op == "=~" else not expected), \
+            (pattern, value)
+
+
 # --- durations ---------------------------------------------------------------------------------
 
 
