@@ -992,6 +992,14 @@ class SqlStore(_ClosingLoop, _Replication):
         return int(gone)
 
 
+#: Devices per query when _TxnState.preload reads many at once (well under every engine's
+#: limit on parameters).
+_PRELOAD_CHUNK = 500
+_NOT_SENT = (OpState.FAILED, *sorted(NEVER_SENT))
+_SENT_SINCE = (" FROM operations WHERE device = ? AND operation = ? AND created >= ?"
+               f" AND state NOT IN ({', '.join('?' * len(_NOT_SENT))})")
+
+
 class _TxnState:
     """decide.State read through the connection that holds the write transaction."""
 
@@ -999,9 +1007,12 @@ class _TxnState:
         self._tx = tx
         self.paused = _meta(tx, Flag.PAUSED) > 0
         self.breaker_open = _meta(tx, Flag.BREAKER_OPEN) > 0
+        self._resumed = _meta(tx, Flag.RESUMED)
         # Nothing is written while decide() reads, so a count asked twice is the same count;
         # a storm payload asks the breaker and budget counts once per operation.
         self._counts: dict[tuple[str, tuple[object, ...]], int] = {}
+        #: Cooldowns read ahead by preload (None: none in force for that key).
+        self._cooldowns: dict[Key, float | None] = {}
 
     def _count(self, sql: str, params: Sequence[object]) -> int:
         key = (sql, tuple(params))
@@ -1009,15 +1020,44 @@ class _TxnState:
             self._counts[key] = int(self._tx.value(sql, params))
         return self._counts[key]
 
+    def preload(self, asks: Sequence[tuple[str, str, float]]) -> None:
+        """Read ahead, in a few queries, what decide() will ask of each (device, operation,
+        give-up window start): its cooldown and how often it was sent. A storm payload
+        would otherwise ask two queries per alert, inside the write lock."""
+        tx = self._tx
+        keys = {(device, operation) for device, operation, _ in asks}
+        sinces = sorted({since for _, _, since in asks})
+        devices = sorted({device for device, _ in keys})
+        self._cooldowns.update(dict.fromkeys(keys, None))
+        sent: dict[tuple[str, str, float], int] = {}
+        for at in range(0, len(devices), _PRELOAD_CHUNK):
+            chunk = devices[at:at + _PRELOAD_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for r in tx.rows(f"SELECT device, operation, until FROM cooldowns"
+                             f" WHERE device IN ({marks})", chunk):
+                if (r["device"], r["operation"]) in keys:
+                    self._cooldowns[(r["device"], r["operation"])] = r["until"]
+            for since in sinces:
+                for r in tx.rows(
+                        f"SELECT device, operation, count(*) AS n FROM operations"
+                        f" WHERE device IN ({marks}) AND created >= ? AND state NOT IN"
+                        f" ({', '.join('?' * len(_NOT_SENT))}) GROUP BY device, operation",
+                        (*chunk, since, *_NOT_SENT)):
+                    sent[(r["device"], r["operation"], since)] = int(r["n"])
+        for device, operation, since in asks:
+            # Kept as operations_since's own query would have kept it.
+            self._counts[("SELECT count(*)" + _SENT_SINCE, (device, operation, since,
+                                                            *_NOT_SENT))] = \
+                sent.get((device, operation, since), 0)
+
     def cooldown_until(self, key: Key) -> float | None:
+        if key in self._cooldowns:
+            return self._cooldowns[key]
         return self._tx.value(
             "SELECT until FROM cooldowns WHERE device = ? AND operation = ?", key)
 
     def operations_since(self, key: Key, since: float) -> int:
-        return self._count(
-            "SELECT count(*) FROM operations WHERE device = ? AND operation = ? AND created >= ?"
-            " AND state NOT IN (?, ?, ?, ?)", (*key, since, OpState.FAILED, *sorted(NEVER_SENT)),
-        )
+        return self._count("SELECT count(*)" + _SENT_SINCE, (*key, since, *_NOT_SENT))
 
     def budget_used(self, budget: Budget, group: str, since: float) -> int:
         sql = "SELECT count(*) FROM operations WHERE created >= ? AND state NOT IN (?, ?, ?)"
@@ -1031,7 +1071,7 @@ class _TxnState:
         return self._count(sql, params)
 
     def demand_since(self, since: float) -> int:
-        since = max(since, _meta(self._tx, Flag.RESUMED))
+        since = max(since, self._resumed)
         demand = sorted(DEMAND)
         return self._count(
             f"SELECT count(*) FROM audit WHERE event = ? AND ts >= ?"
