@@ -726,10 +726,11 @@ class SqlStore(_ClosingLoop, _Replication):
             if any(d.verdict == Verdict.BREAKER_OPEN for d in decisions) \
                     and not state.breaker_open:
                 _set_meta(tx, Flag.BREAKER_OPEN, now)
+            queuing = [d for d in decisions if d.verdict in QUEUING]
+            op_ids = dict(zip(map(id, queuing), _queue_all(
+                tx, delivery, queuing, now, max_age, approval_timeout), strict=True))
             for d in decisions:
-                op_id = None
-                if d.verdict in QUEUING:
-                    op_id = _queue(tx, delivery, d, now, max_age, approval_timeout)
+                op_id = op_ids.get(id(d))
                 entries.append(_decision_entry(now, delivery, d, op_id))
                 recorded.append(Recorded(d, op_id))
             resolved = {d.alert.fingerprint: _resolved_at(d.alert, now) for d in decisions
@@ -1086,22 +1087,39 @@ class _TxnState:
 def _queue(tx: Tx, delivery: Delivery, d: Decision, now: float, max_age: float,
            approval_timeout: float) -> int:
     """Queue the operation a decision asks for and claim its cooldown: the operation's id."""
-    assert d.rule is not None and d.until is not None
-    not_before = d.not_before or now
-    if d.verdict == Verdict.PENDING_APPROVAL:
-        state, hold, expires = OpState.PENDING_APPROVAL, Hold.APPROVAL, now + approval_timeout
-    else:
-        hold = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE}.get(
-            Verdict(d.verdict), Hold.NONE)
-        # Max age counts from when the operation may first be sent.
-        state, expires = OpState.QUEUED, max(now, not_before) + max_age
-    op_id = int(tx.value(
-        "INSERT INTO operations (device, operation, rule, state, created, updated,"
-        " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
-        " rules_version, labels, annotations, starts_at, hold, claim_until, next_attempt,"
-        " expires_at, step, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " ?, ?, ?, ?, ?, ?) RETURNING id",
-        (
+    return _queue_all(tx, delivery, [d], now, max_age, approval_timeout)[0]
+
+
+_OP_INSERT = (
+    "INSERT INTO operations (device, operation, rule, state, created, updated, request_id,"
+    " source, receiver, group_key, fingerprint, alertname, alert_status, rules_version,"
+    " labels, annotations, starts_at, hold, claim_until, next_attempt, expires_at, step,"
+    " verify) VALUES "
+)
+_OP_VALUES = "(" + ", ".join("?" * 23) + ")"
+#: Operations per INSERT of _queue_all: one statement (one round trip) for many, well under
+#: every engine's limit on parameters.
+_QUEUE_BATCH = 100
+
+
+def _queue_all(tx: Tx, delivery: Delivery, decisions: Sequence[Decision], now: float,
+               max_age: float, approval_timeout: float) -> list[int]:
+    """Queue the operations these decisions ask for and claim their cooldowns: their ids, in
+    the same order. No two ask for the same (device, operation): decide() makes the second
+    a duplicate."""
+    rows = []
+    for d in decisions:
+        assert d.rule is not None and d.until is not None
+        not_before = d.not_before or now
+        if d.verdict == Verdict.PENDING_APPROVAL:
+            state, hold, expires = (OpState.PENDING_APPROVAL, Hold.APPROVAL,
+                                    now + approval_timeout)
+        else:
+            hold = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE
+                    }.get(Verdict(d.verdict), Hold.NONE)
+            # Max age counts from when the operation may first be sent.
+            state, expires = OpState.QUEUED, max(now, not_before) + max_age
+        rows.append((
             d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
             delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
             d.alert.alertname, d.alert.status, delivery.rules_version,
@@ -1110,18 +1128,26 @@ def _queue(tx: Tx, delivery: Delivery, d: Decision, now: float, max_age: float,
             not_before, expires, d.step,
             # Only a firing alert can be watched until it resolves.
             d.rule.verify if d.alert.status == "firing" else 0.0,
-        ),
-    ))
-    tx.execute(
+        ))
+    ids: dict[Key, int] = {}
+    for at in range(0, len(rows), _QUEUE_BATCH):
+        batch = rows[at:at + _QUEUE_BATCH]
+        # Told apart by their key, not by the order RETURNING gives the rows in.
+        for r in tx.rows(_OP_INSERT + ", ".join([_OP_VALUES] * len(batch))
+                         + " RETURNING id, device, operation",
+                         [value for row in batch for value in row]):
+            ids[(r["device"], r["operation"])] = int(r["id"])
+    tx.execute_many(
         "INSERT INTO cooldowns (device, operation, until, rule, operation_id)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, operation) DO UPDATE"
         " SET until = excluded.until, rule = excluded.rule,"
         " operation_id = excluded.operation_id",
-        (d.device, d.operation, d.until, d.rule.name, op_id),
+        [(d.device, d.operation, d.until, d.rule.name if d.rule else "", ids[d.key])
+         for d in decisions],
     )
-    if state == OpState.QUEUED:
+    if any(row[3] == OpState.QUEUED for row in rows):
         tx.notify_queue()
-    return op_id
+    return [ids[d.key] for d in decisions]
 
 
 def _cancel_immature(tx: Tx, fingerprint: str, now: float) -> list[Row]:
@@ -1561,9 +1587,11 @@ def _append(tx: Tx, entries: Iterable[Row]) -> None:
     head = tx.row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
     last_id, prev_hash = (head["id"], head["hash"]) if head is not None else (0, GENESIS)
     next_id = max(last_id, tx.audit_written()) + 1
+    rows = []
     for content in entries:
         values = new_record(next_id, content, prev_hash)
         prev_hash = chain_hash(values)
-        tx.execute(_AUDIT_INSERT, (*values.values(), prev_hash))
+        rows.append((*values.values(), prev_hash))
         next_id += 1
+    tx.execute_many(_AUDIT_INSERT, rows)
     tx.note_audit_written(next_id - 1)
