@@ -7,6 +7,7 @@ removing or inserting a record breaks the chain at that point; `verify_chain` fi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -101,7 +102,7 @@ def new_record(record_id: int, content: Mapping[str, object],
     read back hashes the same: an int timestamp becomes the float the REAL column gives back,
     a bool the int, and so on.
     """
-    if set(content) != set(CONTENT):
+    if content.keys() != _CONTENT_SET:
         missing, extra = set(CONTENT) - set(content), set(content) - set(CONTENT)
         raise ValueError(f"an audit record's columns: missing {sorted(missing)},"
                          f" unknown {sorted(extra)}")
@@ -113,6 +114,7 @@ def new_record(record_id: int, content: Mapping[str, object],
     return values
 
 
+_CONTENT_SET = frozenset(CONTENT)
 #: Each CONTENT column with the type its values are stored as.
 _TYPED: tuple[tuple[str, type], ...] = tuple(
     (column, int if column in _INTEGER else float if column in _REAL else str)
@@ -121,8 +123,9 @@ _TYPED: tuple[tuple[str, type], ...] = tuple(
 #: whether it is left out when NULL.
 _ENCODED = tuple((column, column in LATER) for column in sorted(HASHED))
 #: json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False) makes a new
-#: encoder per call; the same encoder, made once, writes the same bytes for less.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: encoder per call; the same encoder, made once, writes the same bytes for less. Its keys
+#: come sorted already (_ENCODED).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def chain_encoding(values: Mapping[str, object]) -> bytes:
@@ -242,6 +245,8 @@ class AuditQuery:
 _FIRST_SHOWN, _LAST_SHOWN = -62_135_596_800.0, 253_402_300_799.0
 
 
+# A storm's answer and audit show the same few times (its cooldowns' ends) hundreds of times.
+@functools.lru_cache(maxsize=1024)
 def iso(ts: float) -> str:
     """Epoch seconds as RFC 3339 UTC with milliseconds, the form every output uses.
 

@@ -997,6 +997,9 @@ class SqlStore(_ClosingLoop, _Replication):
 #: limit on parameters).
 _PRELOAD_CHUNK = 500
 _NOT_SENT = (OpState.FAILED, *sorted(NEVER_SENT))
+_DEMAND = sorted(DEMAND)
+_DEMAND_SINCE = ("SELECT count(*) FROM audit WHERE event = ? AND ts >= ?"
+                 f" AND outcome IN ({', '.join('?' * len(_DEMAND))})")
 _SENT_SINCE = (" FROM operations WHERE device = ? AND operation = ? AND created >= ?"
                f" AND state NOT IN ({', '.join('?' * len(_NOT_SENT))})")
 
@@ -1072,13 +1075,7 @@ class _TxnState:
         return self._count(sql, params)
 
     def demand_since(self, since: float) -> int:
-        since = max(since, self._resumed)
-        demand = sorted(DEMAND)
-        return self._count(
-            f"SELECT count(*) FROM audit WHERE event = ? AND ts >= ?"
-            f" AND outcome IN ({', '.join('?' * len(demand))})",
-            (Event.DECISION, since, *demand),
-        )
+        return self._count(_DEMAND_SINCE, (Event.DECISION, max(since, self._resumed), *_DEMAND))
 
 
 # -- writing, step by step: each takes the transaction it is part of ----------------------
@@ -1546,14 +1543,16 @@ def _entry(now: float, event: Event, **columns: object) -> Row:
 
 
 def _decision_entry(now: float, delivery: Delivery, d: Decision, op_id: int | None) -> Row:
-    return _entry(
-        now, Event.DECISION, request_id=delivery.request_id, source=delivery.source,
-        receiver=delivery.receiver, group_key=delivery.group_key,
-        fingerprint=d.alert.fingerprint, alertname=d.alert.alertname,
-        alert_status=d.alert.status, rule=d.rule.name if d.rule else "", device=d.device,
-        operation=d.operation, outcome=d.verdict, reason=d.reason, operation_id=op_id,
-        rules_version=delivery.rules_version, step=d.step if d.step > 1 else None,
-    )
+    # Built without _entry's check of its column names (these are), once per decision.
+    return {
+        **_BLANK, "ts": now, "event": Event.DECISION, "request_id": delivery.request_id,
+        "source": delivery.source, "receiver": delivery.receiver,
+        "group_key": delivery.group_key, "fingerprint": d.alert.fingerprint,
+        "alertname": d.alert.alertname, "alert_status": d.alert.status,
+        "rule": d.rule.name if d.rule else "", "device": d.device, "operation": d.operation,
+        "outcome": d.verdict, "reason": d.reason, "operation_id": op_id,
+        "rules_version": delivery.rules_version, "step": d.step if d.step > 1 else None,
+    }
 
 
 def _operation_entry(now: float, event: Event, op: Operation, outcome: str, reason: str,
