@@ -879,11 +879,15 @@ class SqlStore(_ClosingLoop, _Replication):
         if operation_id is None:
             # Read first, outside the write lock: dispatchers ask every second, and there is
             # almost never anything to cancel.
-            rows = self._read(f"SELECT {_OP_COLUMNS} FROM operations WHERE state IN (?, ?)"
-                              " AND expires_at >= ? ORDER BY id",
-                              (OpState.QUEUED, OpState.PENDING_APPROVAL, now))
-            reasons = {op.id: reason for op in (Operation.of(r) for r in rows)
-                       if (reason := why(op)) is not None}
+            with self._reading() as tx:
+                # Each row straight into an Operation (its columns in its fields' order), not
+                # through a dict: after a storm thousands wait, read every second by each
+                # process's dispatcher.
+                waiting = [Operation(*values) for values in tx.execute(
+                    f"SELECT {_OP_COLUMNS} FROM operations WHERE state IN (?, ?)"
+                    " AND expires_at >= ? ORDER BY id",
+                    (OpState.QUEUED, OpState.PENDING_APPROVAL, now)).fetchall()]
+            reasons = {op.id: reason for op in waiting if (reason := why(op)) is not None}
             if not reasons:
                 return []
         ended: list[Operation] = []
