@@ -9,7 +9,6 @@ same function on a read-only state.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -356,6 +355,10 @@ def _matures(a: _Ask) -> tuple[float, str]:
     return started + min_age, ""
 
 
+#: Unicode's control characters (category Cc): U+0000-U+001F and U+007F-U+009F.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def device_name_problem(name: str, pattern: re.Pattern[str] = ANY_NAME) -> str:
     """Why `name` cannot be a device name, or "" when it can.
 
@@ -365,7 +368,7 @@ def device_name_problem(name: str, pattern: re.Pattern[str] = ANY_NAME) -> str:
     """
     if name in (".", ".."):
         return f"device name {name!r} is a path dot segment"
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
+    if _CONTROL.search(name):
         return "device name contains control characters"
     if not pattern.fullmatch(name):
         return f"device name '{_shown(name)}' does not match the device pattern {pattern.pattern!r}"
