@@ -326,6 +326,13 @@ class Tx:
     def note_audit_written(self, last_id: int) -> None:
         """Remember `last_id` as written, where the engine does not remember it by itself."""
 
+    def chain_head(self) -> tuple[int, str, int]:
+        """Where the audit chain goes on from: the newest record's id and hash (0 and GENESIS
+        when there is none), and the highest id ever written."""
+        head = self.row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+        last_id, last_hash = (head["id"], head["hash"]) if head is not None else (0, GENESIS)
+        return last_id, last_hash, self.audit_written()
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         cursor = self.conn.cursor()
         try:
@@ -1013,9 +1020,13 @@ class _TxnState:
 
     def __init__(self, tx: Tx) -> None:
         self._tx = tx
-        self.paused = _meta(tx, Flag.PAUSED) > 0
-        self.breaker_open = _meta(tx, Flag.BREAKER_OPEN) > 0
-        self._resumed = _meta(tx, Flag.RESUMED)
+        # One query for the three flags: on PostgreSQL each is a round trip inside the lock.
+        flags = {r["key"]: r["value"] for r in tx.rows(
+            "SELECT key, value FROM meta WHERE key IN (?, ?, ?)",
+            (Flag.PAUSED, Flag.BREAKER_OPEN, Flag.RESUMED))}
+        self.paused = flags.get(Flag.PAUSED, 0.0) > 0
+        self.breaker_open = flags.get(Flag.BREAKER_OPEN, 0.0) > 0
+        self._resumed = flags.get(Flag.RESUMED, 0.0)
         # Nothing is written while decide() reads, so a count asked twice is the same count;
         # a storm payload asks the breaker and budget counts once per operation.
         self._counts: dict[tuple[str, tuple[object, ...]], int] = {}
@@ -1587,9 +1598,8 @@ def _append(tx: Tx, entries: Iterable[Row]) -> None:
     entries = list(entries)
     if not entries:
         return
-    head = tx.row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
-    last_id, prev_hash = (head["id"], head["hash"]) if head is not None else (0, GENESIS)
-    next_id = max(last_id, tx.audit_written()) + 1
+    last_id, prev_hash, written = tx.chain_head()
+    next_id = max(last_id, written) + 1
     rows = []
     for content in entries:
         values = new_record(next_id, content, prev_hash)

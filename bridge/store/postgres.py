@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+from bridge.audit import GENESIS
 from bridge.store.base import Lock, SqlStore, StoreError, Tx
 from bridge.store.schema import upgrade
 
@@ -89,6 +90,15 @@ class PostgresTx(Tx):
 
     def audit_written(self) -> int:
         return int(self.value("SELECT id FROM audit_written"))
+
+    def chain_head(self) -> tuple[int, str, int]:
+        # One round trip, not two: it is read inside the decision lock.
+        row = self.row("SELECT a.id, a.hash, w.id AS written FROM audit_written w LEFT JOIN"
+                       " (SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1) a ON true")
+        assert row is not None  # audit_written holds one row from the start
+        if row["id"] is None:
+            return 0, GENESIS, int(row["written"])
+        return int(row["id"]), row["hash"], int(row["written"])
 
     def note_audit_written(self, last_id: int) -> None:
         self.execute("UPDATE audit_written SET id = ? WHERE id < ?", (last_id, last_id))
