@@ -962,6 +962,31 @@ def test_500_reboots_from_several_replicas_against_a_budget_of_20_queue_20(
     assert (report.ok, report.records) == (True, 500)
 
 
+def test_webhooks_of_one_process_share_transactions_and_stay_exact(store: Store) -> None:
+    """Threads of one process that record at once share a transaction (one lock, one
+    commit): each still judges what the ones before it left, and one whose answer fails
+    commits nothing while the others commit."""
+
+    def failing(recorded: list[Recorded]) -> object:
+        raise RuntimeError("answer failed")
+
+    def webhook(i: int) -> object:
+        # All ask for a reboot of the same device; every fifth answer fails.
+        if i % 5 == 0:
+            with pytest.raises(RuntimeError, match="answer failed"):
+                deliver(store, alert("shared", team=f"t{i}"), answer=failing)
+            return None
+        return verdicts(deliver(store, alert("shared", team=f"t{i}")))
+
+    answers = [v for vs in in_parallel(webhook, 20) if vs for v in vs]  # type: ignore[union-attr]
+    assert len(answers) == 16
+    assert answers.count(Verdict.EXECUTE) == 1
+    assert answers.count(Verdict.COOLDOWN) == 15
+    assert store.queue_depth(NOW)["queued"] == 1
+    report = store.verify_audit()
+    assert (report.ok, report.records) == (True, 16)
+
+
 # -- PostgreSQL only: connections, failures, locks --------------------------------------------
 
 

@@ -8,6 +8,7 @@ Statements use `?` for parameters; a Tx translates them when its engine wants an
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, fields, replace
@@ -725,9 +726,9 @@ class SqlStore(_ClosingLoop, _Replication):
         recorded into the reply, before the commit: if it fails, nothing is committed, and
         the sender's retry finds the state as it was.
         """
-        recorded: list[Recorded] = []
-        entries: list[Row] = []
-        with self._write() as tx:
+        def work(tx: Tx) -> T:
+            recorded: list[Recorded] = []
+            entries: list[Row] = []
             state = _TxnState(tx)
             decisions = judge(state)
             if any(d.verdict == Verdict.BREAKER_OPEN for d in decisions) \
@@ -747,6 +748,53 @@ class SqlStore(_ClosingLoop, _Replication):
                 entries.extend(_alert_resolved(tx, fingerprint, resolved_at, now))
             _append(tx, entries)
             return answer(recorded)
+
+        return self._combined(work)
+
+    def _combined(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` in a write transaction, together with the work other threads of this
+        process hand in meanwhile: one lock and one commit for all of them.
+
+        Under load a webhook's transaction spends most of its time holding the lock through
+        the commit's flush to disk; those that queue behind it in this process share the next
+        one. Each runs in turn, so each judges the state as the ones before it left it (a
+        cooldown claimed, a budget spent), exactly as in a transaction of its own. One that
+        raises is left out and the others run again in a new transaction, so it fails alone,
+        with nothing of it committed; a failure to commit fails them all. Each thread gets
+        its own result, once committed, or its error.
+        """
+        with _COMBINERS:
+            combiner = self.__dict__.setdefault("_combiner", _Combiner())
+        mine = _Work(work)
+        batch = combiner.join(mine)
+        if batch:
+            try:
+                self._run_together(batch)
+            finally:
+                combiner.done(batch)
+        return mine.result()
+
+    def _run_together(self, batch: list[_Work]) -> None:
+        left = batch
+        while left:
+            running: _Work | None = None
+            try:
+                with self._write() as tx:
+                    for running in left:
+                        running.value = running.work(tx)
+                    running = None
+                return
+            except Exception as exc:
+                if running is None:  # the transaction failed, not one work: all fail
+                    for w in left:
+                        w.error = exc
+                    return
+                running.error = exc
+                left = [w for w in left if w is not running]
+            except BaseException as exc:
+                for w in left:
+                    w.error = exc
+                raise
 
     def read_state(self, judge: Callable[[State], T]) -> T:
         """Run `judge` on the current state without writing anything (explain, tests)."""
@@ -1013,6 +1061,54 @@ _DEMAND_SINCE = ("SELECT count(*) FROM audit WHERE event = ? AND ts >= ?"
                  f" AND outcome IN ({', '.join('?' * len(_DEMAND))})")
 _SENT_SINCE = (" FROM operations WHERE device = ? AND operation = ? AND created >= ?"
                f" AND state NOT IN ({', '.join('?' * len(_NOT_SENT))})")
+
+
+_COMBINERS = threading.Lock()
+
+
+class _Work:
+    """One thread's part of a combined transaction (SqlStore._combined)."""
+
+    def __init__(self, work: Callable[[Tx], Any]) -> None:
+        self.work = work
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Combiner:
+    """Hands the work threads wait with to the one thread that runs the next transaction."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting: list[_Work] = []
+        self._running = False
+
+    def join(self, work: _Work) -> list[_Work]:
+        """Wait until `work` is done (an empty list), or its thread is to run the next
+        transaction: every work waiting then, its own first."""
+        with self._changed:
+            self._waiting.append(work)
+            while self._running and not work.done:
+                self._changed.wait()
+            if work.done:
+                return []
+            self._running = True
+            batch, self._waiting = self._waiting, []
+            batch.remove(work)
+            return [work, *batch]
+
+    def done(self, batch: list[_Work]) -> None:
+        with self._changed:
+            for work in batch:
+                work.done = True
+            self._running = False
+            self._changed.notify_all()
 
 
 class _TxnState:
