@@ -1424,6 +1424,31 @@ def test_a_writer_gives_up_at_its_timeout_and_leaves_no_lock_behind(tmp_path: Pa
         other.close()
 
 
+def test_webhooks_sharing_transactions_still_give_up_at_their_timeout(tmp_path: Path) -> None:
+    """Webhooks of one process waiting behind a held lock each give up after the timeout,
+    whether they wait for the lock or for another webhook's transaction: not one after
+    another."""
+    holder = SqliteStore(tmp_path / "state.db", timeout=1.0)
+    try:
+        with holding_the_turn(holder):
+            started = time.monotonic()
+
+            def webhook(i: int) -> str:
+                with pytest.raises(StoreError, match="locked by another writer") as refused:
+                    deliver(holder, alert(f"d{i}"))
+                return str(refused.value)
+
+            answers = bounded(lambda: in_parallel(webhook, 4))
+            elapsed = time.monotonic() - started
+        assert len(answers) == 4  # type: ignore[arg-type]
+        # The first waits for the lock, the others for its transaction: all give up at 1 s
+        # (taking the next transaction's turn after the first gave up would end at 2 s).
+        assert elapsed < 1.7, elapsed
+        assert holder.queue_depth(NOW)["queued"] == 0
+    finally:
+        holder.close()
+
+
 def storm(n: int, tag: str) -> bytes:
     """A webhook of `n` distinct alerts."""
     doc = payload_json("alertmanager_firing_multi.json")

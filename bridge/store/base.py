@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, fields, replace
@@ -365,6 +366,8 @@ class _Engine:
 
     #: Where the state is, as messages show it (never a password).
     where: str
+    #: BRIDGE_STATE_TIMEOUT: the longest a write waits for its turn.
+    _timeout: float
 
     # -- what an engine supplies ----------------------------------------------------------
 
@@ -765,21 +768,30 @@ class SqlStore(_ClosingLoop, _Replication):
         """
         with _COMBINERS:
             combiner = self.__dict__.setdefault("_combiner", _Combiner())
+        # The wait for the state stays bounded by the timeout, this one included.
+        deadline = time.monotonic() + self._timeout
         mine = _Work(work)
-        batch = combiner.join(mine)
+        batch = combiner.join(mine, deadline)
+        if batch is None:
+            raise StoreError(f"state store {self.where}: locked by another writer for more"
+                             f" than {self._timeout:g}s (BRIDGE_STATE_TIMEOUT)")
         if batch:
+            # A batch of works that waited ends by the earliest of their deadlines; a work
+            # that found no transaction running waits the whole timeout, as it always did.
+            wait = max(0.0, min(w.deadline for w in batch) - time.monotonic()) \
+                if any(w.waited for w in batch) else None
             try:
-                self._run_together(batch)
+                self._run_together(batch, wait)
             finally:
                 combiner.done(batch)
         return mine.result()
 
-    def _run_together(self, batch: list[_Work]) -> None:
+    def _run_together(self, batch: list[_Work], wait: float | None) -> None:
         left = batch
         while left:
             running: _Work | None = None
             try:
-                with self._write() as tx:
+                with self._write(wait) as tx:
                     for running in left:
                         running.value = running.work(tx)
                     running = None
@@ -1072,6 +1084,8 @@ class _Work:
     def __init__(self, work: Callable[[Tx], Any]) -> None:
         self.work = work
         self.done = False
+        self.waited = False  # for another thread's transaction, before its own
+        self.deadline = 0.0  # by when its thread gives up waiting for the state
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -1089,13 +1103,24 @@ class _Combiner:
         self._waiting: list[_Work] = []
         self._running = False
 
-    def join(self, work: _Work) -> list[_Work]:
+    def join(self, work: _Work, deadline: float) -> list[_Work] | None:
         """Wait until `work` is done (an empty list), or its thread is to run the next
-        transaction: every work waiting then, its own first."""
+        transaction: every work waiting then, its own first. None past the deadline."""
         with self._changed:
             self._waiting.append(work)
+            work.deadline = deadline
             while self._running and not work.done:
-                self._changed.wait()
+                work.waited = True
+                left = deadline - time.monotonic()
+                if work not in self._waiting:
+                    # In the transaction running now, which ends by the earliest deadline
+                    # of its works, this one's included.
+                    self._changed.wait()
+                elif left <= 0:
+                    self._waiting.remove(work)
+                    return None
+                else:
+                    self._changed.wait(left)
             if work.done:
                 return []
             self._running = True
