@@ -371,10 +371,11 @@ class _Engine:
 
     # -- what an engine supplies ----------------------------------------------------------
 
-    def _write(self, wait: float | None = None,
-               lock: Lock = Lock.CHAIN) -> AbstractContextManager[Tx]:
+    def _write(self, wait: float | None = None, lock: Lock = Lock.CHAIN, *,
+               deadline: float | None = None) -> AbstractContextManager[Tx]:
         """One write transaction, committed when the block ends, rolled back if it raises;
-        StoreError (503) if its turn does not come within `wait` (default: the timeout)."""
+        StoreError (503) if its turn does not come within `wait` (default: the timeout), or
+        by `deadline` (time.monotonic()) when that is given: one that waited already."""
         raise NotImplementedError
 
     def _reading(self, snapshot: bool = False) -> AbstractContextManager[Tx]:
@@ -776,22 +777,22 @@ class SqlStore(_ClosingLoop, _Replication):
             raise StoreError(f"state store {self.where}: locked by another writer for more"
                              f" than {self._timeout:g}s (BRIDGE_STATE_TIMEOUT)")
         if batch:
-            # A batch of works that waited ends by the earliest of their deadlines; a work
-            # that found no transaction running waits the whole timeout, as it always did.
-            wait = max(0.0, min(w.deadline for w in batch) - time.monotonic()) \
-                if any(w.waited for w in batch) else None
+            # A batch of works that waited ends by the earliest of their deadlines (refused
+            # as after the timeout, which is what they waited in all); a work that found no
+            # transaction running waits the whole timeout, as it always did.
+            until = min(w.deadline for w in batch) if any(w.waited for w in batch) else None
             try:
-                self._run_together(batch, wait)
+                self._run_together(batch, until)
             finally:
                 combiner.done(batch)
         return mine.result()
 
-    def _run_together(self, batch: list[_Work], wait: float | None) -> None:
+    def _run_together(self, batch: list[_Work], until: float | None) -> None:
         left = batch
         while left:
             running: _Work | None = None
             try:
-                with self._write(wait) as tx:
+                with self._write(deadline=until) as tx:
                     for running in left:
                         running.value = running.work(tx)
                     running = None

@@ -277,8 +277,10 @@ class PostgresStore(SqlStore):
         return StoreError(f"state store {self.where}: {_scrub(exc, *self._secrets)}")
 
     @contextmanager
-    def _write(self, wait: float | None = None, lock: Lock = Lock.CHAIN) -> Iterator[Tx]:
-        with self._transaction("BEGIN", self._timeout if wait is None else wait, lock) as tx:
+    def _write(self, wait: float | None = None, lock: Lock = Lock.CHAIN, *,
+               deadline: float | None = None) -> Iterator[Tx]:
+        with self._transaction("BEGIN", self._timeout if wait is None else wait, lock,
+                               deadline=deadline) as tx:
             yield tx
 
     @contextmanager
