@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import sys
@@ -152,7 +153,8 @@ TARGETS = "## Targets"
 
 def _blocks(text: str) -> list[tuple[str, str]]:
     """The text cut before each "## " heading: (key, block); the key of "## 3. Title" is
-    "3.", of another heading the heading itself, of what comes before the first one "".
+    "3." (of "## 2c. Title", a part of section 2 run on its own, "2c."), of another heading
+    the heading itself, of what comes before the first one "".
     """
     blocks: list[tuple[str, str]] = []
     key, lines = "", []
@@ -160,16 +162,23 @@ def _blocks(text: str) -> list[tuple[str, str]]:
         if line.startswith("## "):
             blocks.append((key, "".join(lines)))
             words = line.split()
-            key = words[1] if words[1][:-1].isdigit() and words[1].endswith(".") else line.strip()
+            key = words[1] if _NUMBERED.fullmatch(words[1]) else line.strip()
             lines = []
         lines.append(line)
     blocks.append((key, "".join(lines)))
     return [(k, b) for k, b in blocks if b or k]
 
 
+_NUMBERED = re.compile(r"(\d+)([a-z]?)\.")
+
+
 def _number(key: str) -> float:
-    """The number of a numbered section's key; other keys sort after every number."""
-    return int(key[:-1]) if key[:-1].isdigit() else float("inf")
+    """The number of a numbered section's key ("2c." just after "2."); other keys sort after
+    every number."""
+    m = _NUMBERED.fullmatch(key)
+    if m is None:
+        return float("inf")
+    return int(m[1]) + (ord(m[2]) - ord("a") + 1) / 100 if m[2] else int(m[1])
 
 
 def _section_order(section: str) -> tuple[int, str]:

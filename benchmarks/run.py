@@ -41,7 +41,7 @@ import requests  # noqa: E402
 from _core import run_core  # noqa: E402
 from _gen import alert_labels, alertmanager_payload, guardrails_off, rules_yaml  # noqa: E402
 from _idle import section_idle  # noqa: E402
-from _load import CLIENTS, LoadResult, run_load  # noqa: E402
+from _load import CLIENTS, LoadResult, percentile, run_load  # noqa: E402
 from _peer import section_peer  # noqa: E402
 from _procs import (  # noqa: E402
     Server,
@@ -80,6 +80,8 @@ class Config:
     load_rounds: int
     load_warmup: float
     live_storms: int  # 2b: storm webhooks one after the other to a live bridge
+    storm_samples: int  # 2c: storm webhooks one at a time, bridge and baseline each
+    storm_warmup: int
     # 3
     core_rules: tuple[int, ...]
     core_alerts: tuple[int, ...]
@@ -95,6 +97,7 @@ FULL = Config(
     quick=False, dispatch_webhooks=300, dispatch_rounds=2, dispatch_alerts=3, dispatch_clients=4,
     slow_delay=2.0, throughput_ops=400, throughput_concurrency=8, throughput_delay=0.1,
     load_clients=8, load_duration=8.0, load_rounds=2, load_warmup=1.0, live_storms=10,
+    storm_samples=30, storm_warmup=3,
     core_rules=(10, 100, 1_000, 10_000), core_alerts=(1, 100, 10_000), core_budget=15.0,
     core_passes=2, load_rules=(1_000, 10_000), load_repeats=3, memory_rules=(100, 1_000, 10_000),
 )
@@ -102,6 +105,7 @@ QUICK = Config(
     quick=True, dispatch_webhooks=40, dispatch_rounds=1, dispatch_alerts=3, dispatch_clients=4,
     slow_delay=2.0, throughput_ops=80, throughput_concurrency=8, throughput_delay=0.1,
     load_clients=8, load_duration=2.0, load_rounds=1, load_warmup=0.5, live_storms=3,
+    storm_samples=8, storm_warmup=2,
     core_rules=(10, 100, 1_000), core_alerts=(1, 100, 1_000), core_budget=2.0,
     core_passes=1, load_rules=(10_000,), load_repeats=1, memory_rules=(100, 10_000),
 )
@@ -459,10 +463,10 @@ def section_webhooks(cfg: Config, report: Report, wd: Path,
         f"warm-up, {cfg.load_rounds} run(s) per server and client, bridge and baseline "
         f"alternating. The bridge runs in **dry run** (no API token): every alert matches "
         f"exactly one rule (`alertname = \"A<i>\"` plus a severity regex) and yields a "
-        f"`dry_run` decision, audited in SQLite (one row per decision, one transaction per "
-        f"webhook). The baseline is benchmarks/baseline_app.py (`request.get_json()`, answer "
-        f"200) under `python -m gunicorn` with the bridge's options (2 workers, gthread, 4 "
-        f"threads, timeout 60).\n\n"
+        f"`dry_run` decision, audited in SQLite (one row per decision; the webhooks a worker "
+        f"takes at once share a transaction). The baseline is benchmarks/baseline_app.py "
+        f"(`request.get_json()`, answer 200) under `python -m gunicorn` with the bridge's "
+        f"options (2 workers, gthread, 4 threads, timeout 60).\n\n"
         f"Two load generators: `requests` (a requests.Session per thread, the usual Python client) "
         f"and `http.client` (a bare connection per thread, several times cheaper per request). "
         f"\"Client CPU\" is what the load generator itself used, in cores, and \"client "
@@ -558,6 +562,70 @@ def live_storm(cfg: Config, report: Report, wd: Path, fake: Server) -> None:
         + f"\n\nLast ÷ first: {ratio(times[-1] / times[0])}."
     )
     log(f"  live storm: first {ms(times[0])} ms, last {ms(times[-1])} ms")
+
+
+def storm_one_at_a_time(cfg: Config, report: Report, wd: Path, fake: Server) -> None:
+    """Issue 15, target 3: a 500-alert webhook against 500 rules, one at a time, to a live
+    bridge, beside the bare Flask app parsing and answering the same payload."""
+    fake_control(fake, "POST", "reset")
+    rules = wd / "rules-storm-seq.yaml"
+    rules.write_text(rules_yaml(500, operation="sync"))
+    state = wd / "state-storm-seq.db"
+    baseline = start_baseline(wd)
+    bridge = start_bridge(wd, "bridge-storm-seq", rules, state, live_env(fake))
+    times: dict[str, list[float]] = {"baseline": [], "bridge": []}
+    servers = (("baseline", baseline), ("bridge", bridge))
+    try:
+        settle_workers(baseline)
+        settle_workers(bridge)
+        sessions = {name: requests.Session() for name, _ in servers}
+        # Warm-up rounds (imports, templates, the first transactions) are not counted.
+        for k in range(-cfg.storm_warmup, cfg.storm_samples):
+            # Devices never seen before: every alert queues an operation (the costly path),
+            # as in a storm of new alerts; the same body goes to the baseline.
+            body = alertmanager_payload(
+                [alert_labels(i, 500, device=f"seq{k}-{i}") for i in range(500)]
+            )
+            # Alternate the order, so drift on a shared machine favours neither.
+            for name, server in servers if k % 2 == 0 else servers[::-1]:
+                t0 = time.perf_counter()
+                answer = sessions[name].post(server.url + WEBHOOK, data=body, timeout=120,
+                                             headers={"Content-Type": "application/json"})
+                took = time.perf_counter() - t0
+                answer.raise_for_status()
+                if k >= 0:
+                    times[name].append(took)
+        for session in sessions.values():
+            session.close()
+        counts = verdicts(state)
+    finally:
+        bridge.stop()
+        baseline.stop()
+        fake_control(fake, "POST", "reset")
+    rows = [(name, len(t), ms(percentile(t, 50)), ms(percentile(t, 99)), ms(min(t)))
+            for name, t in times.items()]
+    med = percentile(times["bridge"], 50) / percentile(times["baseline"], 50)
+    p99 = percentile(times["bridge"], 99) / percentile(times["baseline"], 99)
+    report.add(
+        f"{cfg.storm_samples} storm webhooks (500 alerts, 164 KiB, each alert on a device "
+        f"never seen before, so each queues an operation; 500 rules) sent **one at a time** "
+        f"by one client (a requests.Session) to a fresh **live** bridge (SQLite state, 2 "
+        f"workers, against the fake API: its dispatcher sends meanwhile at the default rate "
+        f"limit), and the same bodies to the bare Flask baseline (`request.get_json()`, "
+        f"answer 200), alternating, after {cfg.storm_warmup} warm-up webhook(s) each. "
+        f"Verdicts (warm-up included): {show_counts(counts)}.\n\n"
+        + table(("server", "webhooks", "p50 ms", "p99 ms", "min ms"), rows)
+        + f"\n\nBridge ÷ baseline: p50 {ratio(med)}, p99 {ratio(p99)}."
+    )
+    log(f"  storm one at a time: bridge p50 {ms(percentile(times['bridge'], 50))} ms, "
+        f"baseline p50 {ms(percentile(times['baseline'], 50))} ms: {med:.1f}x")
+    report.target(Target(
+        "2c", "storm payload (500 alerts, 500 rules) one at a time to a live bridge: p50 ≤ 10 "
+              "× the baseline's p50",
+        f"{ms(percentile(times['bridge'], 50))} vs {ms(percentile(times['baseline'], 50))} ms "
+        f"(p99 {ms(percentile(times['bridge'], 99))} vs "
+        f"{ms(percentile(times['baseline'], 99))} ms, {ratio(p99)})", med, med <= 10,
+    ))
 
 
 def fmt_rss(values: list[float]) -> tuple[str, str]:
@@ -703,6 +771,7 @@ def section_load(cfg: Config, report: Report, wd: Path) -> None:
 PARTS = {
     "dispatch": "section 1 (dispatch latency and throughput)",
     "webhooks": "sections 2 and 4 (webhooks under load, memory per worker)",
+    "storm": "section 2c (storm webhooks one at a time to a live bridge, vs the baseline)",
     "match": "section 3 (the decision core: cost per alert by rule count)",
     "load": "section 5 (loading rules: check vs libyaml, memory holding rules)",
     "replicas": "section 6 (reaction time, webhooks/s and dispatch throughput, SQLite vs "
@@ -822,7 +891,7 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
                                  float("nan"), None))
 
     fake = start_fake_api(wd, FAKE_TOKEN) \
-        if {"dispatch", "webhooks", "replicas", "idle"} & set(parts) else None
+        if {"dispatch", "webhooks", "storm", "replicas", "idle"} & set(parts) else None
     rules = wd / "dispatch-rules.yaml"
     rules.write_text(guardrails_off() + DISPATCH_RULES)
     if "dispatch" in parts:
@@ -838,6 +907,11 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
         report.section("## 2. Webhooks under load (issue 4)")
         guarded("2", section_webhooks, cfg, report, wd, memory)
         guarded("2b", live_storm, cfg, report, wd, fake)
+    if "storm" in parts:
+        assert fake is not None
+        log("section 2c: storm webhooks one at a time")
+        report.section("## 2c. Storm webhooks one at a time (issue 15, target 3)")
+        guarded("2c", storm_one_at_a_time, cfg, report, wd, fake)
     if "replicas" in parts:
         assert fake is not None
         log("section 6: reaction time, one server and several replicas")

@@ -9,7 +9,6 @@ same function on a read-only state.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -89,11 +88,24 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
 
     A rendered device name must match `device_pattern` in full: labels are untrusted input.
     """
-    decisions: list[Decision] = []
-    tally = _Tally(set(), Counter())
+    return judge(prepare(alerts, rules, device_pattern=device_pattern), rules, state, now,
+                 dry_run=dry_run)
+
+
+#: An (alert, rule) pair on its way to the guards with the device its template named, or the
+#: Decision that already ends it (no rule matched, the device cannot be used).
+Prepared = tuple[Alert, Rule, str] | Decision
+
+
+def prepare(alerts: Iterable[Alert], rules: RuleSet, *,
+            device_pattern: re.Pattern[str] = ANY_NAME) -> list[Prepared]:
+    """What decide() does before it reads any state: match each alert to the rules and render
+    each matching rule's device. Nothing here depends on the state or the clock, so the store
+    runs it before taking its write lock, and judge() the rest under it."""
+    prepared: list[Prepared] = []
     for alert in alerts:
         if OWN_LABEL in alert.labels:
-            decisions.append(Decision(alert, None, "", "", Verdict.OWN_ALERT, OWN_ALERT_REASON))
+            prepared.append(Decision(alert, None, "", "", Verdict.OWN_ALERT, OWN_ALERT_REASON))
             continue
         matched = [
             r for r in rules.may_match(alert.labels)
@@ -101,12 +113,26 @@ def decide(alerts: Iterable[Alert], rules: RuleSet, state: State, now: float, *,
         ]
         if not matched:
             reason = f"no rule matches this {alert.status} alert"
-            decisions.append(Decision(alert, None, "", "", Verdict.NO_MATCH, reason))
+            prepared.append(Decision(alert, None, "", "", Verdict.NO_MATCH, reason))
             continue
-        for rule in matched:
-            ask = _ask(alert, rule, rules, state, now, dry_run, device_pattern, tally)
-            decisions.append(ask if isinstance(ask, Decision) else _judge(ask))
-    return decisions
+        prepared.extend(_device(alert, rule, device_pattern) for rule in matched)
+    return prepared
+
+
+def judge(prepared: Sequence[Prepared], rules: RuleSet, state: State, now: float, *,
+          dry_run: bool) -> list[Decision]:
+    """The decisions on prepare()'s pairs, each through every guard, on this state."""
+    preload = getattr(state, "preload", None)
+    asks = [p for p in prepared if not isinstance(p, Decision)]
+    if preload is not None and asks:
+        # A state that can answer many keys in one read is told them first (the store's,
+        # where each question is a query): the answers are the same, asked in bulk.
+        preload([(device, rule.operation, now - rule.give_up.within)
+                 for _, rule, device in asks])
+    tally = _Tally(set(), Counter())
+    return [p if isinstance(p, Decision)
+            else _judge(_Ask(p[0], p[1], rules, state, now, dry_run, p[2], tally))
+            for p in prepared]
 
 
 def decide_step(alert: Alert, rule: Rule, step: int, rules: RuleSet, state: State,
@@ -156,6 +182,14 @@ class _Ask:
 def _ask(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, dry_run: bool,
          device_pattern: re.Pattern[str], tally: _Tally) -> _Ask | Decision:
     """Render the device; a name that cannot be used ends the matter here."""
+    found = _device(alert, rule, device_pattern)
+    if isinstance(found, Decision):
+        return found
+    return _Ask(alert, rule, rules, state, now, dry_run, found[2], tally)
+
+
+def _device(alert: Alert, rule: Rule, device_pattern: re.Pattern[str]) -> Prepared:
+    """The device the rule's template names for the alert, or the Decision refusing it."""
     def refused(device: str, name: str, reason: str) -> Decision:
         return Decision(alert, rule, device, rule.operation, name, reason)
 
@@ -170,7 +204,7 @@ def _ask(alert: Alert, rule: Rule, rules: RuleSet, state: State, now: float, dry
     if problem:
         # The name may be hostile: the audit keeps a bounded, escaped form of it.
         return refused(_shown(device), Verdict.INVALID_DEVICE, problem)
-    return _Ask(alert, rule, rules, state, now, dry_run, device, tally)
+    return (alert, rule, device)
 
 
 # -- the guards, in order ---------------------------------------------------------------------
@@ -321,6 +355,10 @@ def _matures(a: _Ask) -> tuple[float, str]:
     return started + min_age, ""
 
 
+#: Unicode's control characters (category Cc): U+0000-U+001F and U+007F-U+009F.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def device_name_problem(name: str, pattern: re.Pattern[str] = ANY_NAME) -> str:
     """Why `name` cannot be a device name, or "" when it can.
 
@@ -330,7 +368,7 @@ def device_name_problem(name: str, pattern: re.Pattern[str] = ANY_NAME) -> str:
     """
     if name in (".", ".."):
         return f"device name {name!r} is a path dot segment"
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
+    if _CONTROL.search(name):
         return "device name contains control characters"
     if not pattern.fullmatch(name):
         return f"device name '{_shown(name)}' does not match the device pattern {pattern.pattern!r}"

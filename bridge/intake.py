@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from bridge import payloads
 from bridge.audit import Delivery, iso
 from bridge.config import Settings
-from bridge.decide import TRIPPED, decide, explain, explanation_json, summarize
+from bridge.decide import TRIPPED, explain, explanation_json, judge, prepare, summarize
 from bridge.errors import BridgeError
 from bridge.rules import RuleSet
 from bridge.store import Recorded, Store
@@ -84,13 +84,15 @@ class Intake:
             )
         delivery = Delivery(request_id, notification.source, notification.receiver,
                             notification.group_key, rules.version)
+        # Matching and rendering devices read no state: done before the write lock is taken,
+        # so that other webhooks wait only for the guards and the writes.
+        prepared = prepare(notification.alerts, rules, device_pattern=settings.device_regex)
         # Answer once the decisions are committed, never before: the API calls come after,
         # from the dispatcher, so a slow device API cannot slow the sender down. The answer
         # is built before the commit, so that a failure to build it commits nothing.
         recorded, answer = self.store.record(
             delivery,
-            lambda state: decide(notification.alerts, rules, state, now,
-                                 dry_run=settings.dry_run, device_pattern=settings.device_regex),
+            lambda state: judge(prepared, rules, state, now, dry_run=settings.dry_run),
             now, max_age=settings.max_age, approval_timeout=rules.approval_timeout,
             answer=lambda recorded: (recorded, _answer(
                 request_id, notification, settings.dry_run, recorded)),

@@ -485,3 +485,14 @@ def test_a_step_is_a_full_decision_with_its_own_operation_cooldown_and_guards() 
     assert (wipe.operation, wipe.verdict) == ("device_factory", "pending_approval")
     assert wipe.reason.startswith("step 3 of 3: reboot did not remediate within 15m: "
                                   "destructive operation: waits for alert-bridge approve")
+
+
+def test_control_characters_are_unicode_category_cc() -> None:
+    """Device names are refused for exactly Unicode's control characters (category Cc)."""
+    import sys
+    import unicodedata
+
+    for code in range(sys.maxunicode + 1):
+        ch = chr(code)
+        refused = d.device_name_problem(f"a{ch}b") == "device name contains control characters"
+        assert refused == (unicodedata.category(ch) == "Cc"), hex(code)

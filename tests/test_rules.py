@@ -41,6 +41,7 @@ from bridge.rules import (
     parse_matcher,
     parse_rules,
 )
+from bridge.rules.templates import compile_template, plain_reference, render_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -476,6 +477,27 @@ def test_template_missing_label_renders_empty() -> None:
     assert rule("{{ labels.device }}").render_device({}, {}) == ""
     assert rule("x{{ labels.nope }}y{{ labels.get('nope') }}z").render_device({}, {}) == "xyz"
     assert rule("{{ labels.device | default('fallback') }}").render_device({}, {}) == "fallback"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    source=st.sampled_from([
+        "{{ labels.device }}", " {{labels.device}}\n", "{{ annotations.target }}",
+        "{{ labels.Device_1 }}", "{{ labels._x }}",
+        "{{ labels.device }}{{ labels.site }}", "{{ labels.device|upper }}",
+    ]),
+    labels=st.dictionaries(st.sampled_from(["device", "site", "items", "get", "Device_1", "_x"]),
+                           st.text(max_size=8)),
+    annotations=st.dictionaries(st.sampled_from(["target", "device"]), st.text(max_size=8)),
+)
+def test_plain_templates_render_as_jinja_does(source: str, labels: dict[str, str],
+                                              annotations: dict[str, str]) -> None:
+    """A template that only names a label is read without Jinja: the same text."""
+    # Names of dict attributes render the attribute (a method): those go through Jinja.
+    assert plain_reference("{{ labels.items }}") is None
+    template = compile_template(source)
+    assert render_device(template, labels, annotations, source=source) == \
+        render_device(template, labels, annotations)
 
 
 def test_template_does_not_escape_html() -> None:

@@ -962,6 +962,31 @@ def test_500_reboots_from_several_replicas_against_a_budget_of_20_queue_20(
     assert (report.ok, report.records) == (True, 500)
 
 
+def test_webhooks_of_one_process_share_transactions_and_stay_exact(store: Store) -> None:
+    """Threads of one process that record at once share a transaction (one lock, one
+    commit): each still judges what the ones before it left, and one whose answer fails
+    commits nothing while the others commit."""
+
+    def failing(recorded: list[Recorded]) -> object:
+        raise RuntimeError("answer failed")
+
+    def webhook(i: int) -> object:
+        # All ask for a reboot of the same device; every fifth answer fails.
+        if i % 5 == 0:
+            with pytest.raises(RuntimeError, match="answer failed"):
+                deliver(store, alert("shared", team=f"t{i}"), answer=failing)
+            return None
+        return verdicts(deliver(store, alert("shared", team=f"t{i}")))
+
+    answers = [v for vs in in_parallel(webhook, 20) if vs for v in vs]  # type: ignore[union-attr]
+    assert len(answers) == 16
+    assert answers.count(Verdict.EXECUTE) == 1
+    assert answers.count(Verdict.COOLDOWN) == 15
+    assert store.queue_depth(NOW)["queued"] == 1
+    report = store.verify_audit()
+    assert (report.ok, report.records) == (True, 16)
+
+
 # -- PostgreSQL only: connections, failures, locks --------------------------------------------
 
 
@@ -1397,6 +1422,34 @@ def test_a_writer_gives_up_at_its_timeout_and_leaves_no_lock_behind(tmp_path: Pa
     finally:
         holder.close()
         other.close()
+
+
+def test_webhooks_sharing_transactions_still_give_up_at_their_timeout(tmp_path: Path) -> None:
+    """Webhooks of one process waiting behind a held lock each give up after the timeout,
+    whether they wait for the lock or for another webhook's transaction: not one after
+    another."""
+    holder = SqliteStore(tmp_path / "state.db", timeout=1.0)
+    try:
+        with holding_the_turn(holder):
+            started = time.monotonic()
+
+            def webhook(i: int) -> str:
+                with pytest.raises(StoreError, match="locked by another writer") as refused:
+                    deliver(holder, alert(f"d{i}"))
+                return str(refused.value)
+
+            answers = bounded(lambda: in_parallel(webhook, 4))
+            elapsed = time.monotonic() - started
+        # Each says what the person who set the timeout knows it as.
+        assert set(answers) == {  # type: ignore[arg-type]
+            f"state store {tmp_path / 'state.db'}: locked by another writer for more than 1s"
+            " (BRIDGE_STATE_TIMEOUT)"}
+        # The first waits for the lock, the others for its transaction: all give up at 1 s
+        # (taking the next transaction's turn after the first gave up would end at 2 s).
+        assert elapsed < 1.7, elapsed
+        assert holder.queue_depth(NOW)["queued"] == 0
+    finally:
+        holder.close()
 
 
 def storm(n: int, tag: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,22 +57,50 @@ def compile_template(source: str) -> jinja2.Template:
         raise ValueError(f"invalid template in 'device': {exc}") from None
 
 
+#: A template that only names one label or annotation: what almost every rule's device is.
+_PLAIN = re.compile(r"\s*\{\{\s*(labels|annotations)\.([A-Za-z][A-Za-z0-9_]*)\s*\}\}\s*")
+#: Names Jinja would look up as attributes of the dict before its items.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+@functools.lru_cache(maxsize=1024)
+def plain_reference(source: str) -> tuple[str, str] | None:
+    """("labels" or "annotations", name) when the template `source` is just
+    ``{{ labels.name }}`` (or an annotation), which renders as that value or "" when there
+    is none; None for any other template."""
+    m = _PLAIN.fullmatch(source)
+    if m is None or m[2] in _DICT_ATTRIBUTES:
+        return None
+    return m[1], m[2]
+
+
 def render_device(
     template: jinja2.Template,
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
     rule: str | None = None,
+    *,
+    source: str | None = None,
 ) -> str:
     """The device ``template`` names for an alert, surrounding whitespace stripped.
 
     Raises TemplateRenderError (naming ``rule``) when the template fails or renders more than
     MAX_DEVICE_LENGTH characters. An empty result is returned as "" for the caller to judge.
+    Given the template's ``source``, one that only names a label or an annotation is read
+    straight from it, as Jinja would render it (a tenth of the cost: a storm renders one
+    per alert).
     """
-    try:
-        # Copies: the sandbox lets templates call dict methods such as pop().
-        text = template.render(labels=dict(labels), annotations=dict(annotations))
-    except Exception as exc:  # anything raised here comes from the rule's own template
-        raise TemplateRenderError(f"template error in 'device': {exc}", rule) from exc
+    plain = plain_reference(source) if source is not None else None
+    value = (labels if plain[0] == "labels" else annotations).get(plain[1], "") \
+        if plain is not None else None
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            # Copies: the sandbox lets templates call dict methods such as pop().
+            text = template.render(labels=dict(labels), annotations=dict(annotations))
+        except Exception as exc:  # anything raised here comes from the rule's own template
+            raise TemplateRenderError(f"template error in 'device': {exc}", rule) from exc
     text = text.strip()
     if len(text) > MAX_DEVICE_LENGTH:
         raise TemplateRenderError(

@@ -254,7 +254,7 @@ class Rule:
         MAX_DEVICE_LENGTH characters. An empty result is returned as "" for the caller to judge.
         """
         assert self._template is not None
-        return render_device(self._template, labels, annotations, self.name)
+        return render_device(self._template, labels, annotations, self.name, source=self.device)
 
 
 def _approval(operation: str, required: bool | None) -> bool:

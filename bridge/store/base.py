@@ -8,6 +8,8 @@ Statements use `?` for parameters; a Tx translates them when its engine wants an
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, fields, replace
@@ -328,6 +330,13 @@ class Tx:
     def note_audit_written(self, last_id: int) -> None:
         """Remember `last_id` as written, where the engine does not remember it by itself."""
 
+    def chain_head(self) -> tuple[int, str, int]:
+        """Where the audit chain goes on from: the newest record's id and hash (0 and GENESIS
+        when there is none), and the highest id ever written."""
+        head = self.row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+        last_id, last_hash = (head["id"], head["hash"]) if head is not None else (0, GENESIS)
+        return last_id, last_hash, self.audit_written()
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         cursor = self.conn.cursor()
         try:
@@ -359,13 +368,16 @@ class _Engine:
 
     #: Where the state is, as messages show it (never a password).
     where: str
+    #: BRIDGE_STATE_TIMEOUT: the longest a write waits for its turn.
+    _timeout: float
 
     # -- what an engine supplies ----------------------------------------------------------
 
-    def _write(self, wait: float | None = None,
-               lock: Lock = Lock.CHAIN) -> AbstractContextManager[Tx]:
+    def _write(self, wait: float | None = None, lock: Lock = Lock.CHAIN, *,
+               deadline: float | None = None) -> AbstractContextManager[Tx]:
         """One write transaction, committed when the block ends, rolled back if it raises;
-        StoreError (503) if its turn does not come within `wait` (default: the timeout)."""
+        StoreError (503) if its turn does not come within `wait` (default: the timeout), or
+        by `deadline` (time.monotonic()) when that is given: one that waited already."""
         raise NotImplementedError
 
     def _reading(self, snapshot: bool = False) -> AbstractContextManager[Tx]:
@@ -722,18 +734,19 @@ class SqlStore(_ClosingLoop, _Replication):
         recorded into the reply, before the commit: if it fails, nothing is committed, and
         the sender's retry finds the state as it was.
         """
-        recorded: list[Recorded] = []
-        entries: list[Row] = []
-        with self._write() as tx:
+        def work(tx: Tx) -> T:
+            recorded: list[Recorded] = []
+            entries: list[Row] = []
             state = _TxnState(tx)
             decisions = judge(state)
             if any(d.verdict == Verdict.BREAKER_OPEN for d in decisions) \
                     and not state.breaker_open:
                 _set_meta(tx, Flag.BREAKER_OPEN, now)
+            queuing = [d for d in decisions if d.verdict in QUEUING]
+            op_ids = dict(zip(map(id, queuing), _queue_all(
+                tx, delivery, queuing, now, max_age, approval_timeout), strict=True))
             for d in decisions:
-                op_id = None
-                if d.verdict in QUEUING:
-                    op_id = _queue(tx, delivery, d, now, max_age, approval_timeout)
+                op_id = op_ids.get(id(d))
                 entries.append(_decision_entry(now, delivery, d, op_id))
                 recorded.append(Recorded(d, op_id))
             resolved = {d.alert.fingerprint: _resolved_at(d.alert, now) for d in decisions
@@ -743,6 +756,62 @@ class SqlStore(_ClosingLoop, _Replication):
                 entries.extend(_alert_resolved(tx, fingerprint, resolved_at, now))
             _append(tx, entries)
             return answer(recorded)
+
+        return self._combined(work)
+
+    def _combined(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` in a write transaction, together with the work other threads of this
+        process hand in meanwhile: one lock and one commit for all of them.
+
+        Under load a webhook's transaction spends most of its time holding the lock through
+        the commit's flush to disk; those that queue behind it in this process share the next
+        one. Each runs in turn, so each judges the state as the ones before it left it (a
+        cooldown claimed, a budget spent), exactly as in a transaction of its own. One that
+        raises is left out and the others run again in a new transaction, so it fails alone,
+        with nothing of it committed; a failure to commit fails them all. Each thread gets
+        its own result, once committed, or its error.
+        """
+        with _COMBINERS:
+            combiner = self.__dict__.setdefault("_combiner", _Combiner())
+        # The wait for the state stays bounded by the timeout, this one included.
+        deadline = time.monotonic() + self._timeout
+        mine = _Work(work)
+        batch = combiner.join(mine, deadline)
+        if batch is None:
+            raise StoreError(f"state store {self.where}: locked by another writer for more"
+                             f" than {self._timeout:g}s (BRIDGE_STATE_TIMEOUT)")
+        if batch:
+            # A batch of works that waited ends by the earliest of their deadlines (refused
+            # as after the timeout, which is what they waited in all); a work that found no
+            # transaction running waits the whole timeout, as it always did.
+            until = min(w.deadline for w in batch) if any(w.waited for w in batch) else None
+            try:
+                self._run_together(batch, until)
+            finally:
+                combiner.done(batch)
+        return mine.result()
+
+    def _run_together(self, batch: list[_Work], until: float | None) -> None:
+        left = batch
+        while left:
+            running: _Work | None = None
+            try:
+                with self._write(deadline=until) as tx:
+                    for running in left:
+                        running.value = running.work(tx)
+                    running = None
+                return
+            except Exception as exc:
+                if running is None:  # the transaction failed, not one work: all fail
+                    for w in left:
+                        w.error = exc
+                    return
+                running.error = exc
+                left = [w for w in left if w is not running]
+            except BaseException as exc:
+                for w in left:
+                    w.error = exc
+                raise
 
     def read_state(self, judge: Callable[[State], T]) -> T:
         """Run `judge` on the current state without writing anything (explain, tests)."""
@@ -907,11 +976,15 @@ class SqlStore(_ClosingLoop, _Replication):
         if operation_id is None:
             # Read first, outside the write lock: dispatchers ask every second, and there is
             # almost never anything to cancel.
-            rows = self._read(f"SELECT {_OP_COLUMNS} FROM operations WHERE state IN (?, ?)"
-                              " AND expires_at >= ? ORDER BY id",
-                              (OpState.QUEUED, OpState.PENDING_APPROVAL, now))
-            reasons = {op.id: reason for op in (Operation.of(r) for r in rows)
-                       if (reason := why(op)) is not None}
+            with self._reading() as tx:
+                # Each row straight into an Operation (its columns in its fields' order), not
+                # through a dict: after a storm thousands wait, read every second by each
+                # process's dispatcher.
+                waiting = [Operation(*values) for values in tx.execute(
+                    f"SELECT {_OP_COLUMNS} FROM operations WHERE state IN (?, ?)"
+                    " AND expires_at >= ? ORDER BY id",
+                    (OpState.QUEUED, OpState.PENDING_APPROVAL, now)).fetchall()]
+            reasons = {op.id: reason for op in waiting if (reason := why(op)) is not None}
             if not reasons:
                 return []
         ended: list[Operation] = []
@@ -1021,16 +1094,95 @@ class SqlStore(_ClosingLoop, _Replication):
         return int(gone)
 
 
+#: Devices per query when _TxnState.preload reads many at once (well under every engine's
+#: limit on parameters).
+_PRELOAD_CHUNK = 500
+_NOT_SENT = (OpState.FAILED, *sorted(NEVER_SENT))
+_DEMAND = sorted(DEMAND)
+_DEMAND_SINCE = ("SELECT count(*) FROM audit WHERE event = ? AND ts >= ?"
+                 f" AND outcome IN ({', '.join('?' * len(_DEMAND))})")
+_SENT_SINCE = (" FROM operations WHERE device = ? AND operation = ? AND created >= ?"
+               f" AND state NOT IN ({', '.join('?' * len(_NOT_SENT))})")
+
+
+_COMBINERS = threading.Lock()
+
+
+class _Work:
+    """One thread's part of a combined transaction (SqlStore._combined)."""
+
+    def __init__(self, work: Callable[[Tx], Any]) -> None:
+        self.work = work
+        self.done = False
+        self.waited = False  # for another thread's transaction, before its own
+        self.deadline = 0.0  # by when its thread gives up waiting for the state
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Combiner:
+    """Hands the work threads wait with to the one thread that runs the next transaction."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting: list[_Work] = []
+        self._running = False
+
+    def join(self, work: _Work, deadline: float) -> list[_Work] | None:
+        """Wait until `work` is done (an empty list), or its thread is to run the next
+        transaction: every work waiting then, its own first. None past the deadline."""
+        with self._changed:
+            self._waiting.append(work)
+            work.deadline = deadline
+            while self._running and not work.done:
+                work.waited = True
+                left = deadline - time.monotonic()
+                if work not in self._waiting:
+                    # In the transaction running now, which ends by the earliest deadline
+                    # of its works, this one's included.
+                    self._changed.wait()
+                elif left <= 0:
+                    self._waiting.remove(work)
+                    return None
+                else:
+                    self._changed.wait(left)
+            if work.done:
+                return []
+            self._running = True
+            batch, self._waiting = self._waiting, []
+            batch.remove(work)
+            return [work, *batch]
+
+    def done(self, batch: list[_Work]) -> None:
+        with self._changed:
+            for work in batch:
+                work.done = True
+            self._running = False
+            self._changed.notify_all()
+
+
 class _TxnState:
     """decide.State read through the connection that holds the write transaction."""
 
     def __init__(self, tx: Tx) -> None:
         self._tx = tx
-        self.paused = _meta(tx, Flag.PAUSED) > 0
-        self.breaker_open = _meta(tx, Flag.BREAKER_OPEN) > 0
+        # One query for the three flags: on PostgreSQL each is a round trip inside the lock.
+        flags = {r["key"]: r["value"] for r in tx.rows(
+            "SELECT key, value FROM meta WHERE key IN (?, ?, ?)",
+            (Flag.PAUSED, Flag.BREAKER_OPEN, Flag.RESUMED))}
+        self.paused = flags.get(Flag.PAUSED, 0.0) > 0
+        self.breaker_open = flags.get(Flag.BREAKER_OPEN, 0.0) > 0
+        self._resumed = flags.get(Flag.RESUMED, 0.0)
         # Nothing is written while decide() reads, so a count asked twice is the same count;
         # a storm payload asks the breaker and budget counts once per operation.
         self._counts: dict[tuple[str, tuple[object, ...]], int] = {}
+        #: Cooldowns read ahead by preload (None: none in force for that key).
+        self._cooldowns: dict[Key, float | None] = {}
 
     def _count(self, sql: str, params: Sequence[object]) -> int:
         key = (sql, tuple(params))
@@ -1038,15 +1190,44 @@ class _TxnState:
             self._counts[key] = int(self._tx.value(sql, params))
         return self._counts[key]
 
+    def preload(self, asks: Sequence[tuple[str, str, float]]) -> None:
+        """Read ahead, in a few queries, what decide() will ask of each (device, operation,
+        give-up window start): its cooldown and how often it was sent. A storm payload
+        would otherwise ask two queries per alert, inside the write lock."""
+        tx = self._tx
+        keys = {(device, operation) for device, operation, _ in asks}
+        sinces = sorted({since for _, _, since in asks})
+        devices = sorted({device for device, _ in keys})
+        self._cooldowns.update(dict.fromkeys(keys, None))
+        sent: dict[tuple[str, str, float], int] = {}
+        for at in range(0, len(devices), _PRELOAD_CHUNK):
+            chunk = devices[at:at + _PRELOAD_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for r in tx.rows(f"SELECT device, operation, until FROM cooldowns"
+                             f" WHERE device IN ({marks})", chunk):
+                if (r["device"], r["operation"]) in keys:
+                    self._cooldowns[(r["device"], r["operation"])] = r["until"]
+            for since in sinces:
+                for r in tx.rows(
+                        f"SELECT device, operation, count(*) AS n FROM operations"
+                        f" WHERE device IN ({marks}) AND created >= ? AND state NOT IN"
+                        f" ({', '.join('?' * len(_NOT_SENT))}) GROUP BY device, operation",
+                        (*chunk, since, *_NOT_SENT)):
+                    sent[(r["device"], r["operation"], since)] = int(r["n"])
+        for device, operation, since in asks:
+            # Kept as operations_since's own query would have kept it.
+            self._counts[("SELECT count(*)" + _SENT_SINCE, (device, operation, since,
+                                                            *_NOT_SENT))] = \
+                sent.get((device, operation, since), 0)
+
     def cooldown_until(self, key: Key) -> float | None:
+        if key in self._cooldowns:
+            return self._cooldowns[key]
         return self._tx.value(
             "SELECT until FROM cooldowns WHERE device = ? AND operation = ?", key)
 
     def operations_since(self, key: Key, since: float) -> int:
-        return self._count(
-            "SELECT count(*) FROM operations WHERE device = ? AND operation = ? AND created >= ?"
-            " AND state NOT IN (?, ?, ?, ?)", (*key, since, OpState.FAILED, *sorted(NEVER_SENT)),
-        )
+        return self._count("SELECT count(*)" + _SENT_SINCE, (*key, since, *_NOT_SENT))
 
     def budget_used(self, budget: Budget, group: str, since: float) -> int:
         sql = "SELECT count(*) FROM operations WHERE created >= ? AND state NOT IN (?, ?, ?)"
@@ -1060,13 +1241,7 @@ class _TxnState:
         return self._count(sql, params)
 
     def demand_since(self, since: float) -> int:
-        since = max(since, _meta(self._tx, Flag.RESUMED))
-        demand = sorted(DEMAND)
-        return self._count(
-            f"SELECT count(*) FROM audit WHERE event = ? AND ts >= ?"
-            f" AND outcome IN ({', '.join('?' * len(demand))})",
-            (Event.DECISION, since, *demand),
-        )
+        return self._count(_DEMAND_SINCE, (Event.DECISION, max(since, self._resumed), *_DEMAND))
 
 
 # -- writing, step by step: each takes the transaction it is part of ----------------------
@@ -1075,22 +1250,39 @@ class _TxnState:
 def _queue(tx: Tx, delivery: Delivery, d: Decision, now: float, max_age: float,
            approval_timeout: float) -> int:
     """Queue the operation a decision asks for and claim its cooldown: the operation's id."""
-    assert d.rule is not None and d.until is not None
-    not_before = d.not_before or now
-    if d.verdict == Verdict.PENDING_APPROVAL:
-        state, hold, expires = OpState.PENDING_APPROVAL, Hold.APPROVAL, now + approval_timeout
-    else:
-        hold = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE}.get(
-            Verdict(d.verdict), Hold.NONE)
-        # Max age counts from when the operation may first be sent.
-        state, expires = OpState.QUEUED, max(now, not_before) + max_age
-    op_id = int(tx.value(
-        "INSERT INTO operations (device, operation, rule, state, created, updated,"
-        " request_id, source, receiver, group_key, fingerprint, alertname, alert_status,"
-        " rules_version, labels, annotations, starts_at, hold, claim_until, next_attempt,"
-        " expires_at, step, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " ?, ?, ?, ?, ?, ?) RETURNING id",
-        (
+    return _queue_all(tx, delivery, [d], now, max_age, approval_timeout)[0]
+
+
+_OP_INSERT = (
+    "INSERT INTO operations (device, operation, rule, state, created, updated, request_id,"
+    " source, receiver, group_key, fingerprint, alertname, alert_status, rules_version,"
+    " labels, annotations, starts_at, hold, claim_until, next_attempt, expires_at, step,"
+    " verify) VALUES "
+)
+_OP_VALUES = "(" + ", ".join("?" * 23) + ")"
+#: Operations per INSERT of _queue_all: one statement (one round trip) for many, well under
+#: every engine's limit on parameters.
+_QUEUE_BATCH = 100
+
+
+def _queue_all(tx: Tx, delivery: Delivery, decisions: Sequence[Decision], now: float,
+               max_age: float, approval_timeout: float) -> list[int]:
+    """Queue the operations these decisions ask for and claim their cooldowns: their ids, in
+    the same order. No two ask for the same (device, operation): decide() makes the second
+    a duplicate."""
+    rows = []
+    for d in decisions:
+        assert d.rule is not None and d.until is not None
+        not_before = d.not_before or now
+        if d.verdict == Verdict.PENDING_APPROVAL:
+            state, hold, expires = (OpState.PENDING_APPROVAL, Hold.APPROVAL,
+                                    now + approval_timeout)
+        else:
+            hold = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE
+                    }.get(Verdict(d.verdict), Hold.NONE)
+            # Max age counts from when the operation may first be sent.
+            state, expires = OpState.QUEUED, max(now, not_before) + max_age
+        rows.append((
             d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
             delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
             d.alert.alertname, d.alert.status, delivery.rules_version,
@@ -1099,18 +1291,26 @@ def _queue(tx: Tx, delivery: Delivery, d: Decision, now: float, max_age: float,
             not_before, expires, d.step,
             # Only a firing alert can be watched until it resolves.
             d.rule.verify if d.alert.status == "firing" else 0.0,
-        ),
-    ))
-    tx.execute(
+        ))
+    ids: dict[Key, int] = {}
+    for at in range(0, len(rows), _QUEUE_BATCH):
+        batch = rows[at:at + _QUEUE_BATCH]
+        # Told apart by their key, not by the order RETURNING gives the rows in.
+        for r in tx.rows(_OP_INSERT + ", ".join([_OP_VALUES] * len(batch))
+                         + " RETURNING id, device, operation",
+                         [value for row in batch for value in row]):
+            ids[(r["device"], r["operation"])] = int(r["id"])
+    tx.execute_many(
         "INSERT INTO cooldowns (device, operation, until, rule, operation_id)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, operation) DO UPDATE"
         " SET until = excluded.until, rule = excluded.rule,"
         " operation_id = excluded.operation_id",
-        (d.device, d.operation, d.until, d.rule.name, op_id),
+        [(d.device, d.operation, d.until, d.rule.name if d.rule else "", ids[d.key])
+         for d in decisions],
     )
-    if state == OpState.QUEUED:
+    if any(row[3] == OpState.QUEUED for row in rows):
         tx.notify_queue()
-    return op_id
+    return [ids[d.key] for d in decisions]
 
 
 def _cancel_immature(tx: Tx, fingerprint: str, now: float) -> list[Row]:
@@ -1509,14 +1709,16 @@ def _entry(now: float, event: Event, **columns: object) -> Row:
 
 
 def _decision_entry(now: float, delivery: Delivery, d: Decision, op_id: int | None) -> Row:
-    return _entry(
-        now, Event.DECISION, request_id=delivery.request_id, source=delivery.source,
-        receiver=delivery.receiver, group_key=delivery.group_key,
-        fingerprint=d.alert.fingerprint, alertname=d.alert.alertname,
-        alert_status=d.alert.status, rule=d.rule.name if d.rule else "", device=d.device,
-        operation=d.operation, outcome=d.verdict, reason=d.reason, operation_id=op_id,
-        rules_version=delivery.rules_version, step=d.step if d.step > 1 else None,
-    )
+    # Built without _entry's check of its column names (these are), once per decision.
+    return {
+        **_BLANK, "ts": now, "event": Event.DECISION, "request_id": delivery.request_id,
+        "source": delivery.source, "receiver": delivery.receiver,
+        "group_key": delivery.group_key, "fingerprint": d.alert.fingerprint,
+        "alertname": d.alert.alertname, "alert_status": d.alert.status,
+        "rule": d.rule.name if d.rule else "", "device": d.device, "operation": d.operation,
+        "outcome": d.verdict, "reason": d.reason, "operation_id": op_id,
+        "rules_version": delivery.rules_version, "step": d.step if d.step > 1 else None,
+    }
 
 
 def _operation_entry(now: float, event: Event, op: Operation, outcome: str, reason: str,
@@ -1547,12 +1749,13 @@ def _append(tx: Tx, entries: Iterable[Row]) -> None:
     entries = list(entries)
     if not entries:
         return
-    head = tx.row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
-    last_id, prev_hash = (head["id"], head["hash"]) if head is not None else (0, GENESIS)
-    next_id = max(last_id, tx.audit_written()) + 1
+    last_id, prev_hash, written = tx.chain_head()
+    next_id = max(last_id, written) + 1
+    rows = []
     for content in entries:
         values = new_record(next_id, content, prev_hash)
         prev_hash = chain_hash(values)
-        tx.execute(_AUDIT_INSERT, (*values.values(), prev_hash))
+        rows.append((*values.values(), prev_hash))
         next_id += 1
+    tx.execute_many(_AUDIT_INSERT, rows)
     tx.note_audit_written(next_id - 1)

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+from bridge.audit import GENESIS
 from bridge.store.base import Lock, SqlStore, StoreError, Tx
 from bridge.store.schema import upgrade
 
@@ -90,6 +91,15 @@ class PostgresTx(Tx):
 
     def audit_written(self) -> int:
         return int(self.value("SELECT id FROM audit_written"))
+
+    def chain_head(self) -> tuple[int, str, int]:
+        # One round trip, not two: it is read inside the decision lock.
+        row = self.row("SELECT a.id, a.hash, w.id AS written FROM audit_written w LEFT JOIN"
+                       " (SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1) a ON true")
+        assert row is not None  # audit_written holds one row from the start
+        if row["id"] is None:
+            return 0, GENESIS, int(row["written"])
+        return int(row["id"]), row["hash"], int(row["written"])
 
     def note_audit_written(self, last_id: int) -> None:
         self.execute("UPDATE audit_written SET id = ? WHERE id < ?", (last_id, last_id))
@@ -270,8 +280,10 @@ class PostgresStore(SqlStore):
         return StoreError(f"state store {self.where}: {_scrub(exc, *self._secrets)}")
 
     @contextmanager
-    def _write(self, wait: float | None = None, lock: Lock = Lock.CHAIN) -> Iterator[Tx]:
-        with self._transaction("BEGIN", self._timeout if wait is None else wait, lock) as tx:
+    def _write(self, wait: float | None = None, lock: Lock = Lock.CHAIN, *,
+               deadline: float | None = None) -> Iterator[Tx]:
+        with self._transaction("BEGIN", self._timeout if wait is None else wait, lock,
+                               deadline=deadline) as tx:
             yield tx
 
     @contextmanager

@@ -320,6 +320,8 @@ CREATE TABLE IF NOT EXISTS notices (
 )
 """
 
+_QUEUE_INDEX = "CREATE INDEX IF NOT EXISTS operations_queue ON operations (state, next_attempt)"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "the tables; a state file from before versions gets the columns it lacks, and an"
@@ -341,6 +343,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                 _run(_LOOP_TABLES.format(real="REAL", id="INTEGER"))),
         postgres=(_run(_POSTGRES_LOOP_COLUMNS.format(real="double precision")),
                   _run(_LOOP_TABLES.format(real="double precision", id="bigint"))),
+    ),
+    Migration(
+        4, "an index of operations by state and next attempt that claims can use",
+        # operations_open is partial (WHERE state IN (...) literals), and a planner cannot
+        # tell that a claim's `state = ?` falls within it: SQLite never uses it there, and
+        # PostgreSQL not in a generic plan. Without this, each claim scanned every operation
+        # (43 ms with 15,000 queued after a few storms, several claims a second).
+        sqlite=(_run(_QUEUE_INDEX),), postgres=(_run(_QUEUE_INDEX),),
     ),
 )
 #: The version this bridge writes, and the newest it can read.

@@ -126,10 +126,11 @@ class SqliteStore(SqlStore):
             upgrade(SqliteTx(conn), "sqlite", self.where)
 
     @contextmanager
-    def _write(self, wait: float | None = None, lock: Lock = Lock.CHAIN) -> Iterator[Tx]:
+    def _write(self, wait: float | None = None, lock: Lock = Lock.CHAIN, *,
+               deadline: float | None = None) -> Iterator[Tx]:
         """One write transaction (see _writer). SQLite has one writer at a time: every `lock`
         is the same lock."""
-        with self._writer(wait) as conn, _transaction(conn):
+        with self._writer(wait, deadline) as conn, _transaction(conn):
             yield SqliteTx(conn)
 
     @contextmanager
@@ -148,14 +149,15 @@ class SqliteStore(SqlStore):
             raise self._failed(exc) from exc
 
     @contextmanager
-    def _writer(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+    def _writer(self, wait: float | None = None,
+                deadline: float | None = None) -> Iterator[sqlite3.Connection]:
         """This thread's connection in its turn to write. Given up (StoreError, 503) unless
-        the turn comes within `wait` (the timeout), counting every wait: for this process's
-        turn, the other processes', and SQLite's write lock (held by anyone else: a backup,
-        an operator's sqlite3)."""
+        the turn comes within `wait` (the timeout), or by `deadline`, counting every wait: for
+        this process's turn, the other processes', and SQLite's write lock (held by anyone
+        else: a backup, an operator's sqlite3)."""
         wait = self._timeout if wait is None else wait
         conn = self._connect()
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + wait if deadline is None else deadline
         try:
             with self._turn(deadline, wait):
                 _busy_timeout(conn, deadline - time.monotonic())
