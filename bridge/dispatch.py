@@ -254,8 +254,10 @@ class Dispatcher:
         # window, for min_age or for approval) must not act any more. These senders run the
         # rules in force (a reload replaces them), and look once a second, the first time
         # before their first claim. The operation did not happen: its cooldown is released.
+        # Those queued under these very rules need no look: their rule was in force then as
+        # it is now. After a storm thousands wait, and each process looks every second.
         for op in self.store.cancel(lambda o: rules.why_not_sent(o.rule), now,
-                                    release_until=now):
+                                    release_until=now, except_version=rules.version):
             self._ended(op, f"cancelled: {rules.why_not_sent(op.rule)}")
 
     def _ended(self, op: Operation, how: str) -> None:

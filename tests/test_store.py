@@ -448,6 +448,19 @@ def test_cancel_ends_what_waits_and_never_what_a_sender_holds(store: Store) -> N
     assert store.cancel(lambda op: "rule_removed", NOW + 2) == []  # nothing waits now
 
 
+def test_cancel_leaves_unread_what_was_queued_under_the_rules_named(store: Store) -> None:
+    deliver(store, alert("r1"))  # queued under rules version v1
+    looked: list[int] = []
+
+    def why(op: Operation) -> str:
+        looked.append(op.id)
+        return "rule_removed"
+
+    assert store.cancel(why, NOW, except_version="v1") == [] and looked == []
+    (ended,) = store.cancel(why, NOW, except_version="v2")
+    assert (ended.device, ended.state, looked) == ("r1", OpState.CANCELLED, [ended.id])
+
+
 def test_cancel_one_by_id_says_why_it_cannot(store: Store) -> None:
     ids = [r.operation_id for r in deliver(store, alert("r1"), alert("r2"), alert("r3"))]
 

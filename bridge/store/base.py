@@ -217,8 +217,8 @@ class Store(Protocol):
     def settle(self, operation_id: int, approve: bool, who: str, now: float, *,
                max_age: float, release_until: float) -> Operation: ...
     def cancel(self, why: Callable[[Operation], str | None], now: float, *,
-               operation_id: int | None = None,
-               release_until: float | None = None) -> list[Operation]: ...
+               operation_id: int | None = None, release_until: float | None = None,
+               except_version: str | None = None) -> list[Operation]: ...
     def claim(self, now: float, *, concurrency: int, spacing: float, lease: float) -> Claim: ...
     def next_due(self, now: float) -> float | None: ...
     def listen(self, wake: Callable[[], None]) -> None: ...
@@ -964,14 +964,15 @@ class SqlStore(_ClosingLoop, _Replication):
         return replace(op, state=OpState.QUEUED if approve else OpState.REJECTED)
 
     def cancel(self, why: Callable[[Operation], str | None], now: float, *,
-               operation_id: int | None = None,
-               release_until: float | None = None) -> list[Operation]:
+               operation_id: int | None = None, release_until: float | None = None,
+               except_version: str | None = None) -> list[Operation]:
         """End operations that wait to be sent (queued, held, pending approval) as CANCELLED,
         each audited with the reason `why` gives it; `why` returning None leaves one waiting.
 
         With `operation_id`, that one operation: StoreError 404 when there is none, 409 when
         it no longer waits (being sent, or ended). Without, every waiting one `why` names.
         `release_until` shortens the cooldown each one claimed; None keeps it.
+        `except_version` leaves out, unread, those queued under that rules version.
         """
         if operation_id is None:
             # Read first, outside the write lock: dispatchers ask every second, and there is
@@ -980,10 +981,14 @@ class SqlStore(_ClosingLoop, _Replication):
                 # Each row straight into an Operation (its columns in its fields' order), not
                 # through a dict: after a storm thousands wait, read every second by each
                 # process's dispatcher.
+                params: list[object] = [OpState.QUEUED, OpState.PENDING_APPROVAL, now]
+                if except_version is not None:
+                    params.append(except_version)
                 waiting = [Operation(*values) for values in tx.execute(
                     f"SELECT {_OP_COLUMNS} FROM operations WHERE state IN (?, ?)"
-                    " AND expires_at >= ? ORDER BY id",
-                    (OpState.QUEUED, OpState.PENDING_APPROVAL, now)).fetchall()]
+                    " AND expires_at >= ?"
+                    + (" AND rules_version <> ?" if except_version is not None else "")
+                    + " ORDER BY id", params).fetchall()]
             reasons = {op.id: reason for op in waiting if (reason := why(op)) is not None}
             if not reasons:
                 return []
