@@ -137,6 +137,8 @@ class Dispatcher:
         self._sleeping = 0
         #: The token file holds the token the API refused: look at it every sweep, idle or not.
         self._token_refused = False
+        #: The 401 flag may be up (any process may raise it): a success looks, and clears it.
+        self._flag_seen = True
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_sweep = 0.0
@@ -226,8 +228,9 @@ class Dispatcher:
             if claim.wait:
                 return min(claim.wait, self.policy.poll_interval), False
             return self._until_due(now), True
-        with self._wakeup:
-            self._wakeup.notify()  # there may be more: the next idle sender looks too
+        if claim.room:
+            with self._wakeup:
+                self._wakeup.notify()  # there may be more: the next idle sender looks too
         self.send(claim.operation)
         return 0.0, False
 
@@ -308,8 +311,13 @@ class Dispatcher:
                 "until the token is replaced: write the new one to BRIDGE_API_TOKEN_FILE (used "
                 "from the next call on), or fix BRIDGE_API_TOKEN and restart"
             )
-        elif result.outcome == CallOutcome.SUCCEEDED and self.store.get_flag(Flag.API_UNAUTHORIZED):
-            self.store.set_flag(Flag.API_UNAUTHORIZED, None)
+            self._flag_seen = True
+        elif result.outcome == CallOutcome.SUCCEEDED and self._flag_seen:
+            # Read only while the flag may be up (seen by this process, or at its last sweep),
+            # not at every call: a read per call is a round trip per operation on PostgreSQL.
+            if self.store.get_flag(Flag.API_UNAUTHORIZED):
+                self.store.set_flag(Flag.API_UNAUTHORIZED, None)
+            self._flag_seen = False
 
     def _forget_a_replaced_token(self) -> None:
         """Clear the 401 flag once the token file no longer holds the rejected token, as a
@@ -317,7 +325,8 @@ class Dispatcher:
         the webhooks whose calls show that the new token works."""
         tokens = self.client.tokens
         self._token_refused = False
-        if tokens.path is None or self.store.get_flag(Flag.API_UNAUTHORIZED) is None:
+        self._flag_seen = self.store.get_flag(Flag.API_UNAUTHORIZED) is not None
+        if tokens.path is None or not self._flag_seen:
             return
         rejected = self.store.get_flag(Flag.API_UNAUTHORIZED_VERSION)
         tokens.get()  # reads the file again if it changed

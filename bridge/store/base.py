@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Protocol, TypeVar
 
@@ -180,6 +180,10 @@ class Claim:
 
     operation: Operation | None
     wait: float
+    #: With an operation: whether the concurrency limit leaves room for another sender now
+    #: (otherwise waking one to look would only cost a claim that finds none). A hint about
+    #: the moment, not part of what was claimed.
+    room: bool = field(default=False, compare=False)
 
 
 _OP_FIELDS = tuple(f.name for f in fields(Operation))
@@ -858,7 +862,7 @@ class SqlStore(_ClosingLoop, _Replication):
             if row is None:
                 return Claim(None, 0.0)
             _set_meta(tx, Flag.NEXT_CALL_SLOT, max(slot, now) + spacing)
-        return Claim(Operation.of(row), 0.0)
+        return Claim(Operation.of(row), 0.0, room=gate["sending"] + 1 < concurrency)
 
     def next_due(self, now: float) -> float | None:
         """The next moment after `now` when time alone changes what a sender may do: a
