@@ -89,9 +89,8 @@ def drain(servers: list[Server], state: str, tag: str, ops: int,
 
 
 def section_replica_dispatch(quick: bool, report: Report, wd: Path, rules: Path,
-                             env: dict[str, str],
-                             control: Callable[[str, str, object], Any],
-                             calls: Callable[[], list[dict[str, Any]]]) -> None:
+                             env: dict[str, str], calls: Callable[[], list[dict[str, Any]]],
+                             control: Callable[[str, str, object], Any]) -> None:
     ops = 160 if quick else 480
     ideal = CONCURRENCY / DELAY
     env = {**env, "BRIDGE_CONCURRENCY": str(CONCURRENCY), "BRIDGE_RATE_LIMIT": "1000"}

@@ -894,6 +894,9 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
         if {"dispatch", "webhooks", "storm", "replicas", "idle"} & set(parts) else None
     rules = wd / "dispatch-rules.yaml"
     rules.write_text(guardrails_off() + DISPATCH_RULES)
+    # What the sections on live bridges beside the fake take: the rules, the bridge's
+    # settings, and the calls the fake received.
+    live = () if fake is None else (rules, live_env(fake), lambda: fake_calls(fake))
     if "dispatch" in parts:
         assert fake is not None
         log("section 1: dispatch")
@@ -916,17 +919,14 @@ def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],
         assert fake is not None
         log("section 6: reaction time, one server and several replicas")
         report.section("## 6. Several replicas on PostgreSQL (issue 12)")
-        guarded("6", section_replicas, cfg.quick, report, wd, rules, live_env(fake),
-                lambda: fake_calls(fake))
-        guarded("6c", section_replica_dispatch, cfg.quick, report, wd, rules, live_env(fake),
-                lambda method, path, body: fake_control(fake, method, path, body),
-                lambda: fake_calls(fake))
+        guarded("6", section_replicas, cfg.quick, report, wd, *live)
+        guarded("6c", section_replica_dispatch, cfg.quick, report, wd, *live,
+                lambda method, path, body: fake_control(fake, method, path, body))
     if "idle" in parts:
         assert fake is not None
         log("section 8: idle cost")
         report.section("## 8. Idle cost (issue 15)")
-        guarded("8", section_idle, cfg.quick, report, wd, rules, live_env(fake),
-                lambda: fake_calls(fake))
+        guarded("8", section_idle, cfg.quick, report, wd, *live)
     if fake is not None:
         fake.stop()
     if "match" in parts:

@@ -45,16 +45,21 @@ def _compile_regex(pattern: str) -> re.Pattern[str]:
             raise _BadRegex(str(exc)) from exc
 
 
+try:  # the parser behind re.compile; private, so its absence only costs _required_prefix
+    from re import _parser  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - CPython 3.11+ has it
+    _parser = None
+
+
 def _required_prefix(pattern: str) -> str:
     """The text every value the regex fullmatches starts with: its leading literal characters
     ("t12" for ``t12(-.+)?``), or "" when it has none or they could match otherwise (a case-
     insensitive pattern). A rule no index helps is tried against every alert: comparing the
     value's start first spares the regex engine (and the CPU caches) most of those tries.
     """
+    if _parser is None:
+        return ""
     try:
-        # The parser behind re.compile; private, so any surprise only costs the shortcut.
-        from re import _parser  # type: ignore[attr-defined]
-
         parsed = _parser.parse(pattern)
         if parsed.state.flags & re.IGNORECASE:
             return ""
