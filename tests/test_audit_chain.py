@@ -16,9 +16,12 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridge.audit import HASHED, chain_hash
+from bridge.audit import CONTENT, HASHED, chain, chain_hash, new_record
 from bridge.cli import main
+from bridge.vocab import Event
 from tests.conftest import Bridge
 from tests.helpers import BridgeProcess, Clock, payload, payload_json, wait_until
 
@@ -400,3 +403,38 @@ def test_retention_prunes_old_records_and_the_chain_verifies_from_what_is_left(
     clock.now += 10 * 3600
     assert housekeeper.run_once() == 2  # the newest record always stays: the chain goes on
     assert [r.id for r in bridge.audit()] == [6]
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_CONTENT_VALUES = {
+    column: (st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.booleans())
+             if column in ("status_code", "operation_id", "attempt", "step")
+             else st.one_of(st.none(), st.floats(allow_nan=False), st.integers(0, 2**40))
+             if column in ("ts", "elapsed")
+             else st.one_of(st.none(), _TEXT) if column == "execution_id"
+             else st.one_of(_TEXT, st.sampled_from(list(Event))))
+    for column in CONTENT
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries(_CONTENT_VALUES), max_size=5),
+       st.integers(1, 2**40), st.text("0123456789abcdef", min_size=64, max_size=64))
+def test_chaining_many_records_gives_what_record_by_record_gives(
+    contents: list[dict[str, Any]], first_id: int, prev_hash: str,
+) -> None:
+    # The store appends with chain(); verify and the upgrade hash with new_record and
+    # chain_hash, one record at a time. The two must give the same values and hashes.
+    rows, last = chain(first_id, contents, prev_hash)
+    expected = []
+    for record_id, content in enumerate(contents, first_id):
+        values = new_record(record_id, content, prev_hash)
+        prev_hash = chain_hash(values)
+        expected.append((*values.values(), prev_hash))
+    assert rows == expected
+    assert last == prev_hash
+
+
+def test_chaining_refuses_a_record_with_unknown_or_missing_columns() -> None:
+    with pytest.raises(ValueError, match=r"missing \['ts'\], unknown \['colour'\]"):
+        chain(1, [{**{c: "" for c in CONTENT if c != "ts"}, "colour": "red"}], GENESIS)
