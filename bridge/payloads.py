@@ -36,6 +36,9 @@ _RFC3339 = re.compile(
 _QUOTED_META = re.compile(r"\\([\\.+*?()|\[\]{}^$])")
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: How a lone surrogate gets into a decoded body: a JSON escape (\ud800 to \udfff). A body
+#: without one decodes to text without one, and is not looked through (nearly every body).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
@@ -190,7 +193,7 @@ def _decode(body: bytes) -> object:
     # Go never sends a BOM, but files saved by Windows editors and pasted into curl do.
     text = text.removeprefix("\ufeff")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        doc = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
         raise PayloadError(
             f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
@@ -202,6 +205,7 @@ def _decode(body: bytes) -> object:
     except ValueError as e:
         # Python refuses to convert integers with more than sys.get_int_max_str_digits() digits.
         raise PayloadError(f"body cannot be decoded: {e}") from None
+    return _cleaned(doc) if _SURROGATE_ESCAPE.search(text) else doc
 
 
 def _parse_alert_list(doc: dict[str, Any], source: str) -> Notification:
@@ -266,7 +270,7 @@ def _parse_legacy(doc: dict[str, Any]) -> Notification:
     rule_name = doc.get("ruleName")
     if rule_name is not None and not isinstance(rule_name, str):
         raise PayloadError(_wrong_type("ruleName", "a string", rule_name), "ruleName")
-    name_label = {} if rule_name is None else {"alertname": _clean(rule_name)}
+    name_label = {} if rule_name is None else {"alertname": rule_name}
 
     annotations = {}
     for key in ("title", "message", "ruleUrl"):
@@ -334,13 +338,15 @@ def _str_map(value: object, where: str) -> dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise PayloadError(_wrong_type(where, "an object", value), where)
-    result = {}
-    for key, item in value.items():
-        if not isinstance(item, str):
-            path = _key_path(where, key)
-            raise PayloadError(_wrong_type(path, "a string", item), path)
-        result[_clean(key)] = _clean(item)
-    return result
+    if not set(map(type, value.values())) <= _ONLY_STR:  # the common case, checked in C
+        for key, item in value.items():
+            if type(item) is not str:
+                path = _key_path(where, key)
+                raise PayloadError(_wrong_type(path, "a string", item), path)
+    return value
+
+
+_ONLY_STR = frozenset({str})
 
 
 def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
@@ -350,7 +356,7 @@ def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise PayloadError(_wrong_type(where, "a string", value), where)
-    return _clean(value)
+    return value
 
 
 def _timestamp(value: object, where: str) -> datetime | None:
@@ -409,7 +415,7 @@ def _id_text(value: object, where: str, expected: str) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return _clean(value)
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise PayloadError(_wrong_type(where, expected, value), where)
@@ -425,10 +431,19 @@ def _truncated(value: object) -> int:
     )
 
 
-def _clean(text: str) -> str:
-    # JSON "\ud800" decodes to a lone surrogate, which no UTF-8 writer (logs, audit, HTTP)
-    # accepts later. Go's decoder replaces it with U+FFFD; so do we.
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+def _cleaned(doc: Any) -> Any:
+    """`doc` with every lone surrogate in its strings, keys included, replaced by U+FFFD.
+
+    JSON "\\ud800" decodes to a lone surrogate, which no UTF-8 writer (logs, audit, HTTP)
+    accepts later. Go's decoder replaces it with U+FFFD; so do we, once, for the whole body.
+    """
+    if isinstance(doc, str):
+        return _SURROGATE.sub("\ufffd", doc)
+    if isinstance(doc, list):
+        return [_cleaned(item) for item in doc]
+    if isinstance(doc, dict):
+        return {_cleaned(key): _cleaned(value) for key, value in doc.items()}
+    return doc
 
 
 def _key_path(where: str, key: str) -> str:
@@ -457,7 +472,7 @@ def _show(value: object, limit: int = 60) -> str:
     """A short JSON rendering of a scalar for messages; containers are named, not dumped."""
     if isinstance(value, list | dict):
         return _kind(value)
-    text = json.dumps(_clean(value) if isinstance(value, str) else value, ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -530,6 +530,20 @@ def test_lone_surrogate_is_replaced() -> None:
     n.alerts[0].annotations["summary"].encode("utf-8")
 
 
+def test_lone_surrogates_are_replaced_wherever_they_are() -> None:
+    doc = json.loads(encode(am_alert_with(0, labels={"te\udc80am": "ops\udbff"})))
+    doc["receiver"], doc["groupKey"] = "r\ud800", "{}:{alertname=\"\udfff\"}"
+    n = parse(json.dumps(doc).encode())
+    assert (n.receiver, n.group_key) == ("r\ufffd", '{}:{alertname="\ufffd"}')
+    assert n.alerts[0].labels["te\ufffdam"] == "ops\ufffd"
+
+
+@pytest.mark.parametrize("text", ["\\ud800", "\\u", "\ud7ff", "\ue000", "\\\\ud800"])
+def test_text_that_only_looks_like_a_surrogate_escape_is_kept(text: str) -> None:
+    raw = encode(am_alert_with(0, annotations={"summary": text}))
+    assert parse(raw).alerts[0].annotations["summary"] == text
+
+
 def test_utf8_bom_is_tolerated() -> None:
     assert parse(b"\xef\xbb\xbf" + body("alertmanager_firing_single.json")) == parse(
         body("alertmanager_firing_single.json")
