@@ -124,6 +124,9 @@ class Metrics:
             p + "decisions", "Decisions recorded, by rule, operation and verdict"
             " (rule and operation empty for no_match).",
             ["rule", "operation", "verdict"], registry=registry)
+        #: Each label set's child of _decisions: labels() checks and locks on every call,
+        #: and a storm's decisions come under hundreds of rules.
+        self._decision_children: dict[tuple[str, str, str], Any] = {}
         self._outcomes = Counter(
             p + "operation_outcomes", "Operations ended, by operation and outcome"
             " (succeeded, failed, unknown, expired; cancelled when their rule went).",
@@ -191,8 +194,12 @@ class Metrics:
              r.decision.verdict)
             for r in recorded
         )
+        children = self._decision_children
         for labels, n in tally.items():
-            self._decisions.labels(*labels).inc(n)
+            child = children.get(labels)
+            if child is None:
+                child = children[labels] = self._decisions.labels(*labels)
+            child.inc(n)
 
     @_never_raises
     def api_call(self, operation: str, result: CallResult) -> None:

@@ -7,6 +7,7 @@ Statements use `?` for parameters; a Tx translates them when its engine wants an
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -24,14 +25,14 @@ from bridge.audit import (
     AuditRecord,
     ChainReport,
     Delivery,
-    chain_hash,
+    chain,
     iso,
-    new_record,
     verify_chain,
 )
 from bridge.client import CallResult
 from bridge.decide import Decision, Key, State
 from bridge.errors import BridgeError
+from bridge.jsontext import encoder
 from bridge.ladder import Concluded, Resolution, Rung, Watch, expired, resolved
 from bridge.notices import (
     Delivered,
@@ -1269,6 +1270,10 @@ _OP_INSERT = (
     " verify) VALUES "
 )
 _OP_VALUES = "(" + ", ".join("?" * 23) + ")"
+#: json.dumps, its encoder made once: a storm writes two documents per operation.
+_dumps = encoder()
+#: The hold an operation queued on a verdict waits in (none: sent when its turn comes).
+_HOLDS: dict[str, Hold] = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE}
 #: Operations per INSERT of _queue_all: one statement (one round trip) for many, well under
 #: every engine's limit on parameters.
 _QUEUE_BATCH = 100
@@ -1282,24 +1287,25 @@ def _queue_all(tx: Tx, delivery: Delivery, decisions: Sequence[Decision], now: f
     rows = []
     for d in decisions:
         assert d.rule is not None and d.until is not None
-        not_before = d.not_before or now
+        alert, not_before = d.alert, d.not_before or now
         if d.verdict == Verdict.PENDING_APPROVAL:
             state, hold, expires = (OpState.PENDING_APPROVAL, Hold.APPROVAL,
                                     now + approval_timeout)
         else:
-            hold = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE
-                    }.get(Verdict(d.verdict), Hold.NONE)
+            hold = _HOLDS.get(d.verdict, Hold.NONE)
             # Max age counts from when the operation may first be sent.
             state, expires = OpState.QUEUED, max(now, not_before) + max_age
         rows.append((
-            d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
-            delivery.source, delivery.receiver, delivery.group_key, d.alert.fingerprint,
-            d.alert.alertname, d.alert.status, delivery.rules_version,
-            json.dumps(dict(d.alert.labels)), json.dumps(dict(d.alert.annotations)),
-            d.alert.starts_at.timestamp() if d.alert.starts_at else None, hold, d.until,
+            # Enums as their text: sqlite3 binds a str subclass only after failing to find
+            # an adapter for it (an exception raised and caught), two per operation.
+            d.device, d.operation, d.rule.name, state.value, now, now, delivery.request_id,
+            delivery.source, delivery.receiver, delivery.group_key, alert.fingerprint,
+            alert.alertname, alert.status, delivery.rules_version,
+            _dumps(dict(alert.labels)), _dumps(dict(alert.annotations)),
+            alert.starts_at.timestamp() if alert.starts_at else None, hold.value, d.until,
             not_before, expires, d.step,
             # Only a firing alert can be watched until it resolves.
-            d.rule.verify if d.alert.status == "firing" else 0.0,
+            d.rule.verify if alert.status == "firing" else 0.0,
         ))
     ids: dict[Key, int] = {}
     for at in range(0, len(rows), _QUEUE_BATCH):
@@ -1307,7 +1313,7 @@ def _queue_all(tx: Tx, delivery: Delivery, decisions: Sequence[Decision], now: f
         # Told apart by their key, not by the order RETURNING gives the rows in.
         for r in tx.rows(_OP_INSERT + ", ".join([_OP_VALUES] * len(batch))
                          + " RETURNING id, device, operation",
-                         [value for row in batch for value in row]):
+                         list(itertools.chain.from_iterable(batch))):
             ids[(r["device"], r["operation"])] = int(r["id"])
     tx.execute_many(
         "INSERT INTO cooldowns (device, operation, until, rule, operation_id)"
@@ -1759,12 +1765,7 @@ def _append(tx: Tx, entries: Iterable[Row]) -> None:
     if not entries:
         return
     last_id, prev_hash, written = tx.chain_head()
-    next_id = max(last_id, written) + 1
-    rows = []
-    for content in entries:
-        values = new_record(next_id, content, prev_hash)
-        prev_hash = chain_hash(values)
-        rows.append((*values.values(), prev_hash))
-        next_id += 1
+    first_id = max(last_id, written) + 1
+    rows, _ = chain(first_id, entries, prev_hash)
     tx.execute_many(_AUDIT_INSERT, rows)
-    tx.note_audit_written(next_id - 1)
+    tx.note_audit_written(first_id + len(rows) - 1)
