@@ -10,12 +10,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
-from bridge.jsontext import encoder
 from bridge.text import json_line, printable
 
 # Events. A "decision" is written for every (alert, rule) judgement; an "attempt" for each
@@ -90,6 +90,8 @@ MAX_ID = 2**63 - 1
 
 _INTEGER = frozenset({"id", "status_code", "operation_id", "attempt", "step"})
 _REAL = frozenset({"ts", "elapsed"})
+#: The HASHED columns that hold text.
+_TEXT = frozenset(HASHED) - _INTEGER - _REAL
 #: Columns added after records were first chained: a record hashes them only when it holds
 #: a value, so every record written before they existed keeps its hash.
 LATER = frozenset({"step", "elapsed"})
@@ -156,8 +158,8 @@ def chain(first_id: int, contents: Iterable[Mapping[str, object]],
     hash) and the last hash.
 
     The same values and hashes as new_record and chain_hash record by record (a test holds
-    them to it), built for a storm's hundreds of records at a time: the values in C-level
-    passes (itemgetter, zip, dict) and each encoding by an encoder made once.
+    them to it), built for a storm's hundreds of records at a time: each value written by
+    the C function that writes its type, into a template of the keys made once.
     """
     rows: list[tuple[object, ...]] = []
     record_id = int(first_id)
@@ -167,14 +169,55 @@ def chain(first_id: int, contents: Iterable[Mapping[str, object]],
         row = (record_id, *[value if value is None or type(value) is typed else typed(value)
                             for value, typed in zip(_pick_content(content), _TYPES, strict=True)],
                prev_hash)
-        doc = dict(zip(_SORTED_NAMES, _pick_sorted(row), strict=True))
-        for column in LATER:
-            if doc[column] is None:
-                del doc[column]
-        prev_hash = hashlib.sha256(_encode(doc).encode()).hexdigest()
+        prev_hash = hashlib.sha256(_encoding(row).encode()).hexdigest()
         rows.append((*row, prev_hash))
         record_id += 1
     return rows, prev_hash
+
+
+def _encoding(row: tuple[object, ...]) -> str:
+    """chain_encoding of a row of new_record's values, in HASHED order, as text."""
+    values = _pick_sorted(row)
+    try:
+        texts = [write(value) for write, value in zip(_WRITERS, values, strict=True)]
+    except TypeError:  # a NULL where text goes: not what the store writes, but allowed
+        return _ENCODER.encode(chain_document(row))
+    step, elapsed = values[_STEP_AT] is None, values[_ELAPSED_AT] is None
+    for at in _LATER_AT:
+        if values[at] is None:
+            del texts[at]
+    return _TEMPLATES[(step, elapsed)] % tuple(texts)
+
+
+def chain_document(row: tuple[object, ...]) -> dict[str, object]:
+    """The document chain_encoding writes for a row in HASHED order."""
+    doc = dict(zip(_SORTED_NAMES, _pick_sorted(row), strict=True))
+    for column in LATER:
+        if doc[column] is None:
+            del doc[column]
+    return doc
+
+
+_write_text: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+#: The text columns that hold NULL in records the store writes (no call, no execution id).
+_NULL_TEXT = frozenset({"execution_id"})
+
+
+def _text_or_null(value: str | None) -> str:
+    return "null" if value is None else _write_text(value)
+
+
+def _number(value: object) -> str:
+    """A number (or NULL) as the JSON encoder writes it."""
+    if value is None:
+        return "null"
+    if type(value) is float:
+        if value != value:
+            return "NaN"
+        if value in (math.inf, -math.inf):
+            return "Infinity" if value > 0 else "-Infinity"
+        return float.__repr__(value)
+    return int.__repr__(value)  # type: ignore[arg-type]
 
 
 _TYPES = tuple(typed for _, typed in _TYPED)
@@ -182,10 +225,22 @@ _pick_content = operator.itemgetter(*CONTENT)
 #: HASHED's names sorted, as chain_encoding writes them, and where each sits in a row.
 _SORTED_NAMES = tuple(sorted(HASHED))
 _pick_sorted = operator.itemgetter(*(HASHED.index(column) for column in _SORTED_NAMES))
-
-
-#: _ENCODER.encode, made once (chain_encoding keeps the plain call: it is the reference).
-_encode = encoder(separators=(",", ":"), ensure_ascii=False)
+#: What writes each value of the sorted document: text by json's own C function (a NULL there
+#: raises TypeError, and the record is written by the encoder instead), numbers by _number.
+_WRITERS = tuple(
+    _number if column not in _TEXT else _text_or_null if column in _NULL_TEXT
+    else _write_text for column in _SORTED_NAMES
+)
+_STEP_AT, _ELAPSED_AT = _SORTED_NAMES.index("step"), _SORTED_NAMES.index("elapsed")
+#: The LATER columns' places in the sorted document, last first (deleted in that order).
+_LATER_AT = sorted((_SORTED_NAMES.index(column) for column in LATER), reverse=True)
+#: The document's text with a %s for each value, by whether step and elapsed are left out.
+_TEMPLATES = {
+    (step, elapsed): "{" + ",".join(
+        f'"{column}":%s' for column in _SORTED_NAMES
+        if not (column == "step" and step or column == "elapsed" and elapsed)) + "}"
+    for step in (False, True) for elapsed in (False, True)
+}
 
 
 @dataclass(frozen=True)
