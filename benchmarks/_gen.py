@@ -34,11 +34,13 @@ def guardrails_off() -> str:
 
 
 #: How rule i of rules_yaml picks its alerts, by the `by` argument: an equality on alertname,
-#: an equality on another label, or a regex that no index can use (t5 and its sub-teams t5-x).
+#: an equality on another label, a regex for t5 and its sub-teams t5-x (indexed by its leading
+#: literal "t5"), or the same regex case-insensitive, which no index can use.
 KEYS = {
     "alertname": 'alertname = "A{i}"',
     "team": 'team = "t{i}"',
-    "unindexed": 'team =~ "t{i}(-.+)?"',
+    "prefix": 'team =~ "t{i}(-.+)?"',
+    "unindexed": 'team =~ "(?i)t{i}(-.+)?"',
 }
 
 

@@ -226,13 +226,73 @@ rules:
   - {name: by-team, match: ['team = "t1"', 'severity =~ "critical|page"'], device: d,
      operation: sync}
   - {name: by-severity, match: ['severity =~ "(critical|page)"'], device: d, operation: sync}
-  - {name: by-regex, match: ['team =~ "t1.*"'], device: d, operation: sync}
+  - {name: by-regex, match: ['team =~ "(?i)t1.*"'], device: d, operation: sync}
   - {name: empty-is-missing, match: ['site = ""', 'team = "t2"'], device: d, operation: sync}
 """)
     names = [r.name for r in rules.may_match({"team": "t1", "severity": "page"})]
     assert names == ["by-team", "by-severity", "by-regex"]
     assert [r.name for r in rules.may_match({"team": "t2"})] == ["by-regex", "empty-is-missing"]
     assert [r.name for r in rules.may_match({"severity": "warning"})] == ["by-regex"]
+
+
+def test_a_regex_with_leading_literals_indexes_its_rule_by_that_prefix() -> None:
+    rules = parse_rules("""\
+rules:
+  - {name: t1, match: ['team =~ "t1(-.+)?"'], device: d, operation: sync}
+  - {name: t12, match: ['team =~ "t12.*"'], device: d, operation: sync}
+  - {name: t, match: ['team =~ "t1.*|t2"'], device: d, operation: sync}
+  - {name: exact, match: ['team =~ "t1.*"', 'site = "hq"'], device: d, operation: sync}
+  - {name: any-case, match: ['team =~ "(?i)t1.*"'], device: d, operation: sync}
+  - {name: no-literal, match: ['team =~ ".*-t1"'], device: d, operation: sync}
+""")
+
+    def names(labels: dict[str, str]) -> list[str]:
+        return [r.name for r in rules.may_match(labels)]
+
+    # "exact": as few rules share site = "hq" as share the prefix "t1": filed under the value.
+    assert names({"team": "t123"}) == ["t1", "t12", "t", "any-case", "no-literal"]
+    assert names({"team": "t1"}) == ["t1", "t", "any-case", "no-literal"]
+    assert names({"team": "t2", "site": "hq"}) == ["t", "exact", "any-case", "no-literal"]
+    # Other case, no label, an empty one: no value starts with a prefix.
+    for labels in ({"team": "T1"}, {}, {"team": ""}):
+        assert names(labels) == ["any-case", "no-literal"]
+
+
+# Values that are prefixes of each other, and patterns whose leading literals are such prefixes,
+# beside patterns that have none or whose literals could match otherwise.
+_TEAMS = ["", "t", "t1", "t12", "t123", "t1-x", "t2", "T1", "x-t1"]
+_TEAM_PATTERNS = ["t1(-.+)?", "t12.*", "t.*", "t1", "t1|t2", "t1.*|t2", "t1$", "^t1.*",
+                  "(?i)t1.*", "t1?2", "t\\d+", "t\\x31.*", "t12-a", "[t]1.*", ".*t1", "t1|",
+                  "(?:t1)-?.*", "t(1|12)", "t1+", "t123|t1-x", "(?i:t)1.*", "t12\\b.*"]
+_TEAM_MATCHER = st.one_of(
+    st.builds(Matcher, st.just("team"), st.just("=~"), st.sampled_from(_TEAM_PATTERNS)),
+    st.builds(Matcher, st.sampled_from(["team", "site"]), st.sampled_from(["=~", "!~"]),
+              st.sampled_from(_TEAM_PATTERNS)),
+    st.builds(Matcher, st.sampled_from(["team", "site"]), st.sampled_from(["=", "!="]),
+              st.sampled_from(_TEAMS)),
+)
+# Alerts' values: the ones above, short texts of the same letters, and values the patterns allow.
+_TEAM_VALUE = (st.sampled_from(_TEAMS) | st.text("t12-xT", max_size=5)
+               | st.sampled_from(_TEAM_PATTERNS).flatmap(
+                   lambda p: st.from_regex(p, fullmatch=True)))
+_TEAM_LABELS = st.dictionaries(st.sampled_from(["team", "site"]), _TEAM_VALUE)
+
+
+@settings(max_examples=400, deadline=None, phases=PHASES)
+@given(st.lists(st.lists(_TEAM_MATCHER, max_size=3), max_size=15),
+       st.lists(_TEAM_LABELS, max_size=5))
+def test_the_prefix_index_finds_exactly_the_rules_a_full_scan_finds(
+    matchers: list[list[Matcher]], alerts: list[dict[str, str]]
+) -> None:
+    rules = RuleSet(tuple(Rule(f"r{i}", tuple(m), "d", "sync", 60.0)
+                          for i, m in enumerate(matchers)), 60.0, "rules.yaml", "v")
+    position = {r.name: i for i, r in enumerate(rules.rules)}
+    for labels in alerts:
+        found = rules.may_match(labels)
+        assert [position[r.name] for r in found] == sorted({position[r.name] for r in found})
+        assert [r for r in found if r.matches(labels)] == [
+            r for r in rules.rules if r.matches(labels)
+        ]
 
 
 # -- guards ----------------------------------------------------------------------------------

@@ -181,6 +181,12 @@ class Matcher:
             return None
         return values
 
+    def required_prefix(self) -> str:
+        """For ``=~``, the text every value it allows starts with ("t12" for ``t12(-.+)?``),
+        else "". A missing label reads as "", which starts with no such text: the matcher
+        never holds for it when this is not empty."""
+        return self._prefix if self.op == "=~" else ""
+
     def __str__(self) -> str:
         name = self.name if _MATCHER_NAME_RE.fullmatch(self.name) else quote(self.name)
         return f"{name}{self.op}{quote(self.value)}"
