@@ -129,9 +129,9 @@ class Intake:
 def _answer(request_id: str, notification: payloads.Notification, dry_run: bool,
             recorded: list[Recorded]) -> dict[str, Any]:
     """The JSON answer to a webhook: its decisions, alert by alert."""
-    by_alert: dict[int, list[Recorded]] = {}
+    by_alert: dict[int, list[dict[str, object]]] = {}
     for r in recorded:
-        by_alert.setdefault(id(r.decision.alert), []).append(r)
+        by_alert.setdefault(id(r.decision.alert), []).append(_decision_json(r))
     return {
         "request_id": request_id,
         "source": notification.source,
@@ -144,7 +144,7 @@ def _answer(request_id: str, notification: payloads.Notification, dry_run: bool,
                 "fingerprint": alert.fingerprint,
                 "alertname": alert.alertname,
                 "status": alert.status,
-                "decisions": [_decision_json(r) for r in by_alert.get(id(alert), [])],
+                "decisions": by_alert.get(id(alert), []),
             }
             for alert in notification.alerts
         ],

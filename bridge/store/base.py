@@ -1193,6 +1193,7 @@ class _TxnState:
         self._counts: dict[tuple[str, tuple[object, ...]], int] = {}
         #: Cooldowns read ahead by preload (None: none in force for that key).
         self._cooldowns: dict[Key, float | None] = {}
+        self._demand: dict[float, int] = {}
 
     def _count(self, sql: str, params: Sequence[object]) -> int:
         key = (sql, tuple(params))
@@ -1251,7 +1252,11 @@ class _TxnState:
         return self._count(sql, params)
 
     def demand_since(self, since: float) -> int:
-        return self._count(_DEMAND_SINCE, (Event.DECISION, max(since, self._resumed), *_DEMAND))
+        # Asked once per operation of a storm, with the same window start.
+        if since not in self._demand:
+            self._demand[since] = self._count(
+                _DEMAND_SINCE, (Event.DECISION, max(since, self._resumed), *_DEMAND))
+        return self._demand[since]
 
 
 # -- writing, step by step: each takes the transaction it is part of ----------------------
@@ -1311,10 +1316,11 @@ def _queue_all(tx: Tx, delivery: Delivery, decisions: Sequence[Decision], now: f
     for at in range(0, len(rows), _QUEUE_BATCH):
         batch = rows[at:at + _QUEUE_BATCH]
         # Told apart by their key, not by the order RETURNING gives the rows in.
-        for r in tx.rows(_OP_INSERT + ", ".join([_OP_VALUES] * len(batch))
-                         + " RETURNING id, device, operation",
-                         list(itertools.chain.from_iterable(batch))):
-            ids[(r["device"], r["operation"])] = int(r["id"])
+        cursor = tx.execute(_OP_INSERT + ", ".join([_OP_VALUES] * len(batch))
+                            + " RETURNING device, operation, id",
+                            list(itertools.chain.from_iterable(batch)))
+        ids.update(((device, operation), int(op_id))
+                   for device, operation, op_id in cursor.fetchall())
     tx.execute_many(
         "INSERT INTO cooldowns (device, operation, until, rule, operation_id)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, operation) DO UPDATE"
