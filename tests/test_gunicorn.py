@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ import requests
 from click.testing import CliRunner
 
 from bridge.cli import main
+from bridge.server import YOUNG_THRESHOLD, settle_heap
 from tests import postgres
 from tests.conftest import RULES, Fake
 from tests.helpers import BridgeProcess, audit, outcomes, payload, wait_until
@@ -267,3 +269,15 @@ def test_audit_follow_keeps_up_with_several_workers_writing(
         follow.wait(10)
         if follow.stdout:
             follow.stdout.close()
+
+
+def test_a_worker_takes_what_its_app_built_out_of_the_collectors_walks() -> None:
+    # What _start_worker does first in each worker (bridge.server.settle_heap).
+    threshold = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
