@@ -321,7 +321,11 @@ CREATE TABLE IF NOT EXISTS notices (
 """
 
 _QUEUE_INDEX = "CREATE INDEX IF NOT EXISTS operations_queue ON operations (state, next_attempt)"
-_DROP_OPEN_INDEX = "DROP INDEX IF EXISTS operations_open"
+_STORM_INDEXES = """
+DROP INDEX IF EXISTS operations_open;
+DROP INDEX IF EXISTS audit_demand;
+CREATE INDEX IF NOT EXISTS audit_demand_by_outcome ON audit (event, outcome, ts)
+"""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -354,11 +358,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=(_run(_QUEUE_INDEX),), postgres=(_run(_QUEUE_INDEX),),
     ),
     Migration(
-        5, "operations_open dropped: operations_queue serves every query it could",
-        # It cost every operation queued and every change of state one more index entry (a
-        # storm of 500 operations, about a tenth of its insert), and no query used it since
-        # version 4 (see above).
-        sqlite=(_run(_DROP_OPEN_INDEX),), postgres=(_run(_DROP_OPEN_INDEX),),
+        5, "indexes for storms: operations_open dropped, audit_demand by outcome before time",
+        # operations_open cost every operation queued and every change of state one more
+        # index entry (a storm of 500 operations, about a tenth of its insert), and no query
+        # used it since version 4 (see above). The storm breaker counts the decisions of
+        # some outcomes since a time: with the outcome second, the count reads only those,
+        # a range per outcome, instead of testing the outcome of every decision in the
+        # window (16,500 decisions: 3.2 ms before, 1.2 ms after).
+        sqlite=(_run(_STORM_INDEXES),), postgres=(_run(_STORM_INDEXES),),
     ),
 )
 #: The version this bridge writes, and the newest it can read.
