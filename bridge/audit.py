@@ -181,21 +181,12 @@ def _encoding(row: tuple[object, ...]) -> str:
     try:
         texts = [write(value) for write, value in zip(_WRITERS, values, strict=True)]
     except TypeError:  # a NULL where text goes: not what the store writes, but allowed
-        return _ENCODER.encode(chain_document(row))
+        return chain_encoding(dict(zip(HASHED, row, strict=True))).decode()
     step, elapsed = values[_STEP_AT] is None, values[_ELAPSED_AT] is None
     for at in _LATER_AT:
         if values[at] is None:
             del texts[at]
     return _TEMPLATES[(step, elapsed)] % tuple(texts)
-
-
-def chain_document(row: tuple[object, ...]) -> dict[str, object]:
-    """The document chain_encoding writes for a row in HASHED order."""
-    doc = dict(zip(_SORTED_NAMES, _pick_sorted(row), strict=True))
-    for column in LATER:
-        if doc[column] is None:
-            del doc[column]
-    return doc
 
 
 _write_text: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
