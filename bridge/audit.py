@@ -151,11 +151,17 @@ def chain_hash(values: Mapping[str, object]) -> str:
     return hashlib.sha256(chain_encoding(values)).hexdigest()
 
 
-def chain(first_id: int, contents: Iterable[Mapping[str, object]],
+#: A new record's CONTENT values, in CONTENT order, each already of the type it is stored as
+#: (str, int, float, or None): what the store builds for each of a storm's decisions.
+StoredValues = tuple[object, ...]
+
+
+def chain(first_id: int, contents: Iterable[Mapping[str, object] | StoredValues],
           prev_hash: str) -> tuple[list[tuple[object, ...]], str]:
-    """New records for `contents` (each holding every CONTENT column, by name), chained from
-    `prev_hash` with ids from `first_id` on: their rows (the values of new_record, then the
-    hash) and the last hash.
+    """New records for `contents`, chained from `prev_hash` with ids from `first_id` on:
+    their rows (the values of new_record, then the hash) and the last hash. Each content is
+    a mapping holding every CONTENT column by name (checked, and typed as new_record types
+    it), or StoredValues (taken as they are).
 
     The same values and hashes as new_record and chain_hash record by record (a test holds
     them to it), built for a storm's hundreds of records at a time: each value written by
@@ -164,11 +170,19 @@ def chain(first_id: int, contents: Iterable[Mapping[str, object]],
     rows: list[tuple[object, ...]] = []
     record_id = int(first_id)
     for content in contents:
-        if content.keys() != _CONTENT_SET:
-            new_record(record_id, content, prev_hash)  # raises, naming the columns
-        row = (record_id, *[value if value is None or type(value) is typed else typed(value)
-                            for value, typed in zip(_pick_content(content), _TYPES, strict=True)],
-               prev_hash)
+        if type(content) is tuple:
+            if len(content) != len(CONTENT):
+                raise ValueError(f"an audit record's values: {len(content)}, not"
+                                 f" {len(CONTENT)}")
+            row = (record_id, *content, prev_hash)
+        else:
+            assert isinstance(content, Mapping)
+            if content.keys() != _CONTENT_SET:
+                new_record(record_id, content, prev_hash)  # raises, naming the columns
+            row = (record_id, *[value if value is None or type(value) is typed else typed(value)
+                                for value, typed in zip(_pick_content(content), _TYPES,
+                                                        strict=True)],
+                   prev_hash)
         prev_hash = hashlib.sha256(_encoding(row).encode()).hexdigest()
         rows.append((*row, prev_hash))
         record_id += 1

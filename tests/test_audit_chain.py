@@ -19,9 +19,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.audit import CONTENT, HASHED, chain, chain_hash, new_record
+from bridge.audit import CONTENT, HASHED, Delivery, chain, chain_hash, new_record
 from bridge.cli import main
-from bridge.vocab import Event
+from bridge.decide import Decision
+from bridge.payloads import parse
+from bridge.rules import parse_rules
+from bridge.store.base import _decision_entry, _entry
+from bridge.vocab import Event, Verdict
+from tests.conftest import RULES as RULES_TEXT
 from tests.conftest import Bridge
 from tests.helpers import BridgeProcess, Clock, payload, payload_json, wait_until
 
@@ -426,6 +431,9 @@ def test_chaining_many_records_gives_what_record_by_record_gives(
     # The store appends with chain(); verify and the upgrade hash with new_record and
     # chain_hash, one record at a time. The two must give the same values and hashes.
     rows, last = chain(first_id, contents, prev_hash)
+    # The same records given as their values as stored (what the store builds for decisions).
+    as_stored = [tuple(new_record(0, content, "")[c] for c in CONTENT) for content in contents]
+    assert chain(first_id, as_stored, prev_hash) == (rows, last)
     expected = []
     for record_id, content in enumerate(contents, first_id):
         values = new_record(record_id, content, prev_hash)
@@ -438,3 +446,29 @@ def test_chaining_many_records_gives_what_record_by_record_gives(
 def test_chaining_refuses_a_record_with_unknown_or_missing_columns() -> None:
     with pytest.raises(ValueError, match=r"missing \['ts'\], unknown \['colour'\]"):
         chain(1, [{**{c: "" for c in CONTENT if c != "ts"}, "colour": "red"}], GENESIS)
+    with pytest.raises(ValueError, match=f"values: 3, not {len(CONTENT)}"):
+        chain(1, [(1.0, "decision", "r")], GENESIS)
+
+
+@pytest.mark.parametrize("verdict", [Verdict.EXECUTE, "held_min_age", Verdict.NO_MATCH])
+@pytest.mark.parametrize(("op_id", "step"), [(None, 1), (7, 1), (8, 3)])
+def test_a_decisions_values_as_stored_are_the_record_its_columns_make(
+    verdict: str, op_id: int | None, step: int,
+) -> None:
+    # The store builds a storm's decision records as values (fast); they must be the record
+    # the columns by name make, which chain() checks and types.
+    alert = parse(payload("alertmanager_firing_single.json")).alerts[0]
+    rule = parse_rules(RULES_TEXT, "rules.yaml").rules[0] if verdict != Verdict.NO_MATCH else None
+    d = Decision(alert, rule, "router-1" if rule else "", rule.operation if rule else "",
+                 verdict, "why", 1_700_003_600.0, None, step)
+    delivery = Delivery("req-1", "alertmanager", "team-x", "{}:{}", "abc123")
+    columns = {
+        "request_id": "req-1", "source": "alertmanager", "receiver": "team-x",
+        "group_key": "{}:{}", "fingerprint": alert.fingerprint, "alertname": alert.alertname,
+        "alert_status": alert.status, "rule": rule.name if rule else "",
+        "device": d.device, "operation": d.operation, "outcome": verdict, "reason": "why",
+        "operation_id": op_id, "rules_version": "abc123", "step": step if step > 1 else None,
+    }
+    by_name = _entry(1_700_000_000, Event.DECISION, **columns)
+    assert chain(5, [_decision_entry(1_700_000_000, delivery, d, op_id)], GENESIS) \
+        == chain(5, [by_name], GENESIS)
