@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from bridge.audit import (
@@ -1197,6 +1198,8 @@ class _TxnState:
         #: Cooldowns read ahead by preload (None: none in force for that key).
         self._cooldowns: dict[Key, float | None] = {}
         self._demand: dict[float, int] = {}
+        #: How often each (device, operation) was sent since a time, read ahead by preload.
+        self._sent: dict[tuple[str, str, float], int] = {}
 
     def _count(self, sql: str, params: Sequence[object]) -> int:
         key = (sql, tuple(params))
@@ -1228,11 +1231,8 @@ class _TxnState:
                         f" ({', '.join('?' * len(_NOT_SENT))}) GROUP BY device, operation",
                         (*chunk, since, *_NOT_SENT)):
                     sent[(r["device"], r["operation"], since)] = int(r["n"])
-        for device, operation, since in asks:
-            # Kept as operations_since's own query would have kept it.
-            self._counts[("SELECT count(*)" + _SENT_SINCE, (device, operation, since,
-                                                            *_NOT_SENT))] = \
-                sent.get((device, operation, since), 0)
+        for ask in asks:
+            self._sent[ask] = sent.get(ask, 0)
 
     def cooldown_until(self, key: Key) -> float | None:
         if key in self._cooldowns:
@@ -1241,7 +1241,11 @@ class _TxnState:
             "SELECT until FROM cooldowns WHERE device = ? AND operation = ?", key)
 
     def operations_since(self, key: Key, since: float) -> int:
-        return self._count("SELECT count(*)" + _SENT_SINCE, (*key, since, *_NOT_SENT))
+        ask = (*key, since)
+        if ask not in self._sent:
+            self._sent[ask] = int(self._tx.value("SELECT count(*)" + _SENT_SINCE,
+                                                 (*ask, *_NOT_SENT)))
+        return self._sent[ask]
 
     def budget_used(self, budget: Budget, group: str, since: float) -> int:
         sql = "SELECT count(*) FROM operations WHERE created >= ? AND state NOT IN (?, ?, ?)"
@@ -1280,6 +1284,12 @@ _OP_INSERT = (
 _OP_VALUES = "(" + ", ".join("?" * 23) + ")"
 #: json.dumps, its encoder made once: a storm writes two documents per operation.
 _dumps = encoder()
+def _as_dict(mapping: Mapping[str, str]) -> dict[str, str]:
+    """A dict of `mapping`, which json's encoder needs: an Alert's labels are a mappingproxy,
+    whose copy() costs a fifth of what dict() of it does."""
+    return mapping.copy() if isinstance(mapping, MappingProxyType) else dict(mapping)
+
+
 #: The hold an operation queued on a verdict waits in (none: sent when its turn comes).
 _HOLDS: dict[str, Hold] = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE}
 #: Operations per INSERT of _queue_all: one statement (one round trip) for many, well under
@@ -1309,7 +1319,7 @@ def _queue_all(tx: Tx, delivery: Delivery, decisions: Sequence[Decision], now: f
             d.device, d.operation, d.rule.name, state.value, now, now, delivery.request_id,
             delivery.source, delivery.receiver, delivery.group_key, alert.fingerprint,
             alert.alertname, alert.status, delivery.rules_version,
-            _dumps(dict(alert.labels)), _dumps(dict(alert.annotations)),
+            _dumps(_as_dict(alert.labels)), _dumps(_as_dict(alert.annotations)),
             alert.starts_at.timestamp() if alert.starts_at else None, hold.value, d.until,
             not_before, expires, d.step,
             # Only a firing alert can be watched until it resolves.
