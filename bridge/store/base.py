@@ -1290,8 +1290,13 @@ def _as_dict(mapping: Mapping[str, str]) -> dict[str, str]:
     return mapping.copy() if isinstance(mapping, MappingProxyType) else dict(mapping)
 
 
-#: The hold an operation queued on a verdict waits in (none: sent when its turn comes).
-_HOLDS: dict[str, Hold] = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW, Verdict.HELD_MIN_AGE: Hold.MIN_AGE}
+#: The hold an operation queued on a verdict waits in (none: sent when its turn comes). The
+#: states and holds a queued operation is written with, as text: sqlite3 binds a str subclass
+#: only after failing to find an adapter for it, and an enum's .value is a property call.
+_HOLDS: dict[str, str] = {Verdict.HELD_FOR_WINDOW: Hold.WINDOW.value,
+                         Verdict.HELD_MIN_AGE: Hold.MIN_AGE.value}
+_NO_HOLD, _APPROVAL_HOLD = Hold.NONE.value, Hold.APPROVAL.value
+_QUEUED, _PENDING = OpState.QUEUED.value, OpState.PENDING_APPROVAL.value
 #: Operations per INSERT of _queue_all: one statement (one round trip) for many, well under
 #: every engine's limit on parameters.
 _QUEUE_BATCH = 100
@@ -1307,20 +1312,17 @@ def _queue_all(tx: Tx, delivery: Delivery, decisions: Sequence[Decision], now: f
         assert d.rule is not None and d.until is not None
         alert, not_before = d.alert, d.not_before or now
         if d.verdict == Verdict.PENDING_APPROVAL:
-            state, hold, expires = (OpState.PENDING_APPROVAL, Hold.APPROVAL,
-                                    now + approval_timeout)
+            state, hold, expires = _PENDING, _APPROVAL_HOLD, now + approval_timeout
         else:
-            hold = _HOLDS.get(d.verdict, Hold.NONE)
+            hold = _HOLDS.get(d.verdict, _NO_HOLD)
             # Max age counts from when the operation may first be sent.
-            state, expires = OpState.QUEUED, max(now, not_before) + max_age
+            state, expires = _QUEUED, max(now, not_before) + max_age
         rows.append((
-            # Enums as their text: sqlite3 binds a str subclass only after failing to find
-            # an adapter for it (an exception raised and caught), two per operation.
-            d.device, d.operation, d.rule.name, state.value, now, now, delivery.request_id,
+            d.device, d.operation, d.rule.name, state, now, now, delivery.request_id,
             delivery.source, delivery.receiver, delivery.group_key, alert.fingerprint,
             alert.alertname, alert.status, delivery.rules_version,
             _dumps(_as_dict(alert.labels)), _dumps(_as_dict(alert.annotations)),
-            alert.starts_at.timestamp() if alert.starts_at else None, hold.value, d.until,
+            alert.starts_at.timestamp() if alert.starts_at else None, hold, d.until,
             not_before, expires, d.step,
             # Only a firing alert can be watched until it resolves.
             d.rule.verify if alert.status == "firing" else 0.0,
