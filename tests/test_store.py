@@ -44,6 +44,7 @@ from bridge.store import (
     StoreError,
     open_store,
 )
+from bridge.store.sqlite import _wal_mode
 from bridge.vocab import Event, Flag, OpState, Verdict
 from tests import helpers, postgres
 from tests.conftest import Bridge
@@ -1556,3 +1557,35 @@ def test_a_small_volume_holds_the_state_and_the_bridge_recovers_when_space_is_fr
         assert (post(), store_up()) == (200, "1.0")
     finally:
         bridge.stop()  # before the volume goes
+
+
+class _LockedFor:
+    """A connection whose `PRAGMA journal_mode=WAL` answers "database is locked" the first
+    `times` times, as SQLite does at once (no busy handler) while another connection sets
+    the mode of a new file."""
+
+    def __init__(self, times: int, code: int = sqlite3.SQLITE_BUSY) -> None:
+        self.left, self.code, self.tries = times, code, 0
+
+    def execute(self, sql: str) -> None:
+        self.tries += 1
+        if self.left:
+            self.left -= 1
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = self.code  # type: ignore[attr-defined]
+            raise error
+
+
+def test_wal_mode_is_tried_again_while_another_connection_holds_the_file() -> None:
+    conn = _LockedFor(3)
+    _wal_mode(conn, timeout=5.0)  # type: ignore[arg-type]
+    assert conn.tries == 4
+
+
+def test_wal_mode_gives_up_at_the_timeout_and_on_any_other_error() -> None:
+    with pytest.raises(sqlite3.OperationalError):
+        _wal_mode(_LockedFor(10_000), timeout=0.05)  # type: ignore[arg-type]
+    other = _LockedFor(1, code=sqlite3.SQLITE_IOERR)
+    with pytest.raises(sqlite3.OperationalError):
+        _wal_mode(other, timeout=5.0)  # type: ignore[arg-type]
+    assert other.tries == 1

@@ -108,7 +108,7 @@ class SqliteStore(SqlStore):
             conn = sqlite3.connect(
                 self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal_mode(conn, self._timeout)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             (page_size,) = conn.execute("PRAGMA page_size").fetchone()
@@ -367,6 +367,27 @@ class _FileTurn:
             self._closed = True
             if self._fd >= 0 and not self._waiter:
                 os.close(self._fd)  # else the waiting thread closes it when flock() returns
+
+
+def _wal_mode(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode (it stays so; later connections find it done).
+
+    Unlike other statements, this one can answer "database is locked" at once, without
+    SQLite's busy handler, while another connection sets the mode or recovers the log: when
+    several processes or threads open a new state file together. It is tried again until the
+    timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)  # a back-off: nothing to wait on but the other connection's lock
+        delay = min(delay * 2, 0.05)
 
 
 def _busy_timeout(conn: sqlite3.Connection, seconds: float) -> None:
