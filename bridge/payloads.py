@@ -40,6 +40,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 #: without one decodes to text without one, and is not looked through (nearly every body).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
+#: The types of a label map's values when all of them are strings.
+_ONLY_STR = frozenset({str})
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
 _FNV64_OFFSET = 0xCBF29CE484222325
@@ -344,9 +347,6 @@ def _str_map(value: object, where: str) -> dict[str, str]:
                 path = _key_path(where, key)
                 raise PayloadError(_wrong_type(path, "a string", item), path)
     return value
-
-
-_ONLY_STR = frozenset({str})
 
 
 def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:

@@ -1193,19 +1193,16 @@ class _TxnState:
         self.breaker_open = flags.get(Flag.BREAKER_OPEN, 0.0) > 0
         self._resumed = flags.get(Flag.RESUMED, 0.0)
         # Nothing is written while decide() reads, so a count asked twice is the same count;
-        # a storm payload asks the breaker and budget counts once per operation.
-        self._counts: dict[tuple[str, tuple[object, ...]], int] = {}
+        # a storm payload asks each of them once per operation. Each is kept by what it was
+        # asked with.
+        #: Budget counts, by their query and its parameters.
+        self._budgets: dict[tuple[str, tuple[object, ...]], int] = {}
         #: Cooldowns read ahead by preload (None: none in force for that key).
         self._cooldowns: dict[Key, float | None] = {}
-        self._demand: dict[float, int] = {}
         #: How often each (device, operation) was sent since a time, read ahead by preload.
         self._sent: dict[tuple[str, str, float], int] = {}
-
-    def _count(self, sql: str, params: Sequence[object]) -> int:
-        key = (sql, tuple(params))
-        if key not in self._counts:
-            self._counts[key] = int(self._tx.value(sql, params))
-        return self._counts[key]
+        #: The storm breaker's count, by the start of its window.
+        self._demand: dict[float, int] = {}
 
     def preload(self, asks: Sequence[tuple[str, str, float]]) -> None:
         """Read ahead, in a few queries, what decide() will ask of each (device, operation,
@@ -1256,13 +1253,15 @@ class _TxnState:
         if budget.group_by:
             sql += f" AND coalesce({self._tx.json_text('labels', budget.group_by)}, '') = ?"
             params.append(group)
-        return self._count(sql, params)
+        key = (sql, tuple(params))
+        if key not in self._budgets:
+            self._budgets[key] = int(self._tx.value(sql, params))
+        return self._budgets[key]
 
     def demand_since(self, since: float) -> int:
-        # Asked once per operation of a storm, with the same window start.
         if since not in self._demand:
-            self._demand[since] = self._count(
-                _DEMAND_SINCE, (Event.DECISION, max(since, self._resumed), *_DEMAND))
+            self._demand[since] = int(self._tx.value(
+                _DEMAND_SINCE, (Event.DECISION, max(since, self._resumed), *_DEMAND)))
         return self._demand[since]
 
 
