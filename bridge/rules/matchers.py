@@ -54,8 +54,8 @@ except ImportError:  # pragma: no cover - CPython 3.11+ has it
 def _required_prefix(pattern: str) -> str:
     """The text every value the regex fullmatches starts with: its leading literal characters
     ("t12" for ``t12(-.+)?``), or "" when it has none or they could match otherwise (a case-
-    insensitive pattern). A rule no index helps is tried against every alert: comparing the
-    value's start first spares the regex engine (and the CPU caches) most of those tries.
+    insensitive pattern). The rule index files a rule under it (bridge.rules.index), and
+    matches() compares a value's start with it before running the regex.
     """
     if _parser is None:
         return ""
