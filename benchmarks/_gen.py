@@ -35,12 +35,15 @@ def guardrails_off() -> str:
 
 #: How rule i of rules_yaml picks its alerts, by the `by` argument: an equality on alertname,
 #: an equality on another label, a regex for t5 and its sub-teams t5-x (indexed by its leading
-#: literal "t5"), or the same regex case-insensitive, which no index can use.
+#: literal "t5"), the same regex case-insensitive, which no key indexes (the rules are found by
+#: running their regexes joined into alternations), or the same regex with a named group, which
+#: cannot join an alternation: every alert tries each such rule in turn.
 KEYS = {
     "alertname": 'alertname = "A{i}"',
     "team": 'team = "t{i}"',
     "prefix": 'team =~ "t{i}(-.+)?"',
-    "unindexed": 'team =~ "(?i)t{i}(-.+)?"',
+    "regex": 'team =~ "(?i)t{i}(-.+)?"',
+    "unindexed": 'team =~ "(?P<team>t{i})(-.+)?"',
 }
 
 

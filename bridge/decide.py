@@ -107,10 +107,7 @@ def prepare(alerts: Iterable[Alert], rules: RuleSet, *,
         if OWN_LABEL in alert.labels:
             prepared.append(Decision(alert, None, "", "", Verdict.OWN_ALERT, OWN_ALERT_REASON))
             continue
-        matched = [
-            r for r in rules.may_match(alert.labels)
-            if r.wants(alert.status) and r.matches(alert.labels)
-        ]
+        matched = [r for r in rules.matching(alert.labels) if r.wants(alert.status)]
         if not matched:
             reason = f"no rule matches this {alert.status} alert"
             prepared.append(Decision(alert, None, "", "", Verdict.NO_MATCH, reason))

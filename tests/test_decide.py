@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from bridge import decide as d
 from bridge.payloads import Alert
 from bridge.rules import Budget, Matcher, Rule, RuleSet, parse_rules
+from bridge.rules.index import CHUNK, index_rules
 
 # Hypothesis' "explain" phase imports libcst, which warns on import (see test_rules.py).
 PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
@@ -205,18 +206,33 @@ _ALERT_LABELS = st.dictionaries(st.sampled_from(_LABELS), st.sampled_from(_VALUE
 
 
 def assert_index_agrees_with_a_full_scan(matchers: list[list[Matcher]],
-                                         alerts: list[dict[str, str]]) -> None:
+                                         alerts: list[dict[str, str]], *,
+                                         chunk: int = CHUNK) -> None:
     """Rules with these matchers: for each alert's labels, the index's candidates come in
     file order, and those that match are exactly the rules a scan of every rule finds."""
-    rules = RuleSet(tuple(Rule(f"r{i}", tuple(m), "d", "sync", 60.0)
-                          for i, m in enumerate(matchers)), 60.0, "rules.yaml", "v")
-    position = {r.name: i for i, r in enumerate(rules.rules)}
+    rules = [Rule(f"r{i}", tuple(m), "d", "sync", 60.0) for i, m in enumerate(matchers)]
+    index = index_rules(matchers, chunk=chunk)
     for labels in alerts:
-        found = rules.may_match(labels)
-        assert [position[r.name] for r in found] == sorted({position[r.name] for r in found})
-        assert [r for r in found if r.matches(labels)] == [
-            r for r in rules.rules if r.matches(labels)
-        ]
+        assert index.matching(labels) == [i for i, rule in enumerate(rules) if rule.matches(labels)]
+
+
+def filed(rules: RuleSet) -> dict[str, str]:
+    """Where the index files each rule: under "label=value" ("label=a|b" for each of two),
+    "label^prefix", "label~regex" (an alternation), or "-" (tried by every alert)."""
+    index = index_rules([r.matchers for r in rules.rules])
+    where: dict[int, str] = {}
+    for label, by_value in index.by_label.items():
+        for value, entries in sorted(by_value.items()):
+            where.update((p, f"{where[p]}|{value}" if p in where else f"{label}={value}")
+                         for p in entries.positions)
+    for label, by_length in index.by_prefix.items():
+        for by_text in by_length.values():
+            for text, entries in by_text.items():
+                where.update((p, f"{label}^{text}") for p in entries.positions)
+    for label, chunks in index.by_regex.items():
+        where.update((p, f"{label}~regex") for chunk in chunks for p in chunk.rules.positions)
+    where.update((p, "-") for p in index.unindexed.positions)
+    return {rules.rules[p].name: w for p, w in sorted(where.items())}
 
 
 @settings(max_examples=400, deadline=None, phases=PHASES)
@@ -236,10 +252,15 @@ rules:
   - {name: by-regex, match: ['team =~ "(?i)t1.*"'], device: d, operation: sync}
   - {name: empty-is-missing, match: ['site = ""', 'team = "t2"'], device: d, operation: sync}
 """)
-    names = [r.name for r in rules.may_match({"team": "t1", "severity": "page"})]
+    # A list of literals is filed under each of its values; "(?i)t1.*" under none: its rule
+    # is found by running the regex.
+    assert filed(rules) == {"by-team": "team=t1", "by-severity": "severity=critical|page",
+                            "by-regex": "team~regex", "empty-is-missing": "team=t2"}
+    names = [r.name for r in rules.matching({"team": "t1", "severity": "page"})]
     assert names == ["by-team", "by-severity", "by-regex"]
-    assert [r.name for r in rules.may_match({"team": "t2"})] == ["by-regex", "empty-is-missing"]
-    assert [r.name for r in rules.may_match({"severity": "warning"})] == ["by-regex"]
+    assert [r.name for r in rules.matching({"team": "t2"})] == ["empty-is-missing"]
+    assert [r.name for r in rules.matching({"severity": "warning"})] == []
+    assert [r.name for r in rules.matching({"team": "T1-x"})] == ["by-regex"]
 
 
 def test_a_regex_with_leading_literals_indexes_its_rule_by_that_prefix() -> None:
@@ -254,15 +275,21 @@ rules:
 """)
 
     def names(labels: dict[str, str]) -> list[str]:
-        return [r.name for r in rules.may_match(labels)]
+        return [r.name for r in rules.matching(labels)]
 
     # "exact": as few rules share site = "hq" as share the prefix "t1": filed under the value.
-    assert names({"team": "t123"}) == ["t1", "t12", "t", "any-case", "no-literal"]
-    assert names({"team": "t1"}) == ["t1", "t", "any-case", "no-literal"]
-    assert names({"team": "t2", "site": "hq"}) == ["t", "exact", "any-case", "no-literal"]
+    # "any-case" and "no-literal" have no prefix: found by their regexes.
+    assert filed(rules) == {"t1": "team^t1", "t12": "team^t12", "t": "team^t", "exact": "site=hq",
+                            "any-case": "team~regex", "no-literal": "team~regex"}
+    assert names({"team": "t123"}) == ["t12", "t", "any-case"]
+    assert names({"team": "t1"}) == ["t1", "t", "any-case"]
+    assert names({"team": "t2", "site": "hq"}) == ["t"]
+    assert names({"team": "t1-x", "site": "hq"}) == ["t1", "t", "exact", "any-case"]
+    assert names({"team": "x-t1"}) == ["no-literal"]
     # Other case, no label, an empty one: no value starts with a prefix.
-    for labels in ({"team": "T1"}, {}, {"team": ""}):
-        assert names(labels) == ["any-case", "no-literal"]
+    assert names({"team": "T1"}) == ["any-case"]
+    for labels in ({}, {"team": ""}):
+        assert names(labels) == []
 
 
 # Values that are prefixes of each other, and patterns whose leading literals are such prefixes,
@@ -292,6 +319,70 @@ def test_the_prefix_index_finds_exactly_the_rules_a_full_scan_finds(
     matchers: list[list[Matcher]], alerts: list[dict[str, str]]
 ) -> None:
     assert_index_agrees_with_a_full_scan(matchers, alerts)
+
+
+def test_regexes_no_key_finds_join_alternations_that_find_their_rules() -> None:
+    many = "\n".join(f"  - {{name: r{i}, match: ['severity = \"critical\"', "
+                     f"'team =~ \"(?i)t{i}(-.+)?\"'], device: d, operation: sync}}"
+                     for i in range(CHUNK + 8))
+    rules = parse_rules(f"rules:\n{many}\n")
+    # Every rule shares severity = "critical": each is filed by its team regex instead, in
+    # alternations of CHUNK.
+    assert set(filed(rules).values()) == {"team~regex"}
+    chunks = index_rules([r.matchers for r in rules.rules]).by_regex["team"]
+    assert [len(c.rules.positions) for c in chunks] == [CHUNK, 8]
+    for i in (5, CHUNK + 3):
+        found = rules.matching({"severity": "critical", "team": f"T{i}-x"})
+        assert [r.name for r in found] == [f"r{i}"]
+    assert rules.matching({"severity": "critical", "team": "u5"}) == []
+    assert rules.matching({"team": "t5"}) == []
+    # As few rules as CHUNK share it: filed under the value.
+    few = parse_rules("rules:\n" + "\n".join(many.splitlines()[:CHUNK]) + "\n")
+    assert set(filed(few).values()) == {"severity=critical"}
+    assert [r.name for r in few.matching({"severity": "critical", "team": "t5"})] == ["r5"]
+
+
+def test_a_regex_joins_an_alternation_as_a_branch_that_matches_the_same_values() -> None:
+    def branch(pattern: str) -> str | None:
+        return Matcher("team", "=~", pattern).branch()
+
+    assert branch("t1|t2") == "(?:t1|t2)"
+    assert branch("(?i)t1.*") == "(?i:t1.*)"
+    assert branch("(?s)(?mi)a.b$") == "(?ims:a.b$)"
+    assert branch("(?<=a)b|(?!c).") == "(?:(?<=a)b|(?!c).)"
+    # Groups of its own by number or name, flags a branch cannot take: each tried alone.
+    for alone in ("(a)\\1", "(?P<t>a)", "(?P<t>a)(?P=t)", "(a)?(?(1)b|c)", "(?x)a # b",
+                  "(?a)\\w"):
+        assert branch(alone) is None, alone
+    assert Matcher("team", "!~", "t1").branch() is None
+
+
+# Regexes of every shape a branch must keep: flags for the whole pattern, groups, alternation,
+# anchors, lookarounds, an empty one; and those that must stay out (groups by number or name).
+_ANY_PATTERNS = ["(?i)t1.*", "(?s)t.1", "(?im)^T1$", "(t1|t2)(-.+)?", "t1|", "", ".*-t1",
+                 "(?:T|t)\\d", "t(?=1)..?", "(?<=t)1|t", "(t)\\1", "(?P<x>t)(?P=x)1?", "[^x].*",
+                 "(?i:T)1", "t1\\b.*", "(?x) t 1", "t1(?#note)", "a++|t1*+"]
+_ANY_MATCHER = st.one_of(
+    st.builds(Matcher, st.sampled_from(["team", "site"]), st.just("=~"),
+              st.sampled_from(_ANY_PATTERNS)),
+    st.builds(Matcher, st.sampled_from(["team", "site"]), st.sampled_from(["=", "!=", "!~"]),
+              st.sampled_from(_TEAMS)),
+)
+
+_ANY_LABELS = st.dictionaries(st.sampled_from(["team", "site"]),
+                              _TEAM_VALUE | st.sampled_from(["tt", "tt1", "T1", "t\n1", "-t1"]))
+
+
+@settings(max_examples=400, deadline=None, phases=PHASES)
+@given(st.lists(st.lists(_ANY_MATCHER, max_size=3), max_size=15),
+       st.lists(_ANY_LABELS, max_size=5), st.integers(1, 4))
+# Joined, "\\1" would name the first rule's group, unset when its branch failed.
+@example([[Matcher("team", "=~", "(t1|t2)(-.+)?")], [Matcher("team", "=~", "(t)\\1")]],
+         [{"team": "tt"}], 2)
+def test_the_regex_alternations_find_exactly_the_rules_a_full_scan_finds(
+    matchers: list[list[Matcher]], alerts: list[dict[str, str]], chunk: int
+) -> None:
+    assert_index_agrees_with_a_full_scan(matchers, alerts, chunk=chunk)
 
 
 # -- guards ----------------------------------------------------------------------------------

@@ -73,6 +73,30 @@ def _required_prefix(pattern: str) -> str:
         return ""
 
 
+# What keeps a regex out of an alternation with others (see _branch): a backreference by number
+# (\1, which would name another group there) or by name, a named group (two regexes may name the
+# same), a conditional on a group. Conservative: "\\1" (a backslash, then 1) is left out too.
+_OWN_GROUPS_RE = re.compile(r"\\[1-9]|\\g|\(\?P[<=]|\(\?\(|\(\?<(?![=!])")
+# Flags for the whole pattern, which Python allows only at its very start: "(?i)", "(?is)(?m)".
+_LEADING_FLAGS_RE = re.compile(r"(?:\(\?[a-zA-Z]+\))+")
+
+
+def _branch(pattern: str) -> str | None:
+    """The regex as one branch of an alternation with others, "(?:...)", which fullmatches
+    the same values; or None when it cannot be one (see _OWN_GROUPS_RE, and flags other than
+    i, m and s for the whole pattern, which a branch cannot take on: "(?x)" turns "#" into a
+    comment that would swallow the closing parenthesis)."""
+    if _OWN_GROUPS_RE.search(pattern):
+        return None
+    flags = _LEADING_FLAGS_RE.match(pattern)
+    if flags is None:
+        return f"(?:{pattern})"
+    letters = "".join(sorted(set(re.sub(r"[(?)]", "", flags.group()))))
+    if not set(letters) <= set("ims"):
+        return None
+    return f"(?{letters}:{pattern[flags.end():]})"
+
+
 # A regex that is a list of literals, "critical|page": "|" between runs of characters that are
 # not metacharacters, or are punctuation escaped (an escaped "|" is left out: it would take
 # telling apart from the bars between literals).
@@ -186,6 +210,11 @@ class Matcher:
         else "". A missing label reads as "", which starts with no such text: the matcher
         never holds for it when this is not empty."""
         return self._prefix if self.op == "=~" else ""
+
+    def branch(self) -> str | None:
+        """For ``=~``, its regex as one branch of an alternation with other matchers' (the
+        rule index combines them, bridge.rules.index), when it can be one; else None."""
+        return _branch(self.value) if self.op == "=~" else None
 
     def __str__(self) -> str:
         name = self.name if _MATCHER_NAME_RE.fullmatch(self.name) else quote(self.name)

@@ -310,16 +310,16 @@ class RuleSet:
             return f"rule {rule_name!r} is in shadow mode (dry_run) in {where}"
         return None
 
-    def may_match(self, labels: Mapping[str, str]) -> list[Rule]:
-        """The rules that may match these labels, in file order (others certainly do not):
-        those filed under the labels' values, and those with no matcher to file them under."""
-        return [self.rules[i] for i in self._index.candidates(labels)]
+    def matching(self, labels: Mapping[str, str]) -> list[Rule]:
+        """The rules whose matchers all hold for these labels, in file order, found through
+        the index (bridge.rules.index) rather than by trying every rule."""
+        return [self.rules[i] for i in self._index.matching(labels)]
 
     def candidates(self, labels: Mapping[str, str]) -> list[Rule]:
         """The rules that may match these labels by their alertname alone, in file order:
         those whose ``alertname = "..."`` names it, and those that name no single alertname.
 
-        What decide() used before every label was indexed; it now uses may_match().
+        What decide() used before every label was indexed; it now uses matching().
         """
         name = labels.get("alertname", "")
         return [r for r in self.rules if _alertname(r) in (None, name)]
