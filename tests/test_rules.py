@@ -42,6 +42,7 @@ from bridge.rules import (
     parse_rules,
 )
 from bridge.rules.templates import compile_template, plain_reference, render_device
+from bridge.rules.yaml_lines import EXPLAIN_LIMIT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -737,6 +738,24 @@ def test_template_syntax_error_names_template_line() -> None:
 )  # fmt: skip
 def test_yaml_syntax_error_has_its_line(text: str, expected: str) -> None:
     assert problems(text) == [expected]
+
+
+# A file past EXPLAIN_LIMIT: the line and libyaml's words (the pure-Python parser's re-read of
+# ten thousand rules would take seconds), with the character PyYAML names added back.
+_LONG = "# " + "x" * EXPLAIN_LIMIT + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("rules:\n  - name: a\n   bad: indent\n", "rules.yaml:4: invalid YAML: did not find expected '-' indicator (while parsing a block collection on line 3)"),
+        ("rules: []\nx: @x\n", "rules.yaml:3: invalid YAML: found character '@' that cannot start any token (while scanning for the next token)"),
+        ("rules: []\nx: 'é'\ny: 'ééé'\nz: \x00\n", "rules.yaml:5: invalid YAML: unacceptable character #x0000: control characters are not allowed"),
+        ("rules: []\nwhen: 2024-13-45\n", "rules.yaml:3: invalid YAML: cannot read value: month must be in 1..12"),
+    ],
+)  # fmt: skip
+def test_yaml_syntax_error_in_a_long_file_has_its_line(text: str, expected: str) -> None:
+    assert problems(_LONG + text) == [expected]
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "~\n"])

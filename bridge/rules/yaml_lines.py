@@ -256,34 +256,71 @@ def _read(text: str, loader_class: type[_Lines], events: bool = False) -> Any:
         loader.dispose()  # type: ignore[attr-defined]
 
 
+#: Files longer than this (about 500 rules) that libyaml refuses are explained by libyaml's own
+#: message rather than read again by the pure-Python parser: at ten thousand rules that re-read
+#: takes about ten seconds, for a message that names the same line.
+EXPLAIN_LIMIT = 128 * 1024
+
+
 def load_yaml(text: str, path: str) -> tuple[Any, RuleProblem | None]:
     """The document, or a problem describing why it is not valid YAML."""
+    refused: Exception
     try:
         return _read(text, _FastLineLoader, events=True), None
     except _Unsupported:
         try:
             return _read(text, _FastLineLoader), None
-        except Exception:  # whatever libyaml refuses, the pure-Python parser explains
-            pass
-    except Exception:  # as above
-        pass
+        except Exception as exc:  # whatever libyaml refuses, the pure-Python parser explains
+            refused = exc
+    except Exception as exc:  # as above
+        refused = exc
+    if len(text) > EXPLAIN_LIMIT and isinstance(refused, yaml.YAMLError):
+        return None, _problem(refused, text, path, by_libyaml=True)
     try:
         return _read(text, _LineLoader), None
-    except yaml.MarkedYAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
+        return None, _problem(exc, text, path)
+
+
+def _problem(exc: Exception, text: str, path: str, *, by_libyaml: bool = False) -> RuleProblem:
+    """What was wrong with the YAML, and on which line, from the parser's exception (libyaml's
+    counts a bad character's position in bytes of UTF-8, the pure-Python parser's in
+    characters)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        message = f"invalid YAML: {exc.problem or exc.context}"
-        if exc.context and exc.problem:
+        problem = exc.problem
+        if problem == "found character that cannot start any token" and mark is not None:
+            # libyaml's words, without the character PyYAML's parser names: name it.
+            found = _character_at(text, mark.line, mark.column)
+            if found is not None:
+                problem = f"found character {found!r} that cannot start any token"
+        message = f"invalid YAML: {problem or exc.context}"
+        if exc.context and problem:
             where = exc.context_mark
             if where is not None and where.line + 1 != line:
                 message += f" ({exc.context} on line {where.line + 1})"
             else:
                 message += f" ({exc.context})"
-        return None, RuleProblem(path, line, None, message)
-    except yaml.reader.ReaderError as exc:  # characters YAML does not allow, e.g. NUL
-        line = text.count("\n", 0, exc.position) + 1
-        return None, RuleProblem(path, line, None, f"invalid YAML: {str(exc).splitlines()[0]}")
-    except yaml.YAMLError as exc:
-        return None, RuleProblem(path, None, None, f"invalid YAML: {str(exc).splitlines()[0]}")
-    except RecursionError:
-        return None, RuleProblem(path, None, None, "invalid YAML: nested too deeply")
+        return RuleProblem(path, line, None, message)
+    if isinstance(exc, yaml.reader.ReaderError):  # characters YAML does not allow, e.g. NUL
+        if by_libyaml:
+            line = text.encode("utf-8", "surrogatepass").count(b"\n", 0, exc.position) + 1
+        else:
+            line = text.count("\n", 0, exc.position) + 1
+        return RuleProblem(path, line, None, f"invalid YAML: {str(exc).splitlines()[0]}")
+    if isinstance(exc, RecursionError):
+        return RuleProblem(path, None, None, "invalid YAML: nested too deeply")
+    return RuleProblem(path, None, None, f"invalid YAML: {str(exc).splitlines()[0]}")
+
+
+def _character_at(text: str, line: int, column: int) -> str | None:
+    """The character at that 0-based line and column, or None when there is none."""
+    start = 0
+    for _ in range(line):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return None
+    end = text.find("\n", start)
+    row = text[start:] if end == -1 else text[start:end]
+    return row[column] if 0 <= column < len(row) else None
