@@ -877,9 +877,10 @@ def _preamble(command: str, cfg: Config, wd: Path) -> str:
 
 def _refreshed_note(command: str, wd: Path) -> str:
     facts = dict(machine(ROOT, wd))
-    return (f"*Refreshed alone by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (load "
-            f"average at start {facts['load average at start']}; bridge code "
-            f"{facts['bridge code']}).*")
+    # Sessions run on other machines than the one in the header: say which this was.
+    return (f"*Refreshed alone by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+            f"({facts['CPUs']} × {facts['CPU model']}; load average at start "
+            f"{facts['load average at start']}; bridge code {facts['bridge code']}).*")
 
 
 def run_parts(cfg: Config, report: Report, wd: Path, parts: tuple[str, ...],

@@ -26,9 +26,9 @@ from bridge.rules.matchers import Matcher
 
 #: How many rules' regexes one alternation joins, and how many rules may share a key before a
 #: rule is filed by its regex instead. Matching a value against an alternation costs each branch
-#: a few tens of nanoseconds, against a few hundred for trying a rule; and Python's regex engine
-#: clears the groups of every branch before the one it enters, so a branch costs more the
-#: further it is from the start: 32 keeps that small.
+#: a few tens of nanoseconds, against a few hundred for trying a rule; and where a branch enters
+#: a group of its own, Python's regex engine clears every group numbered before it, so such a
+#: branch costs more the further it is from the start: 32 keeps that small.
 CHUNK = 32
 
 #: What a matcher files its rule under: (label, the only values it allows, "") or
