@@ -76,7 +76,7 @@ def _required_prefix(pattern: str) -> str:
 # What keeps a regex out of an alternation with others (see _branch): a backreference by number
 # (\1, which would name another group there) or by name, a named group (two regexes may name the
 # same), a conditional on a group. Conservative: "\\1" (a backslash, then 1) is left out too.
-_OWN_GROUPS_RE = re.compile(r"\\[1-9]|\\g|\(\?P[<=]|\(\?\(|\(\?<(?![=!])")
+_OWN_GROUPS_RE = re.compile(r"\\[1-9]|\(\?P[<=]|\(\?\(|\(\?<(?![=!])")
 # Flags for the whole pattern, which Python allows only at its very start: "(?i)", "(?is)(?m)".
 _LEADING_FLAGS_RE = re.compile(r"(?:\(\?[a-zA-Z]+\))+")
 

@@ -4,7 +4,8 @@ libyaml (PyYAML's C parser) reads the file, and its events become values directl
 nodes is built for a whole file first, which took more time and memory than the values. What
 that leaves out (anchors and aliases, explicit tags, merge keys, keys that are mappings) goes
 through nodes as PyYAML builds them. Only a file libyaml refuses is read again by PyYAML's
-pure-Python parser, ten times slower, whose messages name the offending character.
+pure-Python parser, ten times slower, whose messages name the offending character; past
+EXPLAIN_LIMIT, libyaml's own message is used.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def load_yaml(text: str, path: str) -> tuple[Any, RuleProblem | None]:
     except _Unsupported:
         try:
             return _read(text, _FastLineLoader), None
-        except Exception as exc:  # whatever libyaml refuses, the pure-Python parser explains
+        except Exception as exc:  # whatever libyaml refuses is explained below
             refused = exc
     except Exception as exc:  # as above
         refused = exc
