@@ -208,8 +208,8 @@ _ALERT_LABELS = st.dictionaries(st.sampled_from(_LABELS), st.sampled_from(_VALUE
 def assert_index_agrees_with_a_full_scan(matchers: list[list[Matcher]],
                                          alerts: list[dict[str, str]], *,
                                          chunk: int = CHUNK) -> None:
-    """Rules with these matchers: for each alert's labels, the index's candidates come in
-    file order, and those that match are exactly the rules a scan of every rule finds."""
+    """Rules with these matchers: for each alert's labels, the index finds exactly the rules
+    a scan of every rule finds, in file order."""
     rules = [Rule(f"r{i}", tuple(m), "d", "sync", 60.0) for i, m in enumerate(matchers)]
     index = index_rules(matchers, chunk=chunk)
     for labels in alerts:
@@ -321,7 +321,7 @@ def test_the_prefix_index_finds_exactly_the_rules_a_full_scan_finds(
     assert_index_agrees_with_a_full_scan(matchers, alerts)
 
 
-def test_regexes_no_key_finds_join_alternations_that_find_their_rules() -> None:
+def test_rules_no_key_narrows_are_filed_by_their_regexes_in_alternations() -> None:
     many = "\n".join(f"  - {{name: r{i}, match: ['severity = \"critical\"', "
                      f"'team =~ \"(?i)t{i}(-.+)?\"'], device: d, operation: sync}}"
                      for i in range(CHUNK + 8))
