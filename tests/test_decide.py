@@ -172,7 +172,7 @@ def test_summarize_counts_in_a_stable_order() -> None:
     assert d.summarize(out) == {"execute": 1, "cooldown": 1, "no_match": 1}
 
 
-def test_the_alertname_index_keeps_file_order_and_misses_nothing() -> None:
+def test_matching_keeps_file_order_and_misses_nothing() -> None:
     rules = parse_rules("""\
 rules:
   - {name: a, match: ['alertname = "X"'], device: d, operation: sync}
@@ -182,12 +182,12 @@ rules:
   - {name: e, match: ['alertname = "X"', 'alertname = "Y"'], device: d, operation: sync}
   - {name: f, match: ['alertname = "X"'], device: e, operation: sync}
 """)
-    assert [r.name for r in rules.candidates({"alertname": "X"})] == ["a", "b", "d", "e", "f"]
-    assert [r.name for r in rules.candidates({"alertname": "Y"})] == ["b", "c", "d", "e"]
-    assert [r.name for r in rules.candidates({})] == ["b", "d", "e"]
+    assert [r.name for r in rules.matching({"alertname": "X"})] == ["a", "d", "f"]
+    assert [r.name for r in rules.matching({"alertname": "Y"})] == ["c", "d"]
+    assert [r.name for r in rules.matching({})] == []
     for labels in ({"alertname": "X", "site": "hq"}, {"alertname": "Y"}, {"site": "hq"}):
         every = [r.name for r in rules.rules if r.matches(labels)]
-        assert [r.name for r in rules.candidates(labels) if r.matches(labels)] == every
+        assert [r.name for r in rules.matching(labels)] == every
 
 
 # Small vocabularies, so that random rules and alerts often meet. Values include lists of

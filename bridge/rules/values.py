@@ -314,17 +314,3 @@ class RuleSet:
         """The rules whose matchers all hold for these labels, in file order, found through
         the index (bridge.rules.index) rather than by trying every rule."""
         return [self.rules[i] for i in self._index.matching(labels)]
-
-    def candidates(self, labels: Mapping[str, str]) -> list[Rule]:
-        """The rules that may match these labels by their alertname alone, in file order:
-        those whose ``alertname = "..."`` names it, and those that name no single alertname.
-
-        What decide() used before every label was indexed; it now uses matching().
-        """
-        name = labels.get("alertname", "")
-        return [r for r in self.rules if _alertname(r) in (None, name)]
-
-
-def _alertname(rule: Rule) -> str | None:
-    names = {m.value for m in rule.matchers if m.name == "alertname" and m.op == "="}
-    return names.pop() if len(names) == 1 else None

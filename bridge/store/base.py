@@ -1237,12 +1237,16 @@ class _TxnState:
         return self._tx.value(
             "SELECT until FROM cooldowns WHERE device = ? AND operation = ?", key)
 
+    def _count(self, cache: dict[Any, int], key: object, sql: str,
+               params: Sequence[object]) -> int:
+        """The count `sql` gives, kept in `cache` under `key`: asked once per transaction."""
+        if key not in cache:
+            cache[key] = int(self._tx.value(sql, params))
+        return cache[key]
+
     def operations_since(self, key: Key, since: float) -> int:
         ask = (*key, since)
-        if ask not in self._sent:
-            self._sent[ask] = int(self._tx.value("SELECT count(*)" + _SENT_SINCE,
-                                                 (*ask, *_NOT_SENT)))
-        return self._sent[ask]
+        return self._count(self._sent, ask, "SELECT count(*)" + _SENT_SINCE, (*ask, *_NOT_SENT))
 
     def budget_used(self, budget: Budget, group: str, since: float) -> int:
         sql = "SELECT count(*) FROM operations WHERE created >= ? AND state NOT IN (?, ?, ?)"
@@ -1253,16 +1257,11 @@ class _TxnState:
         if budget.group_by:
             sql += f" AND coalesce({self._tx.json_text('labels', budget.group_by)}, '') = ?"
             params.append(group)
-        key = (sql, tuple(params))
-        if key not in self._budgets:
-            self._budgets[key] = int(self._tx.value(sql, params))
-        return self._budgets[key]
+        return self._count(self._budgets, (sql, tuple(params)), sql, params)
 
     def demand_since(self, since: float) -> int:
-        if since not in self._demand:
-            self._demand[since] = int(self._tx.value(
-                _DEMAND_SINCE, (Event.DECISION, max(since, self._resumed), *_DEMAND)))
-        return self._demand[since]
+        return self._count(self._demand, since, _DEMAND_SINCE,
+                           (Event.DECISION, max(since, self._resumed), *_DEMAND))
 
 
 # -- writing, step by step: each takes the transaction it is part of ----------------------
@@ -1283,6 +1282,8 @@ _OP_INSERT = (
 _OP_VALUES = "(" + ", ".join("?" * 23) + ")"
 #: json.dumps, its encoder made once: a storm writes two documents per operation.
 _dumps = encoder()
+
+
 def _as_dict(mapping: Mapping[str, str]) -> dict[str, str]:
     """A dict of `mapping`, which json's encoder needs: an Alert's labels are a mappingproxy,
     whose copy() costs a fifth of what dict() of it does."""
